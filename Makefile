@@ -1,0 +1,56 @@
+# Driftloop: the two commands a new machine needs are `make demo` and `make test`.
+# Both create the locked virtual environment (.venv) themselves, installing uv
+# with pip first when it is not on PATH.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN := $(UV) run --locked --no-sync
+export UV_PYTHON_DOWNLOADS ?= never
+
+.PHONY: help venv test test-unit test-integration lint protos protos-check demo up status clean
+
+help:
+	@echo "make demo   - run the whole loop on the embedded defaults"
+	@echo "make test   - unit, integration and end-to-end tests (what CI runs)"
+	@echo "make lint   - ruff and mypy over libs and services"
+	@echo "make protos - regenerate the committed stubs in libs/driftloop-protos"
+
+.venv/.synced: pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --locked --all-packages
+	@touch $@
+
+venv: .venv/.synced
+
+test: venv
+	$(RUN) pytest
+
+test-unit: venv
+	$(RUN) pytest -m "not integration and not e2e"
+
+test-integration: venv
+	$(RUN) pytest -m "integration or e2e"
+
+lint: venv
+	$(RUN) ruff check libs services tests loadtests scripts
+	$(RUN) ruff format --check libs services tests loadtests scripts
+	$(RUN) mypy libs/driftloop-core/src libs/driftloop-cli/src $(wildcard services/*/src)
+
+protos: venv
+	$(RUN) python scripts/gen_protos.py
+
+protos-check: venv
+	$(RUN) python scripts/gen_protos.py --check
+
+demo: venv
+	$(RUN) driftloop demo
+
+up: venv
+	$(RUN) driftloop up
+
+status: venv
+	$(RUN) driftloop status
+
+clean:
+	rm -rf .venv .driftloop demo-report .pytest_cache .mypy_cache .ruff_cache
