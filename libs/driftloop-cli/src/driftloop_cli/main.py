@@ -1,0 +1,77 @@
+"""The `driftloop` command: runs the embedded stack and talks to its services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from driftloop_core.broker import BrokerNotFoundError, BrokerStartError
+from driftloop_core.featureset import FeatureSetError, default_featureset_path, load_featureset
+from driftloop_core.logging import configure_logging
+from driftloop_core.services import discover_services
+from driftloop_core.settings import load_settings
+from rich.console import Console
+from rich.table import Table
+
+from driftloop_cli.status import as_json, collect
+from driftloop_cli.supervisor import Supervisor
+
+app = typer.Typer(
+    name="driftloop",
+    help="Driftloop: event-driven MLOps over Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+@app.command()
+def up(
+    featureset: Annotated[
+        Path | None,
+        typer.Option("--featureset", "-f", help="Feature-set YAML (default: built-in payments)."),
+    ] = None,
+) -> None:
+    """Start the embedded broker and every installed service, in the foreground."""
+    settings = load_settings()
+    configure_logging("supervisor", settings.log_level)
+    path = featureset or settings.featureset or default_featureset_path()
+    try:
+        load_featureset(path)
+    except FeatureSetError as error:
+        err.print(f"[red]{error}[/]")
+        raise typer.Exit(2) from None
+    supervisor = Supervisor(settings, discover_services(), featureset=path, console=console)
+    try:
+        code = asyncio.run(supervisor.run())
+    except (BrokerNotFoundError, BrokerStartError, RuntimeError) as error:
+        err.print(f"[red]driftloop up failed:[/] {error}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    as_json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Exit 0 only when the broker and every service are ready."""
+    settings = load_settings()
+    statuses = asyncio.run(collect(settings))
+    all_ready = all(s.ready for s in statuses)
+    if as_json_output:
+        console.print_json(json.dumps(as_json(statuses)))
+    else:
+        table = Table("service", "pid", "endpoint", "ready")
+        for s in statuses:
+            mark = "[green]ready[/]" if s.ready else "[red]not ready[/]"
+            table.add_row(s.name, str(s.pid or "-"), s.endpoint, mark)
+        console.print(table)
+    raise typer.Exit(0 if all_ready else 1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,267 @@
+"""`driftloop up`: the embedded broker and every service, as one foreground command.
+
+Each service runs as its own process, so a crash in one (or a `kill -9` in a
+test) is contained; the supervisor prefixes each line it prints with the
+service name, restarts a service that died with exponential backoff, and on
+Ctrl-C or SIGTERM stops the services (SIGTERM, then SIGKILL after a grace
+period) before the broker. A state file under `DRIFTLOOP_HOME/run/` tells
+`driftloop status` what is running and where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from driftloop_core.broker import EmbeddedBroker, broker_ready
+from driftloop_core.kafka.topics import default_topic_specs, ensure_topics
+from driftloop_core.services import ServiceSpec
+from driftloop_core.settings import Settings
+from rich.console import Console
+from rich.markup import escape
+
+log = structlog.get_logger(__name__)
+
+_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan")
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 30.0
+# A service that stayed up this long gets its backoff reset.
+STABLE_AFTER_S = 60.0
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.run_dir / "supervisor.json"
+
+
+def read_state(settings: Settings) -> dict[str, Any] | None:
+    path = state_path(settings)
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Child:
+    spec: ServiceSpec
+    endpoint: str
+    colour: str
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    pump: asyncio.Task[None] | None = None
+    history: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[ServiceSpec],
+        *,
+        featureset: Path | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self._settings = settings
+        self._featureset = featureset
+        self._console = console or Console(highlight=False, soft_wrap=True)
+        self._children = [
+            _Child(spec, spec.endpoint(settings), _COLOURS[i % len(_COLOURS)])
+            for i, spec in enumerate(specs)
+        ]
+        self._broker: EmbeddedBroker | None = None
+        self._stopping = asyncio.Event()
+        self._bootstrap = settings.kafka.bootstrap_servers
+
+    async def run(self) -> int:
+        """Start everything, keep it running until a signal, stop it all."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._stopping.set)
+        existing = read_state(self._settings)
+        if existing and pid_alive(existing.get("supervisor_pid")):
+            self._say("supervisor", f"already running as pid {existing['supervisor_pid']}")
+            return 1
+        try:
+            await self._start_broker()
+            await ensure_topics(self._settings.kafka, default_topic_specs(self._settings.kafka))
+            self._say("supervisor", f"topics ready on {self._bootstrap}")
+            for child in self._children:
+                await self._spawn(child)
+            self._write_state()
+            watchers = [asyncio.create_task(self._watch(child)) for child in self._children]
+            await self._stopping.wait()
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            return 0
+        finally:
+            await self._shutdown()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    def stop(self) -> None:
+        """Ask `run()` to stop everything (what SIGINT and SIGTERM do)."""
+        self._stopping.set()
+
+    def pids(self) -> dict[str, int | None]:
+        return {c.spec.name: c.process.pid if c.process else None for c in self._children}
+
+    async def _start_broker(self) -> None:
+        if not self._settings.embedded_broker:
+            if not await broker_ready(self._bootstrap, timeout_s=10):
+                raise RuntimeError(f"the Kafka broker at {self._bootstrap} does not answer")
+            self._say("supervisor", f"using the external broker at {self._bootstrap}")
+            return
+        self._broker = EmbeddedBroker(
+            self._settings.endpoints.broker_port,
+            log_file=self._settings.logs_dir / "broker.log",
+        )
+        self._broker.start()
+        self._write_state()
+        await self._broker.wait_ready()
+        self._bootstrap = self._broker.bootstrap
+        self._say("broker", f"ready on {self._bootstrap} (pid {self._broker.pid})")
+
+    def _child_env(self, child: _Child) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(child.spec.env)
+        env["DRIFTLOOP_HOME"] = str(self._settings.home.resolve())
+        env["DRIFTLOOP_KAFKA_BOOTSTRAP"] = self._bootstrap
+        env["PYTHONUNBUFFERED"] = "1"
+        if self._featureset is not None:
+            env["DRIFTLOOP_FEATURESET"] = str(self._featureset.resolve())
+        return env
+
+    async def _spawn(self, child: _Child) -> None:
+        child.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            child.spec.module,
+            env=self._child_env(child),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        child.started_at = time.monotonic()
+        child.pump = asyncio.create_task(self._pump(child, child.process))
+        self._say(child.spec.name, f"started (pid {child.process.pid}) on {child.endpoint}")
+
+    async def _pump(self, child: _Child, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self._console.print(
+                f"[{child.colour}]{child.spec.name:>10} |[/] {escape(line)}", highlight=False
+            )
+
+    async def _watch(self, child: _Child) -> None:
+        backoff = BACKOFF_INITIAL_S
+        while not self._stopping.is_set():
+            assert child.process is not None
+            code = await child.process.wait()
+            if child.pump is not None:
+                await child.pump
+            if self._stopping.is_set():
+                return
+            uptime = time.monotonic() - child.started_at
+            if uptime >= STABLE_AFTER_S:
+                backoff = BACKOFF_INITIAL_S
+            child.history.append(code)
+            self._say(
+                child.spec.name,
+                f"[bold red]exited with code {code}[/] after {uptime:.1f}s; "
+                f"restarting in {backoff:.0f}s",
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            if self._stopping.is_set():
+                return
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            child.restarts += 1
+            await self._spawn(child)
+            self._write_state()
+
+    async def _shutdown(self) -> None:
+        grace = self._settings.grpc.grace_period_s + 5
+        running = [c for c in self._children if c.process and c.process.returncode is None]
+        for child in running:
+            assert child.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                child.process.terminate()
+        for child in running:
+            assert child.process is not None
+            try:
+                await asyncio.wait_for(child.process.wait(), grace)
+                self._say(child.spec.name, "stopped")
+            except TimeoutError:
+                self._say(child.spec.name, f"did not stop within {grace:.0f}s; killed")
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+                await child.process.wait()
+        for child in self._children:
+            if child.pump is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await child.pump
+        if self._broker is not None:
+            self._broker.stop()
+            self._say("broker", "stopped")
+        with contextlib.suppress(FileNotFoundError):
+            state_path(self._settings).unlink()
+
+    def _write_state(self) -> None:
+        services = [
+            {
+                "name": "broker",
+                "pid": self._broker.pid if self._broker else None,
+                "endpoint": self._bootstrap,
+                "kind": "kafka",
+            }
+        ]
+        services += [
+            {
+                "name": c.spec.name,
+                "pid": c.process.pid if c.process else None,
+                "endpoint": c.endpoint,
+                "kind": "grpc",
+                "restarts": c.restarts,
+            }
+            for c in self._children
+        ]
+        state = {
+            "supervisor_pid": os.getpid(),
+            "bootstrap": self._bootstrap,
+            "home": str(self._settings.home.resolve()),
+            "services": services,
+        }
+        path = state_path(self._settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(path)
+
+    def _say(self, name: str, message: str) -> None:
+        self._console.print(f"[bold]{name:>10} |[/] {message}")

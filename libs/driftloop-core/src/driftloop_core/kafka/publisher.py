@@ -1,0 +1,184 @@
+"""Publishing Driftloop events: CloudEvents headers, trace context, retries.
+
+Every record leaves inside a PRODUCER span named `send <topic>` (OpenTelemetry
+messaging conventions) whose context is what the record's `traceparent` carries,
+so the consumer's span hangs under it. Transient broker errors are retried with
+exponential backoff; idempotence stays off unless settings turn it on, because
+the embedded broker refuses `InitProducerId`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from driftloop_core.kafka.headers import PROTOBUF, EventHeaders, make_headers
+from driftloop_core.kafka.topics import kind_of_message
+from driftloop_core.settings import KafkaSettings, Settings
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("driftloop.kafka")
+
+
+class RecordMetadata(Protocol):
+    topic: str
+    partition: int
+    offset: int
+
+
+def is_transient(error: BaseException) -> bool:
+    """Broker hiccups worth retrying; anything else is a bug or a refusal."""
+    if isinstance(error, KafkaError):
+        return bool(getattr(error, "retriable", False)) or type(error).__name__ in (
+            "KafkaTimeoutError",
+            "RequestTimedOutError",
+            "NotLeaderForPartitionError",
+            "LeaderNotAvailableError",
+        )
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
+def backoff_delays(settings: KafkaSettings) -> list[float]:
+    """Exponential backoff with full jitter, one delay per retry."""
+    delays = []
+    ceiling = settings.retry_backoff_initial_s
+    for _ in range(settings.retry_attempts - 1):
+        delays.append(random.uniform(ceiling / 2, ceiling))
+        ceiling = min(ceiling * 2, settings.retry_backoff_max_s)
+    return delays
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode()
+
+
+class Publisher:
+    """One aiokafka producer per process, shared by everything that publishes."""
+
+    def __init__(self, settings: Settings, *, producer: Any | None = None) -> None:
+        self._settings = settings
+        self._kafka = settings.kafka
+        self._source = f"/driftloop/{settings.service_name}"
+        self._producer = producer
+        self._owns_producer = producer is None
+
+    async def start(self) -> None:
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(
+                **self._kafka.client_options(),
+                client_id=f"{self._kafka.client_id_prefix}-{self._settings.service_name}",
+                acks="all",
+                enable_idempotence=self._kafka.enable_idempotence,
+                linger_ms=5,
+            )
+        if self._owns_producer:
+            await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None and self._owns_producer:
+            await self._producer.stop()
+
+    async def __aenter__(self) -> Publisher:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def publish_event(
+        self,
+        message: Message,
+        *,
+        key: str | bytes | None,
+        event_id: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> RecordMetadata:
+        """Publish a Driftloop event to the topic its type belongs to."""
+        kind = kind_of_message(message.DESCRIPTOR.full_name)
+        return await self.publish(
+            kind.topic,
+            message.SerializeToString(),
+            key=key,
+            ce_type=kind.ce_type,
+            event_id=event_id,
+            extra_headers=extra_headers,
+        )
+
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | bytes | None,
+        ce_type: str,
+        event_id: str | None = None,
+        content_type: str = PROTOBUF,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> RecordMetadata:
+        """Send one record and wait for the broker's acknowledgement."""
+        if self._producer is None:
+            raise RuntimeError("Publisher.start() was not awaited")
+        key_bytes = _key_bytes(key)
+        with tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER) as span:
+            headers: EventHeaders = make_headers(
+                ce_type,
+                self._source,
+                event_id=event_id,
+                content_type=content_type,
+                extra=extra_headers,
+            )
+            span.set_attributes(
+                {
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.operation.name": "send",
+                    "messaging.destination.name": topic,
+                    "messaging.message.id": headers.id,
+                    "cloudevents.event_type": ce_type,
+                }
+            )
+            if key_bytes is not None:
+                span.set_attribute("messaging.kafka.message.key", key_bytes.decode(errors="replace"))
+            metadata = await self._send_with_retry(topic, value, key_bytes, headers)
+            span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
+            span.set_attribute("messaging.kafka.offset", metadata.offset)
+            return metadata
+
+    async def _send_with_retry(
+        self, topic: str, value: bytes, key: bytes | None, headers: EventHeaders
+    ) -> RecordMetadata:
+        assert self._producer is not None
+        delays = backoff_delays(self._kafka)
+        for attempt in range(len(delays) + 1):
+            try:
+                metadata: RecordMetadata = await self._producer.send_and_wait(
+                    topic, value, key=key, headers=headers.to_kafka()
+                )
+                return metadata
+            except (KafkaError, ConnectionError, TimeoutError) as error:
+                if not is_transient(error) or attempt == len(delays):
+                    raise
+                log.warning(
+                    "publish_retry",
+                    topic=topic,
+                    attempt=attempt + 1,
+                    error=repr(error),
+                    delay_s=round(delays[attempt], 3),
+                )
+                await asyncio.sleep(delays[attempt])
+        raise AssertionError("unreachable")

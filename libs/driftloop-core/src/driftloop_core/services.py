@@ -1,0 +1,45 @@
+"""The registry of services that `driftloop up` runs.
+
+A service package announces itself with an entry point in the group
+`driftloop.services` pointing at a `ServiceSpec`; the supervisor starts every
+one it finds, so a service that is not installed is simply absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import structlog
+
+from driftloop_core.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+ENTRY_POINT_GROUP = "driftloop.services"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to run one service and where it answers gRPC health checks."""
+
+    name: str
+    module: str  # run as `python -m <module>`
+    endpoint_key: str = ""  # field of Settings.endpoints; defaults to the name
+    order: int = 100  # start order; lower starts first
+    env: dict[str, str] = field(default_factory=dict)
+
+    def endpoint(self, settings: Settings) -> str:
+        address: str = getattr(settings.endpoints, self.endpoint_key or self.name)
+        return address
+
+
+def discover_services() -> list[ServiceSpec]:
+    specs: list[ServiceSpec] = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        spec = point.load()
+        if not isinstance(spec, ServiceSpec):
+            log.warning("service_entry_point_ignored", entry_point=point.value)
+            continue
+        specs.append(spec)
+    return sorted(specs, key=lambda spec: (spec.order, spec.name))

@@ -1,0 +1,162 @@
+"""Every knob of Driftloop, read once from `DRIFTLOOP_*` environment variables.
+
+Services receive a `Settings` from their composition root; nothing reads the
+environment anywhere else, so a test can hand any service a custom one.
+Nested groups use a double underscore: `DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS`.
+The most common ones also have short aliases (`DRIFTLOOP_KAFKA_BOOTSTRAP`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+class KafkaSettings(BaseModel):
+    """How every client reaches the broker, passed through to aiokafka and Faust."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id_prefix: str = "driftloop"
+    # Partition count of every topic Driftloop creates; 4 matches what the
+    # embedded broker gives a topic it auto-creates.
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    # Off by default: the embedded broker rejects InitProducerId.
+    enable_idempotence: bool = False
+    request_timeout_ms: int = 30_000
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    rebalance_timeout_ms: int = 10_000
+    max_poll_records: int = 500
+    retry_backoff_initial_s: float = 0.2
+    retry_backoff_max_s: float = 5.0
+    retry_attempts: int = Field(default=8, ge=1)
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection and security keyword arguments common to aiokafka clients."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        if self.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return options
+
+    def faust_options(self) -> dict[str, Any]:
+        """The same connection as Faust app settings, with failover timeouts that
+        let a restarted worker rejoin in seconds instead of a minute."""
+        scheme = "kafka://"
+        broker = ";".join(scheme + host for host in self.bootstrap_servers.split(","))
+        options: dict[str, Any] = {
+            "broker": broker,
+            "broker_session_timeout": self.session_timeout_ms / 1000,
+            "broker_heartbeat_interval": self.heartbeat_interval_ms / 1000,
+            "broker_rebalance_timeout": self.rebalance_timeout_ms / 1000,
+            "producer_acks": -1,
+            "topic_partitions": self.partitions,
+            "topic_replication_factor": self.replication_factor,
+        }
+        return options
+
+
+class Endpoints(BaseModel):
+    """Where each service listens; all on loopback by default."""
+
+    broker_port: int = 9092
+    ingestion: str = "127.0.0.1:50051"
+    features: str = "127.0.0.1:50052"
+    registry: str = "127.0.0.1:50053"
+    inference: str = "127.0.0.1:8001"
+    drift: str = "127.0.0.1:50054"
+    trainer: str = "127.0.0.1:50055"
+
+
+class GrpcSettings(BaseModel):
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_rpcs: int = Field(default=1024, ge=1)
+    grace_period_s: float = 5.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLOOP_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    home: Path = Path(".driftloop")
+    featureset: Path | None = None
+    service_name: str = "driftloop"
+    service_version: str = "0.1.0"
+    environment: str = "dev"
+    log_level: str = "INFO"
+    admin_token: SecretStr | None = None
+    # Set to false to require an external broker instead of the embedded one.
+    embedded_broker: bool = True
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    endpoints: Endpoints = Field(default_factory=Endpoints)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    # Short alias for the most used knob.
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DRIFTLOOP_KAFKA_BOOTSTRAP", "kafka_bootstrap"),
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint"),
+    )
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.kafka_bootstrap:
+            self.kafka.bootstrap_servers = self.kafka_bootstrap
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and supervisor state."""
+        return self.home / "run"
+
+    @property
+    def traces_dir(self) -> Path:
+        """OTLP-JSON lines written when no collector is configured."""
+        return self.home / "traces"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    def for_service(self, name: str, version: str | None = None) -> Settings:
+        """A copy naming the service that will use it (for telemetry and client ids)."""
+        return self.model_copy(
+            update={"service_name": name, "service_version": version or self.service_version}
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once; keyword overrides win (used by tests and the CLI)."""
+    return Settings(**overrides)

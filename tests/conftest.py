@@ -1,0 +1,66 @@
+"""Shared fixtures: the real embedded broker and an in-memory span store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from driftloop_core.broker import EmbeddedBroker, free_port
+from driftloop_core.settings import Settings, load_settings
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="session")
+def span_store() -> InMemorySpanExporter:
+    """Every span finished in this test process (an SDK tracer provider is installed once)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    return _EXPORTER
+
+
+@pytest.fixture
+def spans(span_store: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
+    span_store.clear()
+    yield span_store
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A real Tansu broker on a free port, shared by the whole test session."""
+    log_file = tmp_path_factory.mktemp("broker") / "broker.log"
+    running = EmbeddedBroker(free_port(), log_file=log_file)
+    running.start()
+    try:
+        asyncio.run(running.wait_ready())
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    """Settings pointing at the session broker, with a private DRIFTLOOP_HOME."""
+    os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    return load_settings(
+        home=tmp_path / "home",
+        kafka_bootstrap=broker.bootstrap,
+        service_name="test",
+    )
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh suffix, so each test gets its own topics and groups."""
+    return uuid.uuid4().hex[:8]
