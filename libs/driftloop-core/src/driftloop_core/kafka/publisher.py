@@ -95,7 +95,9 @@ class Publisher:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
@@ -153,7 +155,9 @@ class Publisher:
                 }
             )
             if key_bytes is not None:
-                span.set_attribute("messaging.kafka.message.key", key_bytes.decode(errors="replace"))
+                span.set_attribute(
+                    "messaging.kafka.message.key", key_bytes.decode(errors="replace")
+                )
             metadata = await self._send_with_retry(topic, value, key_bytes, headers)
             span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
             span.set_attribute("messaging.kafka.offset", metadata.offset)

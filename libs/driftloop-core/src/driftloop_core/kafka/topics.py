@@ -65,9 +65,7 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     EventKind(
         "driftloop.v1.ModelRegistered", Topics.MODELS_REGISTERED, "driftloop.model.registered.v1"
     ),
-    EventKind(
-        "driftloop.v1.ModelPromoted", Topics.MODELS_PROMOTED, "driftloop.model.promoted.v1"
-    ),
+    EventKind("driftloop.v1.ModelPromoted", Topics.MODELS_PROMOTED, "driftloop.model.promoted.v1"),
 )
 _BY_MESSAGE = {kind.message: kind for kind in EVENT_KINDS}
 _BY_TYPE = {kind.ce_type: kind for kind in EVENT_KINDS}
@@ -94,8 +92,7 @@ class TopicSpec:
 
 def default_topic_specs(settings: KafkaSettings) -> list[TopicSpec]:
     return [
-        TopicSpec(name, settings.partitions, settings.replication_factor)
-        for name in Topics.all()
+        TopicSpec(name, settings.partitions, settings.replication_factor) for name in Topics.all()
     ]
 
 
