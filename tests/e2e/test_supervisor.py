@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,12 @@ pytestmark = pytest.mark.e2e
 SUPPORT = Path(__file__).parent / "support"
 
 
-async def wait_for(condition_factory, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float = 60) -> None:
+    """Poll a condition on other processes (nothing here can signal us)."""
     async with asyncio.timeout(timeout_s):
-        while not await condition_factory():
+        while True:
+            if await condition():
+                return
             await asyncio.sleep(0.2)
 
 
