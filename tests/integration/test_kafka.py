@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from driftloop.v1 import events_pb2
 from driftloop_core.kafka import (
     Consumer,
+    Outgoing,
     PoisonMessage,
     Publisher,
     Record,
@@ -221,3 +222,27 @@ async def test_restarted_consumer_resumes_from_committed_offsets(
         resumed_at = min(r.offset for r in second if r.partition == partition)
         handled_before = [r.offset for r in first if r.partition == partition]
         assert resumed_at == (max(handled_before) + 1 if handled_before else 0)
+
+
+async def test_batch_publish_is_acknowledged_in_order_per_partition(
+    settings: Settings, unique: str
+) -> None:
+    topic = f"t.batch.{unique}"
+    await make_topics(settings, topic, partitions=2)
+    async with Publisher(settings) as publisher:
+        metas = await publisher.publish_batch(
+            [
+                Outgoing(topic, str(i).encode(), f"entity-{i % 3}", "driftloop.test.v1", f"e{i}")
+                for i in range(300)
+            ]
+        )
+    assert len(metas) == 300
+    records = await read_all(settings, topic, 300)
+    by_entity: dict[bytes, list[int]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):  # type: ignore[attr-defined]
+        by_entity.setdefault(record.key, []).append(int(record.value))  # type: ignore[attr-defined]
+    assert sorted(v for values in by_entity.values() for v in values) == list(range(300))
+    for values in by_entity.values():
+        assert values == sorted(values), "per-key order must be kept"
+    ids = {dict(r.headers)["ce_id"] for r in records}  # type: ignore[attr-defined]
+    assert ids == {f"e{i}".encode() for i in range(300)}

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -139,6 +140,9 @@ class Supervisor:
             self._settings.endpoints.broker_port,
             log_file=self._settings.logs_dir / "broker.log",
         )
+        # The embedded broker keeps nothing across restarts, so local caches of
+        # its topics (table stores) would disagree with it: start them empty.
+        shutil.rmtree(self._settings.ephemeral_dir, ignore_errors=True)
         self._broker.start()
         self._write_state()
         await self._broker.wait_ready()

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         return self.home / "traces"
 
     @property
+    def ephemeral_dir(self) -> Path:
+        """State that only mirrors the broker (e.g. Faust table stores): cleared
+        when `driftloop up` starts a fresh in-memory broker."""
+        return self.home / "ephemeral"
+
+    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 

@@ -30,6 +30,9 @@ class Topics:
     MODELS_TRAINED = "models.trained"
     MODELS_REGISTERED = "models.registered"
     MODELS_PROMOTED = "models.promoted"
+    # Point-in-time feature rows and labels, written by the feature store's
+    # online side and turned into the offline Parquet log by its sink.
+    FEATURES_OFFLINE = "features.offline"
 
     @classmethod
     def all(cls) -> tuple[str, ...]:
@@ -65,6 +68,7 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     EventKind(
         "driftloop.v1.ModelRegistered", Topics.MODELS_REGISTERED, "driftloop.model.registered.v1"
     ),
+    EventKind("driftloop.v1.TrainingRow", Topics.FEATURES_OFFLINE, "driftloop.features.row.v1"),
     EventKind("driftloop.v1.ModelPromoted", Topics.MODELS_PROMOTED, "driftloop.model.promoted.v1"),
 )
 _BY_MESSAGE = {kind.message: kind for kind in EVENT_KINDS}

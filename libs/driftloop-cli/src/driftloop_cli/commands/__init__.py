@@ -1,0 +1,1 @@
+"""Thin-client subcommands of `driftloop`, one module per service."""

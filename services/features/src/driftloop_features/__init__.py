@@ -1,0 +1,1 @@
+"""Driftloop feature store service."""
