@@ -16,6 +16,7 @@ from driftloop_core.settings import load_settings
 from rich.console import Console
 from rich.table import Table
 
+from driftloop_cli.commands import features as features_commands
 from driftloop_cli.status import as_json, collect
 from driftloop_cli.supervisor import Supervisor
 
@@ -25,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(features_commands.app, name="features")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 

@@ -26,7 +26,7 @@ from driftloop.v1 import common_pb2 as driftloop_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64riftloop/v1/features.proto\x12\x0c\x64riftloop.v1\x1a\x19\x64riftloop/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x18GetOnlineFeaturesRequest\x12\x12\n\nentity_ids\x18\x01 \x03(\t\x12\x15\n\rfeature_names\x18\x02 \x03(\t\"\xe4\x02\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x38\n\x06values\x18\x02 \x03(\x0b\x32(.driftloop.v1.EntityFeatures.ValuesEntry\x12<\n\x08statuses\x18\x03 \x03(\x0b\x32*.driftloop.v1.EntityFeatures.StatusesEntry\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aI\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\x1aL\n\rStatusesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0e\x32\x1b.driftloop.v1.FeatureStatus:\x02\x38\x01\"K\n\x19GetOnlineFeaturesResponse\x12.\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x1c.driftloop.v1.EntityFeatures\"f\n\x15GetTrainingSetRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06window\x18\x02 \x01(\x0b\x32\x18.driftloop.v1.DataWindow\x12\x14\n\x0cinclude_rows\x18\x03 \x01(\x08\"\xf9\x01\n\x0bTrainingRow\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\'.driftloop.v1.TrainingRow.FeaturesEntry\x12\r\n\x05label\x18\x05 \x01(\x03\x1aK\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\"\x80\x01\n\x16GetTrainingSetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.driftloop.v1.Dataset\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\'\n\x04rows\x18\x03 \x03(\x0b\x32\x19.driftloop.v1.TrainingRow*\x83\x01\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x41TURE_STATUS_PRESENT\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_STATUS_NOT_FOUND\x10\x02\x12\x18\n\x14\x46\x45\x41TURE_STATUS_STALE\x10\x03\x32\xd3\x01\n\x0e\x46\x65\x61tureService\x12\x64\n\x11GetOnlineFeatures\x12&.driftloop.v1.GetOnlineFeaturesRequest\x1a\'.driftloop.v1.GetOnlineFeaturesResponse\x12[\n\x0eGetTrainingSet\x12#.driftloop.v1.GetTrainingSetRequest\x1a$.driftloop.v1.GetTrainingSetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64riftloop/v1/features.proto\x12\x0c\x64riftloop.v1\x1a\x19\x64riftloop/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"p\n\x18GetOnlineFeaturesRequest\x12\x12\n\nentity_ids\x18\x01 \x03(\t\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x02\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x38\n\x06values\x18\x02 \x03(\x0b\x32(.driftloop.v1.EntityFeatures.ValuesEntry\x12<\n\x08statuses\x18\x03 \x03(\x0b\x32*.driftloop.v1.EntityFeatures.StatusesEntry\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aI\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\x1aL\n\rStatusesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0e\x32\x1b.driftloop.v1.FeatureStatus:\x02\x38\x01\"K\n\x19GetOnlineFeaturesResponse\x12.\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x1c.driftloop.v1.EntityFeatures\"f\n\x15GetTrainingSetRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06window\x18\x02 \x01(\x0b\x32\x18.driftloop.v1.DataWindow\x12\x14\n\x0cinclude_rows\x18\x03 \x01(\x08\"\xf9\x01\n\x0bTrainingRow\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\'.driftloop.v1.TrainingRow.FeaturesEntry\x12\r\n\x05label\x18\x05 \x01(\x03\x1aK\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\"\x80\x01\n\x16GetTrainingSetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.driftloop.v1.Dataset\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\'\n\x04rows\x18\x03 \x03(\x0b\x32\x19.driftloop.v1.TrainingRow*\x83\x01\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x41TURE_STATUS_PRESENT\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_STATUS_NOT_FOUND\x10\x02\x12\x18\n\x14\x46\x45\x41TURE_STATUS_STALE\x10\x03\x32\xd3\x01\n\x0e\x46\x65\x61tureService\x12\x64\n\x11GetOnlineFeatures\x12&.driftloop.v1.GetOnlineFeaturesRequest\x1a\'.driftloop.v1.GetOnlineFeaturesResponse\x12[\n\x0eGetTrainingSet\x12#.driftloop.v1.GetTrainingSetRequest\x1a$.driftloop.v1.GetTrainingSetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,26 +39,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTITYFEATURES_STATUSESENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGROW_FEATURESENTRY']._loaded_options = None
   _globals['_TRAININGROW_FEATURESENTRY']._serialized_options = b'8\001'
-  _globals['_FEATURESTATUS']._serialized_start=1100
-  _globals['_FEATURESTATUS']._serialized_end=1231
+  _globals['_FEATURESTATUS']._serialized_start=1143
+  _globals['_FEATURESTATUS']._serialized_end=1274
   _globals['_GETONLINEFEATURESREQUEST']._serialized_start=105
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=174
-  _globals['_ENTITYFEATURES']._serialized_start=177
-  _globals['_ENTITYFEATURES']._serialized_end=533
-  _globals['_ENTITYFEATURES_VALUESENTRY']._serialized_start=382
-  _globals['_ENTITYFEATURES_VALUESENTRY']._serialized_end=455
-  _globals['_ENTITYFEATURES_STATUSESENTRY']._serialized_start=457
-  _globals['_ENTITYFEATURES_STATUSESENTRY']._serialized_end=533
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=535
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=610
-  _globals['_GETTRAININGSETREQUEST']._serialized_start=612
-  _globals['_GETTRAININGSETREQUEST']._serialized_end=714
-  _globals['_TRAININGROW']._serialized_start=717
-  _globals['_TRAININGROW']._serialized_end=966
-  _globals['_TRAININGROW_FEATURESENTRY']._serialized_start=891
-  _globals['_TRAININGROW_FEATURESENTRY']._serialized_end=966
-  _globals['_GETTRAININGSETRESPONSE']._serialized_start=969
-  _globals['_GETTRAININGSETRESPONSE']._serialized_end=1097
-  _globals['_FEATURESERVICE']._serialized_start=1234
-  _globals['_FEATURESERVICE']._serialized_end=1445
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=217
+  _globals['_ENTITYFEATURES']._serialized_start=220
+  _globals['_ENTITYFEATURES']._serialized_end=576
+  _globals['_ENTITYFEATURES_VALUESENTRY']._serialized_start=425
+  _globals['_ENTITYFEATURES_VALUESENTRY']._serialized_end=498
+  _globals['_ENTITYFEATURES_STATUSESENTRY']._serialized_start=500
+  _globals['_ENTITYFEATURES_STATUSESENTRY']._serialized_end=576
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=578
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=653
+  _globals['_GETTRAININGSETREQUEST']._serialized_start=655
+  _globals['_GETTRAININGSETREQUEST']._serialized_end=757
+  _globals['_TRAININGROW']._serialized_start=760
+  _globals['_TRAININGROW']._serialized_end=1009
+  _globals['_TRAININGROW_FEATURESENTRY']._serialized_start=934
+  _globals['_TRAININGROW_FEATURESENTRY']._serialized_end=1009
+  _globals['_GETTRAININGSETRESPONSE']._serialized_start=1012
+  _globals['_GETTRAININGSETRESPONSE']._serialized_end=1140
+  _globals['_FEATURESERVICE']._serialized_start=1277
+  _globals['_FEATURESERVICE']._serialized_end=1488
 # @@protoc_insertion_point(module_scope)

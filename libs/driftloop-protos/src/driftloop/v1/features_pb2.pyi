@@ -23,12 +23,14 @@ FEATURE_STATUS_NOT_FOUND: FeatureStatus
 FEATURE_STATUS_STALE: FeatureStatus
 
 class GetOnlineFeaturesRequest(_message.Message):
-    __slots__ = ("entity_ids", "feature_names")
+    __slots__ = ("entity_ids", "feature_names", "as_of")
     ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
     entity_ids: _containers.RepeatedScalarFieldContainer[str]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ..., feature_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EntityFeatures(_message.Message):
     __slots__ = ("entity_id", "values", "statuses", "updated_at")

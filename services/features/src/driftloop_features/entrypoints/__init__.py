@@ -1,0 +1,1 @@
+"""Adapters that turn gRPC calls and stream records into feature-store calls."""

@@ -1,0 +1,108 @@
+"""`driftloop.v1.FeatureService`: online lookups and point-in-time training sets.
+
+Online lookups read the entity state the stream keeps (in memory, backed by
+the Faust table), so they answer in well under a millisecond; training sets
+are built by DuckDB over the offline Parquet log in a worker thread, keeping
+the event loop free for lookups and the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from driftloop.v1 import features_pb2, features_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from driftloop_features.domain import EntityState, FeatureMath, FeatureStatus
+from driftloop_features.offline import (
+    InvalidWindowError,
+    OfflineStore,
+    UnknownModelError,
+    training_set_response,
+)
+from driftloop_features.stream import feature_value
+
+_STATUS = {
+    FeatureStatus.PRESENT: features_pb2.FEATURE_STATUS_PRESENT,
+    FeatureStatus.NOT_FOUND: features_pb2.FEATURE_STATUS_NOT_FOUND,
+    FeatureStatus.STALE: features_pb2.FEATURE_STATUS_STALE,
+}
+MAX_ENTITIES = 1000
+
+
+class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
+    def __init__(
+        self,
+        math: FeatureMath,
+        state_of: Callable[[str], EntityState | None],
+        offline: OfflineStore,
+    ) -> None:
+        self._math = math
+        self._state_of = state_of
+        self._offline = offline
+
+    async def GetOnlineFeatures(
+        self,
+        request: features_pb2.GetOnlineFeaturesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> features_pb2.GetOnlineFeaturesResponse:
+        if not request.entity_ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "entity_ids: must not be empty")
+        if len(request.entity_ids) > MAX_ENTITIES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"entity_ids: at most {MAX_ENTITIES} per call, got {len(request.entity_ids)}",
+            )
+        names = list(request.feature_names) or list(self._math.feature_names)
+        unknown = [n for n in names if n not in self._math.feature_names]
+        if unknown:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"feature_names: unknown feature(s) {', '.join(unknown)}; "
+                f"known: {', '.join(self._math.feature_names)}",
+            )
+        as_of = request.as_of.ToMilliseconds() if request.HasField("as_of") else None
+        now_ms = int(time.time() * 1000)
+        response = features_pb2.GetOnlineFeaturesResponse()
+        for entity_id in request.entity_ids:
+            entry = response.entities.add(entity_id=entity_id)
+            state = self._state_of(entity_id)
+            if state is None or not state.events:
+                for name in names:
+                    entry.statuses[name] = features_pb2.FEATURE_STATUS_NOT_FOUND
+                continue
+            values, statuses = self._math.online(state, names, as_of_ms=as_of, now_ms=now_ms)
+            for name, value in values.items():
+                entry.values[name].CopyFrom(feature_value(value))
+            for name, status in statuses.items():
+                entry.statuses[name] = _STATUS[status]
+            entry.updated_at.CopyFrom(_timestamp(state.latest_time_ms))
+        return response
+
+    async def GetTrainingSet(
+        self,
+        request: features_pb2.GetTrainingSetRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> features_pb2.GetTrainingSetResponse:
+        try:
+            result = await asyncio.to_thread(
+                self._offline.training_set,
+                request.window if request.HasField("window") else None,
+                model=request.model or None,
+                include_rows=request.include_rows,
+            )
+        except UnknownModelError as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except InvalidWindowError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return training_set_response(result)
+
+
+def _timestamp(millis: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMilliseconds(millis)
+    return stamp
