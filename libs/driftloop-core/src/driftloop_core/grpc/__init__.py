@@ -7,20 +7,16 @@ same message limits and trace propagation from :func:`insecure_channel`.
 
 from driftloop_core.grpc.client import insecure_channel
 from driftloop_core.grpc.interceptors import (
-    ErrorInterceptor,
-    MetricsInterceptor,
+    ObservedInterceptor,
     default_server_interceptors,
-    tracing_interceptor,
 )
 from driftloop_core.grpc.server import GrpcServer, ServicerRegistration, build_server
 
 __all__ = [
-    "ErrorInterceptor",
     "GrpcServer",
-    "MetricsInterceptor",
+    "ObservedInterceptor",
     "ServicerRegistration",
     "build_server",
     "default_server_interceptors",
     "insecure_channel",
-    "tracing_interceptor",
 ]

@@ -180,6 +180,7 @@ def build_server(
     reuse_port: bool = False,
     drain_s: float = DEFAULT_DRAIN_S,
     tracer_provider: trace.TracerProvider | None = None,
+    untraced_roots: Sequence[str] = (),
 ) -> GrpcServer:
     """Assemble a server for ``servicers`` that will listen on ``address``.
 
@@ -187,10 +188,11 @@ def build_server(
     ``interceptors`` replaces the default tracing/metrics/errors chain when given.
     ``reuse_port`` lets several processes share the port (grpc's own default);
     it is off so that a second instance fails to bind instead of silently taking
-    half of the traffic.
+    half of the traffic. ``untraced_roots`` names hot read methods that join a
+    caller's trace but never start one of their own.
     """
     if interceptors is None:
-        interceptors = default_server_interceptors(tracer_provider)
+        interceptors = default_server_interceptors(tracer_provider, untraced_roots=untraced_roots)
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[
