@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from driftloop_cli.commands import features as features_commands
+from driftloop_cli.commands.ingest import ingest
 from driftloop_cli.status import as_json, collect
 from driftloop_cli.supervisor import Supervisor
 
@@ -73,6 +74,9 @@ def status(
             table.add_row(s.name, str(s.pid or "-"), s.endpoint, mark)
         console.print(table)
     raise typer.Exit(0 if all_ready else 1)
+
+
+app.command("ingest")(ingest)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the embedded broker refuses `InitProducerId`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,12 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from driftloop_core.kafka.headers import PROTOBUF, EventHeaders, make_headers
+from driftloop_core.kafka.headers import PROTOBUF, EventHeaders, make_headers, new_event_id
 from driftloop_core.kafka.topics import kind_of_message
 from driftloop_core.settings import KafkaSettings, Settings
 
@@ -78,6 +80,19 @@ def backoff_delays(settings: KafkaSettings) -> list[float]:
         delays.append(random.uniform(ceiling / 2, ceiling))
         ceiling = min(ceiling * 2, settings.retry_backoff_max_s)
     return delays
+
+
+# (topic, key, value, Kafka headers) of a record ready for a record batch.
+_Prepared = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _partition_index(key: bytes, count: int) -> int:
+    """The partition a key goes to, as the Java client and aiokafka's default
+    partitioner choose it (murmur2), so keyed records land where they would
+    with `send()`; cached because entity keys repeat."""
+    index: int = (murmur2(key) & 0x7FFFFFFF) % count
+    return index
 
 
 def _key_bytes(key: str | bytes | None) -> bytes | None:
@@ -185,16 +200,27 @@ class Publisher:
             span.set_attribute("messaging.kafka.offset", metadata.offset)
             return metadata
 
-    async def publish_batch(self, records: Sequence[Outgoing]) -> list[RecordMetadata]:
+    async def publish_batch(
+        self, records: Sequence[Outgoing], *, trace_batch: bool = False
+    ) -> list[RecordMetadata]:
         """Send many records at once and wait until the broker acknowledged all.
 
         Records are pipelined through the producer's buffer instead of waiting
         for each acknowledgement, which is what makes high-rate ingestion
         possible; order is kept per partition. Records whose send failed with a
         transient error are sent again (only those), with backoff.
+
+        By default each record gets its own PRODUCER span. With `trace_batch`
+        the whole batch is sent inside one PRODUCER span, which every record's
+        `traceparent` names, the records share one `ce_time`, and they are
+        appended straight into one record batch per partition: for high-rate
+        publishers (ingestion), where a span and a `send()` per record cost
+        more than the record itself and overflow the span export queue.
         """
         if self._producer is None:
             raise RuntimeError("Publisher.start() was not awaited")
+        if trace_batch:
+            return await self._publish_as_one(records)
         spans = []
         pending: dict[int, tuple[Outgoing, EventHeaders]] = {}
         for index, record in enumerate(records):
@@ -258,6 +284,118 @@ class Publisher:
             for span in spans:
                 span.end()
         return [results[index] for index in range(len(records))]
+
+    async def _publish_as_one(self, records: Sequence[Outgoing]) -> list[RecordMetadata]:
+        """`publish_batch(trace_batch=True)`: one span and one set of shared headers."""
+        topics = sorted({record.topic for record in records})
+        span = tracer.start_span(
+            f"send {topics[0] if len(topics) == 1 else 'batch'}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": ",".join(topics),
+                "messaging.batch.message_count": len(records),
+            },
+        )
+        try:
+            shared = make_headers("", self._source, context=trace.set_span_in_context(span))
+            common = [
+                (key, value)
+                for key, value in shared.to_kafka()
+                if key not in ("ce_id", "ce_type", "content-type")
+            ]
+            tails: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+            prepared: list[_Prepared] = []
+            for record in records:
+                tail = tails.get((record.ce_type, record.content_type))
+                if tail is None:
+                    tail = tails[(record.ce_type, record.content_type)] = [
+                        ("ce_type", record.ce_type.encode()),
+                        ("content-type", record.content_type.encode()),
+                        *common,
+                    ]
+                headers = [("ce_id", (record.event_id or new_event_id()).encode()), *tail]
+                if record.extra_headers:
+                    headers.extend(
+                        (key, value.encode()) for key, value in record.extra_headers.items()
+                    )
+                prepared.append((record.topic, _key_bytes(record.key), record.value, headers))
+            return await self._send_batched(prepared)
+        finally:
+            span.end()
+
+    async def _send_batched(self, prepared: Sequence[_Prepared]) -> list[RecordMetadata]:
+        """Append records to one record batch per partition (more when one fills)
+        and wait for all; batches that failed transiently are sent again."""
+        producer = self._producer
+        assert producer is not None
+        results: list[RecordMetadata | None] = [None] * len(prepared)
+        pending = list(range(len(prepared)))
+        delays = backoff_delays(self._kafka)
+        for attempt in range(len(delays) + 1):
+            partitions: dict[str, list[int]] = {}
+            by_partition: dict[tuple[str, int], list[int]] = {}
+            for index in pending:
+                topic, key = prepared[index][0], prepared[index][1]
+                choices = partitions.get(topic)
+                if choices is None:
+                    choices = partitions[topic] = sorted(await producer.partitions_for(topic))
+                partition = (
+                    choices[_partition_index(key, len(choices))]
+                    if key is not None
+                    else random.choice(choices)
+                )
+                by_partition.setdefault((topic, partition), []).append(index)
+            sent: list[tuple[list[int], asyncio.Future[Any]]] = []
+            for (topic, partition), indices in by_partition.items():
+                builder = producer.create_batch()
+                members: list[int] = []
+                for index in indices:
+                    _, key, value, headers = prepared[index]
+                    if (
+                        builder.append(timestamp=None, key=key, value=value, headers=headers)
+                        is None
+                    ):
+                        # Full: send it and start another (a first record always fits).
+                        sent.append(
+                            (
+                                members,
+                                await producer.send_batch(builder, topic, partition=partition),
+                            )
+                        )
+                        builder, members = producer.create_batch(), []
+                        builder.append(timestamp=None, key=key, value=value, headers=headers)
+                    members.append(index)
+                sent.append(
+                    (members, await producer.send_batch(builder, topic, partition=partition))
+                )
+            outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+            failed: list[BaseException] = []
+            retry: list[int] = []
+            for (members, _), outcome in zip(sent, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if not is_transient(outcome):
+                        raise outcome
+                    failed.append(outcome)
+                    retry.extend(members)
+                    continue
+                for position, index in enumerate(members):
+                    results[index] = outcome._replace(offset=outcome.offset + position)
+            if not retry:
+                break
+            if attempt == len(delays):
+                raise failed[0]
+            log.warning(
+                "publish_batch_retry",
+                failed=len(retry),
+                attempt=attempt + 1,
+                error=repr(failed[0]),
+            )
+            await asyncio.sleep(delays[attempt])
+            pending = sorted(retry)
+        return [metadata for metadata in results if metadata is not None]
 
     async def _send_with_retry(
         self, topic: str, value: bytes, key: bytes | None, headers: EventHeaders

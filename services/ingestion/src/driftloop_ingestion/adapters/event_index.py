@@ -1,0 +1,125 @@
+"""The event index: every accepted observation's id, entity and event time, in SQLite.
+
+Deduplication and late labels both need to know, after a restart too, which
+event ids ingestion has accepted: a replayed producer must change nothing, and
+a label days later must find the entity its observation was keyed by. A local
+SQLite file in WAL mode does this for one ingestion process with no server to
+run; each batch is one transaction.
+
+`synchronous=NORMAL` means a power cut may forget the last transactions. That
+is safe by construction: events are recorded here only after they were
+published, so a forgotten id is at worst published again and dropped by event
+id downstream.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from driftloop_ingestion.handlers import IndexEntry
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id      TEXT PRIMARY KEY,
+    entity_id     TEXT NOT NULL,
+    event_time_ms INTEGER NOT NULL,
+    seen_at_ms    INTEGER NOT NULL,
+    labelled      INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_seen_at ON events (seen_at_ms);
+"""
+
+_UPSERT = """
+INSERT INTO events (event_id, entity_id, event_time_ms, seen_at_ms, labelled)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (event_id) DO UPDATE SET
+    entity_id = excluded.entity_id,
+    event_time_ms = excluded.event_time_ms,
+    seen_at_ms = excluded.seen_at_ms,
+    labelled = excluded.labelled
+"""
+
+# SQLite before 3.32 allows at most 999 bound parameters per statement.
+_LOOKUP_CHUNK = 900
+
+
+class SqliteEventIndex:
+    """The index file of one ingestion process; not shared between processes."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        retention: timedelta,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._retention_ms = int(retention / timedelta(milliseconds=1))
+        self._clock = clock
+        # Autocommit mode: transactions are opened explicitly around each batch.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA temp_store=MEMORY")
+        self._db.executescript(_SCHEMA)
+
+    def lookup(self, event_ids: Collection[str]) -> dict[str, IndexEntry]:
+        found: dict[str, IndexEntry] = {}
+        ids = list(event_ids)
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT event_id, entity_id, event_time_ms, seen_at_ms, labelled "
+                f"FROM events WHERE event_id IN ({marks})",
+                chunk,
+            )
+            for event_id, entity_id, event_time_ms, seen_at_ms, labelled in rows:
+                found[event_id] = IndexEntry(
+                    event_id, entity_id, event_time_ms, seen_at_ms, bool(labelled)
+                )
+        return found
+
+    def record(self, observations: Sequence[IndexEntry], labelled: Sequence[str]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if observations:
+                # An IndexEntry is a tuple in the column order of _UPSERT.
+                db.executemany(_UPSERT, observations)
+            if labelled:
+                db.executemany(
+                    "UPDATE events SET labelled = 1 WHERE event_id = ?",
+                    [(event_id,) for event_id in labelled],
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def prune(self, limit: int = 10_000) -> int:
+        """Forget up to `limit` rows older than the retention; return how many went.
+
+        Bounded so that a large backlog is deleted in short steps the caller
+        can interleave with ingestion.
+        """
+        cutoff = int(self._clock() * 1000) - self._retention_ms
+        deleted: int = self._db.execute(
+            "DELETE FROM events WHERE event_id IN "
+            "(SELECT event_id FROM events WHERE seen_at_ms < ? LIMIT ?)",
+            (cutoff, limit),
+        ).rowcount
+        return deleted
+
+    def count(self) -> int:
+        (rows,) = self._db.execute("SELECT count(*) FROM events").fetchone()
+        return int(rows)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,242 @@
+"""The composition root: one place that builds ingestion from its parts.
+
+`build` wires settings, the feature set, the SQLite event index, the Kafka
+publisher and consumer and the gRPC server into an `IngestionService`; nothing
+opens a socket before `start()`. Tests build it with their own settings and a
+port-0 address, the load test builds it against its own broker.
+
+Stopping follows the order that keeps every event: health goes NOT_SERVING
+first, the consumer finishes and commits its batch, the gRPC server lets
+in-flight calls end, and only then are the producer and the index closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from driftloop.v1 import ingest_pb2_grpc
+from driftloop_core.featureset import FeatureSet
+from driftloop_core.grpc.server import GrpcServer, build_server
+from driftloop_core.kafka.publisher import Publisher
+from driftloop_core.logging import get_logger
+from driftloop_core.settings import Settings
+from driftloop_core.telemetry import start_metrics_server
+
+from driftloop_ingestion.adapters.event_index import SqliteEventIndex
+from driftloop_ingestion.adapters.sink import KafkaEventSink
+from driftloop_ingestion.config import IngestionSettings
+from driftloop_ingestion.entrypoints.grpc import SERVICE_NAME, IngestServicer
+from driftloop_ingestion.entrypoints.kafka import RawEventsConsumer
+from driftloop_ingestion.handlers import Ingestor, PublishFailed
+from driftloop_ingestion.validation import Validator
+
+log = get_logger(__name__)
+
+
+# Allocations between young-generation collections. Ingestion allocates a few
+# short-lived, acyclic objects per event (freed by reference counting), so the
+# default of 700 ran a collection every few events and, with older generations
+# growing, cost a fifth of the Kafka path's throughput in the load test.
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated and collect the young generation rarely.
+
+    Called once by `__main__` (and by the load test, to measure the same
+    process); process-wide, so not part of `build()`.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def build_producer(settings: Settings, config: IngestionSettings) -> AIOKafkaProducer:
+    """The producer behind the shared `Publisher`, sized for batches of thousands:
+    the aiokafka default of 16 KiB per partition batch would split every
+    ingested batch into hundreds of produce requests."""
+    kafka = settings.kafka
+    return AIOKafkaProducer(
+        **kafka.client_options(),
+        client_id=f"{kafka.client_id_prefix}-{settings.service_name}",
+        acks="all",
+        enable_idempotence=kafka.enable_idempotence,
+        linger_ms=config.producer_linger_ms,
+        max_batch_size=config.producer_max_batch_bytes,
+        max_request_size=max(config.producer_max_batch_bytes, 1024 * 1024),
+    )
+
+
+class IngestionService:
+    """Ingestion's running parts, started and stopped together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: IngestionSettings,
+        *,
+        index: SqliteEventIndex,
+        producer: AIOKafkaProducer,
+        publisher: Publisher,
+        ingestor: Ingestor,
+        consumer: RawEventsConsumer | None,
+        server: GrpcServer,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.index = index
+        self.publisher = publisher
+        self.ingestor = ingestor
+        self.consumer = consumer
+        self.server = server
+        self._producer = producer
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+
+    @property
+    def endpoint(self) -> str:
+        """`host:port` of the gRPC server once started."""
+        return self.server.endpoint
+
+    async def start(self) -> None:
+        if self.config.metrics_port is not None:
+            start_metrics_server(self.config.metrics_port)
+        await self._producer.start()
+        if self.consumer is not None:
+            await self.consumer.start()
+        await self.server.start()
+        if self.consumer is not None:
+            self._tasks.append(asyncio.create_task(self.consumer.run(), name="consume"))
+        self._tasks.append(asyncio.create_task(self._prune_periodically(), name="prune"))
+        log.info(
+            "ingestion_started",
+            grpc=self.server.endpoint,
+            source_topic=self.config.source_topic if self.consumer else None,
+            index=str(self.index.path),
+            dedup_window_s=self.config.dedup_window.total_seconds(),
+            label_horizon_s=self.config.label_horizon.total_seconds(),
+        )
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.server.health.enter_graceful_shutdown()
+        if self.consumer is not None:
+            self.consumer.request_stop()
+        consume = next((t for t in self._tasks if t.get_name() == "consume"), None)
+        try:
+            if consume is not None:
+                await consume
+        finally:
+            for task in self._tasks:
+                if task is not consume:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self.consumer is not None:
+                await self.consumer.stop()
+            await self.server.stop()
+            await self._producer.stop()
+            self.index.close()
+            log.info("ingestion_stopped")
+
+    async def run_until_signal(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit code 0), or until ingestion cannot go
+        on (exit code 1, so that the supervisor restarts the process)."""
+        try:
+            await self.start()
+        except (KafkaError, OSError, RuntimeError) as error:
+            # Broker unreachable, or the gRPC port taken: nothing to serve with.
+            log.error("ingestion_start_failed", error=repr(error))
+            with contextlib.suppress(KafkaError, OSError, RuntimeError):
+                await self.stop()
+            return 1
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            # The consumer and the pruner run until stopped; either ending early failed.
+            await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            waiter.cancel()
+        if stop.is_set():
+            log.info("ingestion_signal_received")
+        try:
+            await self.stop()
+        except (KafkaError, PublishFailed, sqlite3.Error, OSError) as error:
+            # The batch in hand stays uncommitted and is read again after the restart.
+            log.error("ingestion_failed", error=repr(error), exc_info=error)
+            return 1
+        return 0
+
+    async def _prune_periodically(self) -> None:
+        interval = self.config.prune_interval.total_seconds()
+        while True:
+            deleted = 0
+            while (step := self.index.prune()) > 0:
+                deleted += step
+                await asyncio.sleep(0)
+            if deleted:
+                log.info("event_index_pruned", deleted=deleted)
+            await asyncio.sleep(interval)
+
+
+def build(
+    settings: Settings,
+    featureset: FeatureSet,
+    config: IngestionSettings | None = None,
+    *,
+    grpc_address: str | None = None,
+    consume: bool = True,
+    clock: Callable[[], float] = time.time,
+) -> IngestionService:
+    """Assemble ingestion; call it inside the event loop that will run it (the
+    Kafka clients bind to the running loop). `consume=False` leaves out the
+    `events.raw` consumer: a gRPC-only instance, as some tests use."""
+    config = config or IngestionSettings()
+    index = SqliteEventIndex(config.index_path(settings), retention=config.retention, clock=clock)
+    producer = build_producer(settings, config)
+    publisher = Publisher(settings, producer=producer)
+    ingestor = Ingestor(
+        Validator(featureset, clock=clock),
+        index,
+        KafkaEventSink(publisher),
+        dedup_window=config.dedup_window,
+        label_horizon=config.label_horizon,
+        clock=clock,
+    )
+    consumer = RawEventsConsumer(settings, config, ingestor, publisher) if consume else None
+    servicer = IngestServicer(
+        ingestor,
+        batch_size=config.stream_batch_size,
+        flush_interval_s=config.stream_flush_interval / timedelta(seconds=1),
+    )
+    server = build_server(
+        settings,
+        [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer, SERVICE_NAME)],
+        grpc_address or settings.endpoints.ingestion,
+    )
+    return IngestionService(
+        settings,
+        config,
+        index=index,
+        producer=producer,
+        publisher=publisher,
+        ingestor=ingestor,
+        consumer=consumer,
+        server=server,
+    )

@@ -1,0 +1,1 @@
+"""The ways events come in: gRPC `IngestService` and the `events.raw` topic."""

@@ -1,0 +1,275 @@
+"""The ingest handler with fakes: dedup, late labels, and the publish-then-index order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from driftloop.v1 import events_pb2
+from driftloop_core.featureset import default_featureset_path, load_featureset
+from driftloop_ingestion.adapters.event_index import SqliteEventIndex
+from driftloop_ingestion.handlers import (
+    LABEL,
+    OBSERVATION,
+    Accepted,
+    Incoming,
+    IndexEntry,
+    Ingestor,
+    Publication,
+    PublishFailed,
+)
+from driftloop_ingestion.validation import Rejection, Validator
+
+START_MS = 1_763_800_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = START_MS
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+class MemoryIndex:
+    def __init__(self) -> None:
+        self.rows: dict[str, IndexEntry] = {}
+
+    def lookup(self, event_ids: Collection[str]) -> dict[str, IndexEntry]:
+        return {i: self.rows[i] for i in event_ids if i in self.rows}
+
+    def record(self, observations: Sequence[IndexEntry], labelled: Sequence[str]) -> None:
+        for entry in observations:
+            self.rows[entry.event_id] = entry
+        for event_id in labelled:
+            self.rows[event_id] = self.rows[event_id]._replace(labelled=True)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.batches: list[list[Publication]] = []
+        self.fail = False
+        self.gate: asyncio.Event | None = None
+
+    async def publish(self, events: Sequence[Publication]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise PublishFailed("broker down")
+        self.batches.append(list(events))
+
+    @property
+    def published(self) -> list[Publication]:
+        return [p for batch in self.batches for p in batch]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def index() -> MemoryIndex:
+    return MemoryIndex()
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+def ingestor(clock: Clock, index: MemoryIndex, sink: Sink) -> Ingestor:
+    return Ingestor(
+        Validator(load_featureset(default_featureset_path()), clock=clock),
+        index,
+        sink,
+        dedup_window=timedelta(hours=1),
+        label_horizon=timedelta(hours=3),
+        clock=clock,
+    )
+
+
+def obs(event_id: str, entity: str = "c1", **extra: object) -> Incoming:
+    event = {
+        "event_id": event_id,
+        "customer_id": entity,
+        "ts": START_MS - 60_000,
+        "amount": 1.0,
+        "channel": "pos",
+        "hour": 1,
+        **extra,
+    }
+    return Incoming(orjson.dumps(event))
+
+
+def label(event_id: str, value: int = 1) -> Incoming:
+    return Incoming(orjson.dumps({"event_id": event_id, "is_fraud": value}))
+
+
+async def test_valid_events_are_published_keyed_by_entity_and_indexed(
+    ingestor: Ingestor, sink: Sink, index: MemoryIndex
+) -> None:
+    outcomes = await ingestor.ingest([obs("e1", "c1"), obs("bad", amount=-1), obs("e2", "c2")])
+    assert outcomes[0] == Accepted("e1", OBSERVATION, False, "c1")
+    assert isinstance(outcomes[1], Rejection) and outcomes[1].rule == "min"
+    assert outcomes[2] == Accepted("e2", OBSERVATION, False, "c2")
+    assert [(p.kind, p.key, p.event_id) for p in sink.published] == [
+        (OBSERVATION, "c1", "e1"),
+        (OBSERVATION, "c2", "e2"),
+    ]
+    message = events_pb2.Observation.FromString(sink.published[0].value)
+    assert message.event_id == "e1" and message.entity_id == "c1"
+    assert message.values["amount"].float_value == 1.0
+    assert message.values["channel"].string_value == "pos"
+    assert message.values["hour"].int_value == 1
+    assert message.event_time.ToMilliseconds() == START_MS - 60_000
+    assert message.ingested_at.ToMilliseconds() == START_MS
+    assert message.feature_set == "payments" and not message.HasField("label")
+    assert set(index.rows) == {"e1", "e2"}
+
+
+async def test_duplicates_within_the_window_are_acknowledged_not_republished(
+    ingestor: Ingestor, sink: Sink, clock: Clock
+) -> None:
+    first = await ingestor.ingest([obs("e1"), obs("e1")])
+    assert [o.duplicate for o in first if isinstance(o, Accepted)] == [False, True]
+    clock.ms += 59 * 60_000
+    again = await ingestor.ingest([obs("e1")])
+    assert again == [Accepted("e1", OBSERVATION, True, "c1")]
+    assert len(sink.published) == 1
+    clock.ms += 2 * 60_000  # the window has passed: a new event
+    later = await ingestor.ingest([obs("e1")])
+    assert later == [Accepted("e1", OBSERVATION, False, "c1")]
+    assert len(sink.published) == 2
+
+
+async def test_late_label_takes_its_observations_entity_and_time(
+    ingestor: Ingestor, sink: Sink, clock: Clock
+) -> None:
+    await ingestor.ingest([obs("e1", "c9")])
+    clock.ms += 60_000
+    outcomes = await ingestor.ingest([label("e1", 0)])
+    assert outcomes == [Accepted("e1", LABEL, False, "c9")]
+    published = sink.published[-1]
+    assert (published.kind, published.key, published.event_id) == (LABEL, "c9", "e1:label")
+    message = events_pb2.Label.FromString(published.value)
+    assert (message.event_id, message.entity_id, message.label) == ("e1", "c9", 0)
+    assert message.event_time.ToMilliseconds() == START_MS - 60_000
+    assert message.ingested_at.ToMilliseconds() == START_MS + 60_000
+    assert message.feature_set == "payments"
+    # The same label again is a duplicate.
+    assert await ingestor.ingest([label("e1", 0)]) == [Accepted("e1", LABEL, True, "c9")]
+    assert len(sink.published) == 2
+
+
+async def test_label_in_the_same_batch_after_its_observation(
+    ingestor: Ingestor, sink: Sink, index: MemoryIndex
+) -> None:
+    outcomes = await ingestor.ingest([label("e1"), obs("e1", "c3"), label("e1"), label("e1")])
+    assert isinstance(outcomes[0], Rejection) and outcomes[0].rule == "unknown_event_id"
+    assert outcomes[1:] == [
+        Accepted("e1", OBSERVATION, False, "c3"),
+        Accepted("e1", LABEL, False, "c3"),
+        Accepted("e1", LABEL, True, "c3"),
+    ]
+    assert [p.kind for p in sink.published] == [OBSERVATION, LABEL]
+    assert index.rows["e1"].labelled
+
+
+async def test_observation_carrying_its_label_makes_a_late_label_a_duplicate(
+    ingestor: Ingestor, sink: Sink
+) -> None:
+    await ingestor.ingest([obs("e1", is_fraud=1)])
+    assert events_pb2.Observation.FromString(sink.published[0].value).label == 1
+    assert await ingestor.ingest([label("e1")]) == [Accepted("e1", LABEL, True, "c1")]
+
+
+async def test_label_for_unknown_or_too_old_event_is_rejected(
+    ingestor: Ingestor, clock: Clock
+) -> None:
+    [unknown] = await ingestor.ingest([label("nope")])
+    assert isinstance(unknown, Rejection)
+    assert (unknown.field, unknown.rule, unknown.event_id) == (
+        "event_id",
+        "unknown_event_id",
+        "nope",
+    )
+    assert "event_id: no observation 'nope' was accepted in the last 3h" in unknown.reason
+    await ingestor.ingest([obs("e1")])
+    clock.ms += 3 * 3_600_000 + 1
+    [too_old] = await ingestor.ingest([label("e1")])
+    assert isinstance(too_old, Rejection) and too_old.rule == "unknown_event_id"
+
+
+async def test_failed_publish_records_nothing_so_a_retry_publishes(
+    ingestor: Ingestor, sink: Sink, index: MemoryIndex
+) -> None:
+    sink.fail = True
+    with pytest.raises(PublishFailed):
+        await ingestor.ingest([obs("e1")])
+    assert index.rows == {}
+    sink.fail = False
+    assert await ingestor.ingest([obs("e1")]) == [Accepted("e1", OBSERVATION, False, "c1")]
+    assert len(sink.published) == 1
+
+
+async def test_concurrent_batches_sharing_an_id_publish_it_once(
+    ingestor: Ingestor, sink: Sink
+) -> None:
+    sink.gate = asyncio.Event()
+    first = asyncio.create_task(ingestor.ingest([obs("e1"), obs("e2")]))
+    second = asyncio.create_task(ingestor.ingest([obs("e2"), obs("e3")]))
+    await asyncio.sleep(0.01)
+    sink.gate.set()
+    one, two = await asyncio.gather(first, second)
+    assert [o.duplicate for o in one if isinstance(o, Accepted)] == [False, False]
+    assert [o.duplicate for o in two if isinstance(o, Accepted)] == [True, False]
+    assert sorted(p.event_id for p in sink.published) == ["e1", "e2", "e3"]
+
+
+async def test_raw_mappings_are_validated_like_json(ingestor: Ingestor) -> None:
+    outcomes = await ingestor.ingest(
+        [
+            Incoming(
+                {"customer_id": "c1", "ts": START_MS, "amount": 2, "channel": "atm", "hour": 0}
+            ),
+            Incoming({"customer_id": "c1", "ts": START_MS, "amount": 2, "channel": "atm"}),
+        ]
+    )
+    assert isinstance(outcomes[0], Accepted) and len(outcomes[0].event_id) == 32
+    assert isinstance(outcomes[1], Rejection) and outcomes[1].field == "hour"
+
+
+def test_sqlite_index_survives_reopening_and_prunes_old_rows(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "ingestion" / "events.db"
+    index = SqliteEventIndex(path, retention=timedelta(hours=2), clock=clock)
+    index.record(
+        [
+            IndexEntry("old", "c1", START_MS - 1, START_MS - 3 * 3_600_000, False),
+            IndexEntry("new", "c2", START_MS - 2, START_MS, False),
+        ],
+        [],
+    )
+    index.record([], ["new"])
+    index.close()
+
+    reopened = SqliteEventIndex(path, retention=timedelta(hours=2), clock=clock)
+    assert reopened.lookup(["old", "new", "missing"]) == {
+        "old": IndexEntry("old", "c1", START_MS - 1, START_MS - 3 * 3_600_000, False),
+        "new": IndexEntry("new", "c2", START_MS - 2, START_MS, True),
+    }
+    assert reopened.prune() == 1
+    assert set(reopened.lookup(["old", "new"])) == {"new"}
+    # Upserting refreshes a row; lookups of many ids go in chunks.
+    reopened.record([IndexEntry("new", "c2", START_MS - 2, START_MS + 5, False)], [])
+    many = [IndexEntry(f"e{i}", "c", START_MS, START_MS, False) for i in range(2500)]
+    reopened.record(many, [])
+    found = reopened.lookup([f"e{i}" for i in range(2500)] + ["new"])
+    assert len(found) == 2501 and found["new"].seen_at_ms == START_MS + 5
+    reopened.close()
