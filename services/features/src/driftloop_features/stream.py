@@ -47,17 +47,27 @@ class StateStore(Protocol):
 
     def get(self, key: str) -> Any: ...
 
+    def items(self) -> Any: ...
+
     def __setitem__(self, key: str, value: Any) -> None: ...
 
 
-def feature_value(value: Value) -> common_pb2.FeatureValue:
+def set_feature_value(target: common_pb2.FeatureValue, value: Value) -> None:
+    """Fill a FeatureValue in place (cheaper than building one and copying it)."""
     if isinstance(value, bool):
-        return common_pb2.FeatureValue(int_value=int(value))
-    if isinstance(value, int):
-        return common_pb2.FeatureValue(int_value=value)
-    if isinstance(value, float):
-        return common_pb2.FeatureValue(float_value=value)
-    return common_pb2.FeatureValue(string_value=str(value))
+        target.int_value = int(value)
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.float_value = value
+    else:
+        target.string_value = str(value)
+
+
+def feature_value(value: Value) -> common_pb2.FeatureValue:
+    result = common_pb2.FeatureValue()
+    set_feature_value(result, value)
+    return result
 
 
 def plain_value(value: common_pb2.FeatureValue) -> Value | None:
@@ -97,6 +107,12 @@ class StreamHandler:
             cached = EntityState.from_json(self._table.get(entity_id))
             self.cache[entity_id] = cached
         return cached
+
+    def load_all(self) -> int:
+        """Decode every entity of the table into the in-memory cache."""
+        for entity_id, data in self._table.items():
+            self.cache[entity_id] = EntityState.from_json(data)
+        return len(self.cache)
 
     async def handle(self, record: Record) -> None:
         with tracer.start_as_current_span(

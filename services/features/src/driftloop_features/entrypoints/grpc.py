@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 from driftloop.v1 import features_pb2, features_pb2_grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftloop_features.domain import EntityState, FeatureMath, FeatureStatus
 from driftloop_features.offline import (
@@ -24,7 +23,7 @@ from driftloop_features.offline import (
     UnknownModelError,
     training_set_response,
 )
-from driftloop_features.stream import feature_value
+from driftloop_features.stream import set_feature_value
 
 _STATUS = {
     FeatureStatus.PRESENT: features_pb2.FEATURE_STATUS_PRESENT,
@@ -77,10 +76,10 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 continue
             values, statuses = self._math.online(state, names, as_of_ms=as_of, now_ms=now_ms)
             for name, value in values.items():
-                entry.values[name].CopyFrom(feature_value(value))
+                set_feature_value(entry.values[name], value)
             for name, status in statuses.items():
                 entry.statuses[name] = _STATUS[status]
-            entry.updated_at.CopyFrom(_timestamp(state.latest_time_ms))
+            entry.updated_at.FromMilliseconds(state.latest_time_ms)
         return response
 
     async def GetTrainingSet(
@@ -100,9 +99,3 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         except InvalidWindowError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return training_set_response(result)
-
-
-def _timestamp(millis: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(millis)
-    return stamp
