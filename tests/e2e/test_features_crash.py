@@ -1,0 +1,149 @@
+"""Kill the feature store with SIGKILL mid-stream under `driftloop up`: once the
+supervisor has restarted it, every aggregate is exact (nothing lost, nothing
+counted twice)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from driftloop_core.broker import free_port
+
+pytestmark = pytest.mark.e2e
+
+DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
+ENTITIES = [f"cust-{i}" for i in range(8)]
+
+
+def run_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, object]]:
+    done = subprocess.run(
+        [*DRIFTLOOP, *args, "--json"], env=env, capture_output=True, text=True, timeout=30
+    )
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return done.returncode, {"stdout": done.stdout, "stderr": done.stderr}
+
+
+def wait_until(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def pids(env: dict[str, str]) -> dict[str, object]:
+    code, report = run_json(env, "status")
+    services = report.get("services", [])
+    assert isinstance(services, list)
+    return {s["name"]: (s["pid"], s["ready"]) for s in services} | {"_all_ready": code == 0}
+
+
+def make_events(count: int) -> list[dict[str, object]]:
+    rng = random.Random(5)
+    now = int(time.time() * 1000)
+    # Every event is within the last five minutes: both windows hold all of them.
+    return [
+        {
+            "event_id": f"ev-{i}",
+            "customer_id": rng.choice(ENTITIES),
+            "ts": now - 300_000 + i * (290_000 // count),
+            "amount": round(rng.uniform(1, 400), 2),
+            "channel": rng.choice(["web", "pos", "atm"]),
+            "hour": rng.randrange(24),
+        }
+        for i in range(count)
+    ]
+
+
+async def produce(bootstrap: str, events: list[dict[str, object]], pause_s: float) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for i, event in enumerate(events):
+            await producer.send_and_wait("events.raw", json.dumps(event).encode())
+            if i % 20 == 0:
+                await asyncio.sleep(pause_s)
+    finally:
+        await producer.stop()
+
+
+def test_feature_store_sigkill_mid_stream_keeps_aggregates_exact(tmp_path: Path) -> None:
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DRIFTLOOP_HOME": str(tmp_path / "home"),
+        "DRIFTLOOP_ENDPOINTS__BROKER_PORT": str(port),
+        "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
+        "DRIFTLOOP_ENDPOINTS__INGESTION": f"127.0.0.1:{free_port()}",
+        "DRIFTLOOP_ENDPOINTS__FEATURES": f"127.0.0.1:{free_port()}",
+    }
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([*DRIFTLOOP, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        before = wait_until(lambda: (p := pids(env))["_all_ready"] and p, 120, "driftloop up")
+        assert {"broker", "ingestion", "features"} <= set(before)
+        events = make_events(600)
+        asyncio.run(produce(bootstrap, events[:300], 0))
+        killed_pid = before["features"][0]
+
+        async def second_half_with_a_kill() -> None:
+            producing = asyncio.create_task(produce(bootstrap, events[300:], 0.05))
+            await asyncio.sleep(1.0)
+            os.kill(killed_pid, signal.SIGKILL)
+            await producing
+
+        asyncio.run(second_half_with_a_kill())
+        wait_until(
+            lambda: (p := pids(env))["_all_ready"] and p["features"][0] != killed_pid,
+            120,
+            "the supervisor to restart the feature store",
+        )
+
+        expected = {}
+        for entity in ENTITIES:
+            mine = [e for e in events if e["customer_id"] == entity]
+            amounts = [float(e["amount"]) for e in mine]  # type: ignore[arg-type]
+            expected[entity] = (len(mine), sum(amounts) / len(amounts))
+
+        def lookups_match() -> dict[str, object] | None:
+            found = {}
+            for entity in ENTITIES:
+                code, doc = run_json(env, "features", "get", entity)
+                if code != 0:
+                    return None
+                features = doc["features"]
+                assert isinstance(features, dict)
+                found[entity] = (features.get("txn_count_10m"), features.get("amount_mean_1h"))
+            exact = all(
+                found[e][0] == expected[e][0]
+                and found[e][1] is not None
+                and abs(found[e][1] - expected[e][1]) < 1e-9
+                for e in ENTITIES
+            )
+            return found if exact else None
+
+        found = wait_until(lookups_match, 120, f"exact aggregates {expected}")
+        assert found is not None
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
+        log.close()
+    output = (tmp_path / "up.log").read_text()
+    assert "exited with code -9" in output
+    assert up.returncode == 0
