@@ -1,0 +1,1 @@
+"""Driftloop model registry service."""
