@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     environment: str = "dev"
     log_level: str = "INFO"
     admin_token: SecretStr | None = None
+    # Where model artifacts live, content-addressed by sha256: a local folder
+    # (default: DRIFTLOOP_HOME/artifacts) or any fsspec URL (s3://bucket/prefix).
+    artifacts_url: str | None = None
     # Set to false to require an external broker instead of the embedded one.
     embedded_broker: bool = True
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -151,6 +154,10 @@ class Settings(BaseSettings):
         """State that only mirrors the broker (e.g. Faust table stores): cleared
         when `driftloop up` starts a fresh in-memory broker."""
         return self.home / "ephemeral"
+
+    @property
+    def artifacts_location(self) -> str:
+        return self.artifacts_url or str(self.home / "artifacts")
 
     @property
     def logs_dir(self) -> Path:
