@@ -41,6 +41,7 @@ from aiokafka.errors import CommitFailedError
 from driftloop.v1 import common_pb2, events_pb2, features_pb2
 from driftloop_core.featureset import FeatureSet, FieldType
 from driftloop_core.kafka import Outgoing, PoisonMessage, Publisher, Record, Topics, parse_headers
+from driftloop_core.kafka.consumer import group_consumer
 from driftloop_core.kafka.deadletter import DeadLetterWriter
 from driftloop_core.kafka.topics import kind_of_message
 from driftloop_core.settings import Settings
@@ -506,16 +507,8 @@ class OfflineSink:
         )
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            **self._kafka.client_options(),
-            group_id=self._group,
-            client_id=f"{self._kafka.client_id_prefix}-{self._settings.service_name}-offline",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=self._kafka.session_timeout_ms,
-            heartbeat_interval_ms=self._kafka.heartbeat_interval_ms,
-            rebalance_timeout_ms=self._kafka.rebalance_timeout_ms,
-            max_poll_records=self._kafka.max_poll_records,
+        self._consumer = group_consumer(
+            self._settings, group_id=self._group, client_suffix="offline"
         )
         await self._consumer.start()
         self._consumer.subscribe([self._topic], listener=_FlushOnRevoke(self))

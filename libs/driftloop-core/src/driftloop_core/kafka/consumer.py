@@ -43,6 +43,29 @@ LAG = Gauge(
 )
 
 
+def group_consumer(
+    settings: Settings, *topics: str, group_id: str, client_suffix: str = "", **overrides: Any
+) -> AIOKafkaConsumer:
+    """An aiokafka group member with Driftloop's delivery settings: manual commits
+    after the work is done, from the earliest offset, with the failover timeouts
+    of settings. `overrides` tune fetch sizes and batch lengths."""
+    kafka = settings.kafka
+    suffix = f"-{client_suffix}" if client_suffix else ""
+    options: dict[str, Any] = {
+        **kafka.client_options(),
+        "group_id": group_id,
+        "client_id": f"{kafka.client_id_prefix}-{settings.service_name}{suffix}",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "rebalance_timeout_ms": kafka.rebalance_timeout_ms,
+        "max_poll_records": kafka.max_poll_records,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
 class PoisonMessage(Exception):
     """A record that can never be handled; it goes to the dead-letter topic."""
 
@@ -103,18 +126,7 @@ class Consumer:
 
     async def start(self) -> None:
         if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(
-                *self._topics,
-                **self._kafka.client_options(),
-                group_id=self._group,
-                client_id=f"{self._kafka.client_id_prefix}-{self._settings.service_name}",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=self._kafka.session_timeout_ms,
-                heartbeat_interval_ms=self._kafka.heartbeat_interval_ms,
-                rebalance_timeout_ms=self._kafka.rebalance_timeout_ms,
-                max_poll_records=self._kafka.max_poll_records,
-            )
+            self._consumer = group_consumer(self._settings, *self._topics, group_id=self._group)
         await self._consumer.start()
         self._started = True
 

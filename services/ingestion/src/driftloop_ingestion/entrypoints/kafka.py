@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from driftloop_core.kafka.consumer import CONSUMED, LAG, PoisonMessage, Record
+from driftloop_core.kafka.consumer import CONSUMED, LAG, PoisonMessage, Record, group_consumer
 from driftloop_core.kafka.deadletter import build_deadletter
 from driftloop_core.kafka.headers import parse_headers
 from driftloop_core.kafka.publisher import Outgoing, Publisher
@@ -87,17 +87,10 @@ class RawEventsConsumer:
 
     async def start(self) -> None:
         if self._consumer is None:
-            kafka = self._settings.kafka
-            self._consumer = AIOKafkaConsumer(
+            self._consumer = group_consumer(
+                self._settings,
                 self._config.source_topic,
-                **kafka.client_options(),
                 group_id=self._config.group_id,
-                client_id=f"{kafka.client_id_prefix}-{self._settings.service_name}",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=kafka.session_timeout_ms,
-                heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-                rebalance_timeout_ms=kafka.rebalance_timeout_ms,
                 max_poll_records=self._config.kafka_batch_size,
                 fetch_max_bytes=self._config.fetch_max_bytes,
                 max_partition_fetch_bytes=self._config.max_partition_fetch_bytes,
