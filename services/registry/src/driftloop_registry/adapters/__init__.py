@@ -1,0 +1,1 @@
+"""The registry's storage: SQL metadata through SQLAlchemy."""

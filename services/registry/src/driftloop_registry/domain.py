@@ -1,0 +1,128 @@
+"""What the registry decides, free of storage and transport.
+
+The promotion gate lives here as a pure function so its rules (no champion,
+like-for-like comparison, margin) are tested without a database or a broker.
+The errors name what was wrong in words a caller can act on; the gRPC
+entrypoint maps them to status codes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+CHAMPION = "champion"
+GATE_ACTOR = "registry"
+
+
+class Status(enum.StrEnum):
+    CANDIDATE = "candidate"
+    CHAMPION = "champion"
+    ARCHIVED = "archived"
+
+
+class Kind(enum.StrEnum):
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+class RegistryError(Exception):
+    """Base of the errors a caller caused."""
+
+
+class NotFoundError(RegistryError):
+    """The model, version or alias does not exist."""
+
+
+class PreconditionError(RegistryError):
+    """The request is valid but the registry's state does not allow it."""
+
+
+class InvalidRequestError(RegistryError):
+    """A field of the request is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    primary_metric: str = "roc_auc"
+    min_improvement: float = 0.005
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(
+    policy: GatePolicy,
+    *,
+    metrics: dict[str, float],
+    champion_metrics: dict[str, float],
+    measured_champion: int | None,
+    current_champion: int | None,
+) -> GateDecision:
+    """Whether a new version takes the champion alias, and why (with the figures).
+
+    `measured_champion` is the version the trainer evaluated on the same rows;
+    `current_champion` is the one holding the alias now. A comparison against
+    another version than the current champion is not like for like: no promotion.
+    """
+    metric = policy.primary_metric
+    if current_champion is None:
+        return GateDecision(True, "no champion yet: first version takes the alias")
+    if metric not in metrics:
+        return GateDecision(False, f"not promoted: its metrics lack {metric}")
+    if measured_champion is None or metric not in champion_metrics:
+        return GateDecision(
+            False,
+            f"not promoted: champion v{current_champion} was not evaluated on the same rows "
+            f"(champion_metrics lack {metric})",
+        )
+    if measured_champion != current_champion:
+        return GateDecision(
+            False,
+            f"not promoted: compared with v{measured_champion}, "
+            f"but the champion is now v{current_champion}",
+        )
+    new, old = metrics[metric], champion_metrics[metric]
+    gain = new - old if policy.higher_is_better else old - new
+    figures = (
+        f"{metric} {new:.4f} vs champion v{current_champion} {old:.4f} "
+        f"(gain {gain:+.4f}, margin {policy.min_improvement:.4f})"
+    )
+    if gain >= policy.min_improvement:
+        return GateDecision(True, f"promoted: {figures}")
+    return GateDecision(False, f"not promoted: {figures}")
+
+
+def next_rollback_target(changes: list[tuple[Kind, int | None, int]]) -> int | None:
+    """The version a rollback restores, from the alias history (oldest first).
+
+    Promotions push the new holder, rollbacks pop, so repeated rollbacks walk
+    back through earlier champions instead of toggling between two versions.
+    """
+    stack: list[int] = []
+    for kind, _from_version, to_version in changes:
+        if kind is Kind.PROMOTE:
+            stack.append(to_version)
+        elif stack:
+            stack.pop()
+            if not stack or stack[-1] != to_version:
+                stack.append(to_version)
+    return stack[-2] if len(stack) >= 2 else None
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    promotion_id: str
+    model: str
+    alias: str
+    from_version: int | None
+    to_version: int
+    actor: str
+    reason: str
+    kind: Kind
+    at: datetime

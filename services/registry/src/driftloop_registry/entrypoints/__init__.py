@@ -1,0 +1,1 @@
+"""The registry's transports: the gRPC servicer and the `models.trained` consumer."""

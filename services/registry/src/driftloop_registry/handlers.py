@@ -1,0 +1,229 @@
+"""The registry's use cases, shared by the Kafka consumer, gRPC and tests.
+
+Nothing here imports grpc or aiokafka: events go out through anything with
+`publish_event` (the core `Publisher`), artifacts come from anything with `get`
+(the core `ArtifactStore`). Database calls are synchronous SQLAlchemy, run in a
+worker thread so the event loop keeps serving; writes are serialised by one
+lock so version numbers and the alias never race inside a process.
+
+Events are published after the commit that caused them and then marked as
+published. A replayed `ModelTrained` whose version exists registers nothing and
+publishes nothing new; events a crash left unpublished go out on the next start
+(or replay) under the CloudEvents id chosen at commit time, so consumers that
+deduplicate by id see each event once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import onnx
+import structlog
+from driftloop.v1 import common_pb2, events_pb2, registry_pb2
+from google.protobuf.message import DecodeError, Message
+
+from driftloop_registry import messages
+from driftloop_registry.adapters.store import ModelStats, Registration, RegistryStore, VersionRow
+from driftloop_registry.domain import (
+    CHAMPION,
+    AliasChange,
+    GatePolicy,
+    InvalidRequestError,
+    NotFoundError,
+    RegistryError,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class EventPublisher(Protocol):
+    async def publish_event(
+        self, message: Message, *, key: str | bytes | None, event_id: str | None = None
+    ) -> object: ...
+
+
+class ArtifactReader(Protocol):
+    def get(self, artifact: common_pb2.Artifact) -> bytes: ...
+
+
+class InvalidArtifactError(RegistryError):
+    """The artifact's bytes are not what the event claims (size, format)."""
+
+
+class Registry:
+    def __init__(
+        self,
+        store: RegistryStore,
+        artifacts: ArtifactReader,
+        events: EventPublisher,
+        policy: GatePolicy,
+    ) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._events = events
+        self._policy = policy
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ writes
+
+    async def register_trained(self, trained: events_pb2.ModelTrained) -> Registration:
+        """Register a trained model once per (model, request_id), after checking
+        its artifact; raises ArtifactDigestError / InvalidArtifactError /
+        InvalidRequestError when it must not be registered."""
+        for name in ("model", "request_id"):
+            if not getattr(trained, name):
+                raise InvalidRequestError(f"ModelTrained.{name}: must not be empty")
+        if not trained.artifact.sha256:
+            raise InvalidRequestError("ModelTrained.artifact.sha256: must not be empty")
+        existing = await asyncio.to_thread(
+            self._store.find_by_request, trained.model, trained.request_id
+        )
+        if existing is not None:
+            log.info(
+                "model_trained_replayed",
+                model=trained.model,
+                request_id=trained.request_id,
+                version=existing.version,
+            )
+            await self.flush_outbox()
+            return Registration(existing, None, created=False)
+        data = await asyncio.to_thread(self._artifacts.get, trained.artifact)
+        self._check_artifact(trained, data)
+        async with self._lock:
+            registration = await asyncio.to_thread(self._store.register, trained, self._policy)
+        row = registration.version
+        log.info(
+            "model_version_registered",
+            model=row.model,
+            version=row.version,
+            status=row.status,
+            reason=row.status_reason,
+            request_id=row.request_id,
+            created=registration.created,
+        )
+        if registration.created:
+            await self._publish_registered(row)
+            if registration.change is not None:
+                await self._publish_promoted(registration.change, row)
+        return registration
+
+    @staticmethod
+    def _check_artifact(trained: events_pb2.ModelTrained, data: bytes) -> None:
+        declared = trained.artifact.size_bytes
+        if declared and declared != len(data):
+            raise InvalidArtifactError(
+                f"artifact {trained.artifact.sha256}: size is {len(data)} bytes, "
+                f"the event says {declared}"
+            )
+        try:
+            onnx.load_model_from_string(data)
+        except DecodeError as error:
+            raise InvalidArtifactError(
+                f"artifact {trained.artifact.sha256}: not an ONNX model ({error})"
+            ) from error
+
+    async def promote(
+        self, model: str, version: int, *, actor: str, reason: str
+    ) -> tuple[events_pb2.ModelPromoted, registry_pb2.ModelVersion]:
+        if not reason.strip():
+            raise InvalidRequestError("reason: must not be empty")
+        async with self._lock:
+            change, row = await asyncio.to_thread(
+                self._store.promote, model, version, actor=actor, reason=reason
+            )
+        log.info("model_promoted", model=model, to_version=version, actor=actor, reason=reason)
+        event = await self._publish_promoted(change, row)
+        return event, messages.model_version(row)
+
+    async def rollback(
+        self, model: str, *, actor: str, reason: str
+    ) -> tuple[events_pb2.ModelPromoted, registry_pb2.ModelVersion]:
+        if not reason.strip():
+            raise InvalidRequestError("reason: must not be empty")
+        async with self._lock:
+            change, row = await asyncio.to_thread(
+                self._store.rollback, model, actor=actor, reason=reason
+            )
+        log.info(
+            "model_rolled_back",
+            model=model,
+            from_version=change.from_version,
+            to_version=change.to_version,
+            actor=actor,
+            reason=reason,
+        )
+        event = await self._publish_promoted(change, row)
+        return event, messages.model_version(row)
+
+    async def flush_outbox(self) -> int:
+        """Publish what was committed but never acknowledged; returns how many."""
+        async with self._lock:
+            versions, changes = await asyncio.to_thread(self._store.unpublished)
+        for row in versions:
+            await self._publish_registered(row)
+        for change in changes:
+            target = await asyncio.to_thread(self._store.get, change.model, change.to_version)
+            await self._publish_promoted(change, target)
+        if versions or changes:
+            log.info("outbox_flushed", registered=len(versions), promoted=len(changes))
+        return len(versions) + len(changes)
+
+    async def _publish_registered(self, row: VersionRow) -> None:
+        await self._events.publish_event(
+            messages.model_registered(row), key=row.model, event_id=row.registered_event_id
+        )
+        await asyncio.to_thread(self._store.mark_registered, row.model, row.version)
+
+    async def _publish_promoted(
+        self, change: AliasChange, target: VersionRow
+    ) -> events_pb2.ModelPromoted:
+        event = messages.model_promoted(change, target)
+        await self._events.publish_event(event, key=change.model, event_id=change.promotion_id)
+        await asyncio.to_thread(self._store.mark_promoted, change.promotion_id)
+        return event
+
+    # ------------------------------------------------------------------ reads
+
+    async def list_models(self) -> list[ModelStats]:
+        return await asyncio.to_thread(self._store.list_models)
+
+    async def list_versions(self, model: str = "") -> list[registry_pb2.ModelVersion]:
+        rows = await asyncio.to_thread(self._store.list_versions, model)
+        return [messages.model_version(row) for row in rows]
+
+    async def resolve(self, model: str, version: int | None, alias: str | None) -> VersionRow:
+        """A version by number, or by alias ("champion", the default)."""
+        if not model:
+            raise InvalidRequestError("model: must not be empty")
+        if version is not None:
+            return await asyncio.to_thread(self._store.get, model, version)
+        if alias and alias != CHAMPION:
+            raise NotFoundError(f"model {model} has no alias {alias!r} (known: champion)")
+        return await asyncio.to_thread(self._store.champion, model)
+
+    async def get_version(
+        self, model: str, version: int | None = None, alias: str | None = None
+    ) -> registry_pb2.ModelVersion:
+        return messages.model_version(await self.resolve(model, version, alias))
+
+    async def history(self, model: str, alias: str = CHAMPION) -> list[events_pb2.ModelPromoted]:
+        changes = await asyncio.to_thread(self._store.history, model, alias or CHAMPION)
+        events = []
+        for change in changes:
+            target = await asyncio.to_thread(self._store.get, change.model, change.to_version)
+            events.append(messages.model_promoted(change, target))
+        return events
+
+    async def artifact_bytes(
+        self, model: str, version: int | None = None, alias: str | None = None
+    ) -> tuple[VersionRow, bytes]:
+        """The version and its artifact, read back and verified against its digest."""
+        row = await self.resolve(model, version, alias)
+        data = await asyncio.to_thread(self._artifacts.get, messages.artifact_of(row))
+        if len(data) != row.size_bytes:
+            raise InvalidArtifactError(
+                f"artifact {row.sha256}: stored size {len(data)} differs from "
+                f"recorded {row.size_bytes}"
+            )
+        return row, data

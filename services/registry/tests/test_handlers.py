@@ -1,0 +1,106 @@
+"""The registry's use cases with a fake publisher: artifact checks and the outbox."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.artifacts import ArtifactDigestError
+from driftloop_registry.adapters.store import RegistryStore, open_engine
+from driftloop_registry.domain import GatePolicy
+from driftloop_registry.handlers import InvalidArtifactError, Registry
+from google.protobuf.message import Message
+
+
+class FakeArtifacts:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def put(self, data: bytes) -> common_pb2.Artifact:
+        digest = hashlib.sha256(data).hexdigest()
+        self.blobs[digest] = data
+        return common_pb2.Artifact(uri=f"mem:{digest}", sha256=digest, size_bytes=len(data))
+
+    def get(self, artifact: common_pb2.Artifact) -> bytes:
+        data = self.blobs[artifact.sha256]
+        if hashlib.sha256(data).hexdigest() != artifact.sha256:
+            raise ArtifactDigestError(f"artifact sha256 mismatch: expected {artifact.sha256}")
+        return data
+
+
+class FlakyPublisher:
+    """Records what was published; fails the first `failures` calls like a broker outage."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.sent: list[tuple[str, str | None, Message]] = []
+
+    async def publish_event(
+        self, message: Message, *, key: str | bytes | None, event_id: str | None = None
+    ) -> object:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker down")
+        self.sent.append((type(message).__name__, event_id, message))
+        return None
+
+
+def registry(tmp_path: Path, publisher: FlakyPublisher) -> tuple[Registry, FakeArtifacts]:
+    artifacts = FakeArtifacts()
+    store = RegistryStore(open_engine(f"sqlite:///{tmp_path / 'registry.db'}"))
+    return Registry(store, artifacts, publisher, GatePolicy()), artifacts
+
+
+def trained(artifact: common_pb2.Artifact, request_id: str = "r1") -> events_pb2.ModelTrained:
+    return events_pb2.ModelTrained(
+        request_id=request_id, model="payments", artifact=artifact, metrics={"roc_auc": 0.8}
+    )
+
+
+def onnx_like() -> bytes:
+    # A ModelProto with only ir_version set: valid protobuf, what onnx parses.
+    return b"\x08\x08"
+
+
+async def test_events_left_unpublished_by_a_failure_go_out_once_with_their_ids(
+    tmp_path: Path,
+) -> None:
+    publisher = FlakyPublisher(failures=1)
+    reg, artifacts = registry(tmp_path, publisher)
+    message = trained(artifacts.put(onnx_like()))
+    with pytest.raises(ConnectionError):
+        await reg.register_trained(message)
+    assert publisher.sent == []
+    # The consumer retries the same record: nothing new is registered, and the
+    # committed events are published now.
+    again = await reg.register_trained(message)
+    assert not again.created
+    assert [name for name, _, _ in publisher.sent] == ["ModelRegistered", "ModelPromoted"]
+    registered_id = publisher.sent[0][1]
+    promoted = publisher.sent[1][2]
+    assert isinstance(promoted, events_pb2.ModelPromoted)
+    assert publisher.sent[1][1] == promoted.promotion_id
+    # A further replay publishes nothing.
+    await reg.register_trained(message)
+    assert len(publisher.sent) == 2
+    assert registered_id
+
+
+async def test_refuses_bad_artifacts_and_registers_nothing(tmp_path: Path) -> None:
+    publisher = FlakyPublisher()
+    reg, artifacts = registry(tmp_path, publisher)
+    artifact = artifacts.put(onnx_like())
+    artifacts.blobs[artifact.sha256] = b"tampered"
+    with pytest.raises(ArtifactDigestError):
+        await reg.register_trained(trained(artifact))
+    not_onnx = artifacts.put(b"\xff\xff\xff garbage")
+    with pytest.raises(InvalidArtifactError, match="not an ONNX model"):
+        await reg.register_trained(trained(not_onnx, "r2"))
+    wrong_size = artifacts.put(onnx_like() + b"")
+    wrong_size.size_bytes = 99
+    with pytest.raises(InvalidArtifactError, match="the event says 99"):
+        await reg.register_trained(trained(wrong_size, "r3"))
+    assert await reg.list_versions() == []
+    assert publisher.sent == []
