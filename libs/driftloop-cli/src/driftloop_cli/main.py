@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from driftloop_cli.commands import features as features_commands
+from driftloop_cli.commands import models as models_commands
 from driftloop_cli.commands.ingest import ingest
+from driftloop_cli.commands.train import train
 from driftloop_cli.status import as_json, collect
 from driftloop_cli.supervisor import Supervisor
 
@@ -28,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(features_commands.app, name="features")
+app.add_typer(models_commands.app, name="models")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -77,6 +80,7 @@ def status(
 
 
 app.command("ingest")(ingest)
+app.command("train")(train)
 
 
 if __name__ == "__main__":

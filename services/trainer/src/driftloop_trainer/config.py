@@ -1,0 +1,36 @@
+"""The trainer's own knobs, read from `DRIFTLOOP_TRAINER_*` environment variables.
+
+They sit beside the shared `Settings`: no other service needs to know which
+estimator the trainer fits. `DRIFTLOOP_TRAINER_ALGORITHM=logistic_regression`
+switches from the HistGradientBoosting default.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from driftloop_trainer.training import Algorithm, TrainingConfig
+
+
+class TrainerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_TRAINER_", extra="ignore")
+
+    algorithm: Algorithm = "hist_gradient_boosting"
+    random_state: int = 0
+    # Oldest share of rows fitted on, then the share validated on; the rest,
+    # the most recent rows, is held out for evaluation.
+    train_fraction: float = Field(default=0.6, gt=0, lt=1)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    min_rows: int = Field(default=30, ge=3)
+
+    def training_config(self) -> TrainingConfig:
+        if self.train_fraction + self.validation_fraction >= 1:
+            raise ValueError("train_fraction + validation_fraction must leave rows to hold out")
+        return TrainingConfig(
+            algorithm=self.algorithm,
+            random_state=self.random_state,
+            train_fraction=self.train_fraction,
+            validation_fraction=self.validation_fraction,
+            min_rows=self.min_rows,
+        )
