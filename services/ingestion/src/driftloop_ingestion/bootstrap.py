@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from driftloop_core.featureset import FeatureSet
 from driftloop_core.grpc.server import GrpcServer, build_server
 from driftloop_core.kafka.publisher import Publisher
 from driftloop_core.logging import get_logger
+from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
 from driftloop_core.telemetry import start_metrics_server
 
@@ -153,35 +153,15 @@ class IngestionService:
     async def run_until_signal(self) -> int:
         """Serve until SIGTERM/SIGINT (exit code 0), or until ingestion cannot go
         on (exit code 1, so that the supervisor restarts the process)."""
-        try:
-            await self.start()
-        except (KafkaError, OSError, RuntimeError) as error:
-            # Broker unreachable, or the gRPC port taken: nothing to serve with.
-            log.error("ingestion_start_failed", error=repr(error))
-            with contextlib.suppress(KafkaError, OSError, RuntimeError):
-                await self.stop()
-            return 1
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        waiter = asyncio.create_task(stop.wait())
-        try:
-            # The consumer and the pruner run until stopped; either ending early failed.
-            await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            waiter.cancel()
-        if stop.is_set():
-            log.info("ingestion_signal_received")
-        try:
-            await self.stop()
-        except (KafkaError, PublishFailed, sqlite3.Error, OSError) as error:
-            # The batch in hand stays uncommitted and is read again after the restart.
-            log.error("ingestion_failed", error=repr(error), exc_info=error)
-            return 1
-        return 0
+        return await serve_until_signal(
+            "ingestion",
+            self.start,
+            self.stop,
+            lambda: self._tasks,
+            # Broker unreachable, gRPC port taken, a batch that could not be
+            # published or indexed: it stays uncommitted and is read again.
+            (KafkaError, PublishFailed, sqlite3.Error, OSError, RuntimeError),
+        )
 
     async def _prune_periodically(self) -> None:
         interval = self.config.prune_interval.total_seconds()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from driftloop.v1 import registry_pb2_grpc
 from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.grpc.server import GrpcServer, build_server
 from driftloop_core.kafka import Consumer, Publisher, TopicSpec, default_topic_specs, ensure_topics
+from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -120,30 +120,10 @@ class RegistryService:
         """Serve until SIGTERM/SIGINT (exit 0) or until the consumer cannot go on
         (exit 1, so the supervisor restarts the process and the uncommitted
         record is read again)."""
-        try:
-            await self.start()
-        except (KafkaError, OSError, RuntimeError, SQLAlchemyError) as error:
-            log.error("registry_start_failed", error=repr(error))
-            with contextlib.suppress(KafkaError, OSError, RuntimeError):
-                await self.stop()
-            return 1
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        waiter = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            waiter.cancel()
-        failed = not stop.is_set()
-        if stop.is_set():
-            log.info("registry_signal_received")
-        try:
-            await self.stop()
-        except (KafkaError, OSError, SQLAlchemyError) as error:
-            log.error("registry_failed", error=repr(error), exc_info=error)
-            return 1
-        return 1 if failed else 0
+        return await serve_until_signal(
+            "registry",
+            self.start,
+            self.stop,
+            lambda: self._tasks,
+            (KafkaError, OSError, RuntimeError, SQLAlchemyError),
+        )

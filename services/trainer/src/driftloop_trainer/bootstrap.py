@@ -9,8 +9,6 @@ feature store and the registry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 
 from aiokafka.errors import KafkaError
 from driftloop_core.artifacts import ArtifactStore
@@ -18,6 +16,7 @@ from driftloop_core.featureset import FeatureSet
 from driftloop_core.grpc.server import GrpcServer, build_server
 from driftloop_core.kafka import Consumer, Publisher, Topics, default_topic_specs, ensure_topics
 from driftloop_core.logging import get_logger
+from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
 
 from driftloop_trainer.adapters.grpc_clients import FeatureServiceTrainingSets, RegistryChampions
@@ -79,33 +78,13 @@ class TrainerService:
 
     async def run_until_signal(self) -> int:
         """Serve until SIGTERM/SIGINT (0), or until consuming fails (1, restarted)."""
-        try:
-            await self.start()
-        except (KafkaError, OSError, RuntimeError) as error:
-            log.error("trainer_start_failed", error=repr(error))
-            with contextlib.suppress(KafkaError, OSError, RuntimeError):
-                await self.stop()
-            return 1
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        waiter = asyncio.create_task(stop.wait())
-        assert self._task is not None
-        try:
-            await asyncio.wait([waiter, self._task], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            waiter.cancel()
-        if stop.is_set():
-            log.info("trainer_signal_received")
-        try:
-            await self.stop()
-        except (KafkaError, OSError) as error:
-            log.error("trainer_failed", error=repr(error), exc_info=error)
-            return 1
-        return 0 if stop.is_set() else 1
+        return await serve_until_signal(
+            "trainer",
+            self.start,
+            self.stop,
+            lambda: [self._task] if self._task is not None else [],
+            (KafkaError, OSError, RuntimeError),
+        )
 
 
 def build(
