@@ -1,16 +1,31 @@
 """Registry fixtures: a real registry service on the session broker, tiny ONNX
-models, and readers for the topics it writes.
+models, readers for the topics it writes, a real PostgreSQL server and a real
+S3-compatible server (moto's).
 
 Each test gets its own `models.trained` and dead-letter topics, consumer group
 and model name; `models.registered` and `models.promoted` are shared, so
 readers keep only the records keyed by the test's model.
+
+PostgreSQL is what production runs the registry on, so the store tests run on it
+too: one throwaway server per test session (initdb + pg_ctl in a temp folder, on
+a free port), one fresh database per test. Its binaries come from PATH or
+/usr/lib/postgresql/*/bin; `.ci/run` installs Debian's `postgresql` when they are
+missing, so in CI (CI=true) their absence fails the tests instead of skipping them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import onnx
@@ -18,12 +33,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.artifacts import ArtifactStore
+from driftloop_core.broker import free_port
 from driftloop_core.settings import Settings
+from driftloop_registry.adapters.store import RegistryStore, open_engine
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
 from google.protobuf.message import Message
 from onnx import TensorProto, helper
 from pydantic import SecretStr
+from sqlalchemy import create_engine, text
 
 TOKEN = "s3cret-admin-token"
 M = TypeVar("M", bound=Message)
@@ -80,7 +98,7 @@ async def service(
 
 @pytest.fixture
 def artifacts(admin_settings: Settings) -> ArtifactStore:
-    return ArtifactStore(admin_settings.artifacts_location)
+    return ArtifactStore.from_settings(admin_settings)
 
 
 @pytest.fixture
@@ -211,3 +229,152 @@ def wait_for() -> Callable[..., Awaitable[Any]]:
 @pytest.fixture
 def onnx_bytes() -> Callable[[float], bytes]:
     return tiny_onnx
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def postgres_bindir() -> Path | None:
+    """The folder holding initdb and pg_ctl: PATH first, else Debian's newest."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0,
+    )
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@dataclass
+class PostgresServer:
+    """A private PostgreSQL cluster: trust auth for user `driftloop` on 127.0.0.1.
+
+    initdb refuses to run as root, so as root the cluster belongs to the
+    `postgres` system user and every server command runs through runuser."""
+
+    bindir: Path
+    root: Path
+    port: int
+    as_user: list[str]
+
+    @classmethod
+    def start(cls, bindir: Path) -> PostgresServer:
+        # Not under pytest's tmp dir: that is private to root, and the server
+        # may run as another user.
+        root = Path(tempfile.mkdtemp(prefix="driftloop-pg-"))
+        as_user: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(root)
+                pytest.fail("running as root, PostgreSQL needs a `postgres` system user")
+            os.chown(root, owner.pw_uid, owner.pw_gid)
+            as_user = ["runuser", "-u", "postgres", "--"]
+        server = cls(bindir, root, free_port(), as_user)
+        try:
+            data = str(root / "data")
+            server._run("initdb", "-D", data, "-U", "driftloop", "-A", "trust", "-E", "UTF8", "-N")
+            # Durability off: the cluster is thrown away after the session.
+            options = (
+                f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+            )
+            server._run(
+                "pg_ctl", "-D", data, "-l", str(root / "server.log"), "-o", options, "-w", "start"
+            )
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [*self.as_user, str(self.bindir / tool), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            log = self.root / "server.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            pytest.fail(f"{tool} failed ({done.returncode}): {done.stderr.strip()}\n{tail}")
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://driftloop@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        admin = create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            admin.dispose()
+        return self.url(name)
+
+    def stop(self) -> None:
+        if (self.root / "data" / "postmaster.pid").exists():
+            pg_ctl = [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.root / "data")]
+            stop = [*pg_ctl, "-m", "immediate", "-w", "stop"]
+            subprocess.run(stop, capture_output=True, timeout=60, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session; skipped locally without one,
+    a failure in CI, where `.ci/run` installs it."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        reason = (
+            "PostgreSQL binaries (initdb, pg_ctl) not found on PATH or in "
+            "/usr/lib/postgresql/*/bin; install Debian's `postgresql` package"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (.ci/run does so in CI)")
+        pytest.skip(reason)
+    server = PostgresServer.start(bindir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer, unique: str) -> str:
+    """A fresh database on the session's PostgreSQL server."""
+    return postgres.create_database(f"registry_{unique}")
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)],
+)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryStore]:
+    """The SQL store on a real SQLite file, and on a real PostgreSQL database."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'r' / 'registry.db'}"
+    opened = RegistryStore(open_engine(url))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# ---------------------------------------------------------------- S3
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, str]]:
+    """An S3-compatible server (moto) on a free port for the whole session, as the
+    fsspec storage options that reach it (endpoint_url, key, secret)."""
+    # Imported here: moto takes seconds to import, and most tests never need it.
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        # moto accepts any credentials; they only have to be present.
+        yield {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
+    finally:
+        server.stop()

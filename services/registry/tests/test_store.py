@@ -1,12 +1,11 @@
-"""The SQL store on a real SQLite file: versions, idempotency, alias moves."""
+"""The SQL store on a real SQLite file and a real PostgreSQL server (the `store`
+fixture runs each test on both): versions, idempotency, alias moves."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from driftloop.v1 import common_pb2, events_pb2
-from driftloop_registry.adapters.store import RegistryStore, open_engine
+from driftloop_registry.adapters.store import RegistryStore
 from driftloop_registry.domain import (
     GatePolicy,
     Kind,
@@ -36,11 +35,6 @@ def trained(
     if champion is not None:
         message.champion_version = champion
     return message
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> RegistryStore:
-    return RegistryStore(open_engine(f"sqlite:///{tmp_path / 'r' / 'registry.db'}"))
 
 
 def test_versions_increase_and_the_gate_decides(store: RegistryStore) -> None:

@@ -94,9 +94,23 @@ class Endpoints(BaseModel):
     inference: str = "127.0.0.1:8001"
     drift: str = "127.0.0.1:50054"
     trainer: str = "127.0.0.1:50055"
+    # Prometheus /metrics port of each service (0 turns a service's off).
+    metrics: dict[str, int] = Field(
+        default_factory=lambda: {
+            "ingestion": 9101,
+            "features": 9102,
+            "registry": 9103,
+            "inference": 9104,
+            "drift": 9105,
+            "trainer": 9106,
+        }
+    )
 
 
 class GrpcSettings(BaseModel):
+    # Interface servers listen on instead of their endpoint's host, e.g. 0.0.0.0
+    # in a container, where the endpoint names the service for its clients.
+    bind_host: str | None = None
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int = Field(default=1024, ge=1)
     grace_period_s: float = 5.0
@@ -120,8 +134,17 @@ class Settings(BaseSettings):
     # Where model artifacts live, content-addressed by sha256: a local folder
     # (default: DRIFTLOOP_HOME/artifacts) or any fsspec URL (s3://bucket/prefix).
     artifacts_url: str | None = None
+    # An S3-compatible store that is not AWS (MinIO, Ceph, moto): its endpoint,
+    # e.g. http://minio:9000. Credentials come from the usual AWS_* variables.
+    artifacts_endpoint_url: str | None = None
+    # Any other fsspec storage options for artifacts_url, as a JSON object:
+    # DRIFTLOOP_ARTIFACTS_OPTIONS='{"client_kwargs": {"region_name": "eu-west-1"}}'.
+    artifacts_options: dict[str, Any] = Field(default_factory=dict)
     # Set to false to require an external broker instead of the embedded one.
     embedded_broker: bool = True
+    # One /metrics port for this process, overriding endpoints.metrics: in a
+    # container every service uses the same one (9464).
+    metrics_port: int | None = None
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     endpoints: Endpoints = Field(default_factory=Endpoints)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
@@ -160,8 +183,22 @@ class Settings(BaseSettings):
         return self.artifacts_url or str(self.home / "artifacts")
 
     @property
+    def artifacts_storage_options(self) -> dict[str, Any]:
+        """Keyword arguments for the fsspec filesystem behind `artifacts_location`."""
+        options = dict(self.artifacts_options)
+        if self.artifacts_endpoint_url:
+            options["endpoint_url"] = self.artifacts_endpoint_url
+        return options
+
+    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    def metrics_port_for(self, service: str) -> int:
+        """Where ``service`` serves Prometheus metrics; 0 means nowhere."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return self.endpoints.metrics.get(service, 0)
 
     def for_service(self, name: str, version: str | None = None) -> Settings:
         """A copy naming the service that will use it (for telemetry and client ids)."""

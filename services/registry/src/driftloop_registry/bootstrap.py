@@ -62,7 +62,7 @@ class RegistryService:
         self.store = RegistryStore(engine)
         self.registry = Registry(
             self.store,
-            ArtifactStore(self.settings.artifacts_location),
+            ArtifactStore.from_settings(self.settings),
             self.publisher,
             self.config.gate,
         )

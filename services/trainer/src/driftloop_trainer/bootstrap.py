@@ -104,7 +104,7 @@ def build(
         featureset,
         training_sets or FeatureServiceTrainingSets(settings),
         champions or RegistryChampions(settings),
-        ArtifactStore(settings.artifacts_location),
+        ArtifactStore.from_settings(settings),
         config or TrainingConfig(),
     )
     publisher = Publisher(settings)

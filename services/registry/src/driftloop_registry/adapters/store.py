@@ -6,17 +6,24 @@ the same. Every state change commits in one transaction, and the events it
 implies are kept beside it as "not yet published" (an outbox): the caller
 publishes after the commit and marks them, and whatever a crash left unpublished
 is published again on start, under the same CloudEvents ids.
+
+Writers may race (the consumer and gRPC Promote run in threads; replicas may
+share one PostgreSQL database). The database itself keeps the invariants, one
+row per (model, version) and at most one champion per model, through unique
+indexes; a transaction that loses a race fails on them and is run again on what
+the winner committed. SQLite write transactions take the write lock up front
+(BEGIN IMMEDIATE), so they queue instead of failing to upgrade a read lock.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from driftloop.v1 import events_pb2
 from google.protobuf import json_format
@@ -26,15 +33,20 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
     create_engine,
+    event,
     func,
     select,
+    text,
+    update,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -50,6 +62,16 @@ from driftloop_registry.domain import (
     decide_promotion,
     next_rollback_target,
 )
+
+T = TypeVar("T")
+# Attempts at a write transaction that keeps losing races; each loss means
+# another writer committed, so this only runs out under absurd contention.
+WRITE_ATTEMPTS = 32
+_ONE_CHAMPION = text("status = 'champion'")
+
+
+class _LostRace(Exception):
+    """Another writer committed a change this transaction's reads missed."""
 
 
 class Base(DeclarativeBase):
@@ -68,6 +90,13 @@ class VersionRow(Base):
     __table_args__ = (
         UniqueConstraint("model", "version", name="uq_model_version"),
         UniqueConstraint("model", "request_id", name="uq_model_request"),
+        Index(
+            "uq_model_champion",
+            "model",
+            unique=True,
+            sqlite_where=_ONE_CHAMPION,
+            postgresql_where=_ONE_CHAMPION,
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -163,12 +192,35 @@ class ModelStats:
 
 
 def open_engine(url: str) -> Engine:
-    """An engine for `url`, creating the SQLite folder and the tables when missing."""
+    """An engine for `url`, creating the SQLite folder, the tables and their
+    indexes when missing."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, future=True)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _begin_immediate(engine)
     Base.metadata.create_all(engine)
+    # create_all skips tables that exist: a database made before an index was
+    # added gets it here.
+    for table in Base.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
     return engine
+
+
+def _begin_immediate(engine: Engine) -> None:
+    """SQLAlchemy's recipe for SQLite: the driver stops opening transactions by
+    itself, and each one starts with BEGIN IMMEDIATE. A deferred transaction
+    that reads and then writes fails at once with "database is locked" when
+    another holds the write lock; an immediate one waits for it."""
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _now() -> datetime:
@@ -196,6 +248,18 @@ class RegistryStore:
     def _session(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """`work` in one transaction, run again while it loses a race on a
+        unique index to a writer that committed first."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self._session() as session:
+                    return work(session)
+            except (IntegrityError, _LostRace):
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reads
 
@@ -283,23 +347,19 @@ class RegistryStore:
     def register(self, trained: events_pb2.ModelTrained, policy: GatePolicy) -> Registration:
         """Record a trained model as the next version, once per request id, and let
         the gate decide whether it takes the champion alias."""
-        existing = self.find_by_request(trained.model, trained.request_id)
-        if existing is not None:
-            return Registration(existing, None, created=False)
-        try:
-            with self._session() as session:
-                return self._register(session, trained, policy)
-        except IntegrityError:
-            # Another writer registered the same request between our read and write.
-            existing = self.find_by_request(trained.model, trained.request_id)
-            if existing is None:
-                raise
-            return Registration(existing, None, created=False)
+        return self._write(lambda session: self._register(session, trained, policy))
 
     def _register(
         self, session: Session, trained: events_pb2.ModelTrained, policy: GatePolicy
     ) -> Registration:
         model = trained.model
+        existing = session.scalar(
+            select(VersionRow).where(
+                VersionRow.model == model, VersionRow.request_id == trained.request_id
+            )
+        )
+        if existing is not None:
+            return Registration(existing, None, created=False)
         latest = session.scalar(
             select(func.max(VersionRow.version)).where(VersionRow.model == model)
         )
@@ -317,7 +377,8 @@ class RegistryStore:
         row = VersionRow(
             model=model,
             version=(latest or 0) + 1,
-            status=Status.CHAMPION if decision.promote else Status.CANDIDATE,
+            # `_move` makes it champion once the current one stepped down.
+            status=Status.CANDIDATE,
             status_reason=decision.reason,
             gate_status=Status.CHAMPION if decision.promote else Status.CANDIDATE,
             gate_reason=decision.reason,
@@ -366,64 +427,76 @@ class RegistryStore:
     def promote(
         self, model: str, version: int, *, actor: str, reason: str
     ) -> tuple[AliasChange, VersionRow]:
-        with self._session() as session:
-            target = session.scalar(
-                select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
-            )
-            if target is None:
-                raise NotFoundError(f"model {model} has no version {version}")
-            champion = self._champion(session, model)
-            if champion is not None and champion.version == version:
-                raise PreconditionError(f"model {model} version {version} is already the champion")
-            target.status_reason = f"promoted by {actor}: {reason}"
-            change = self._move(
-                session,
-                model,
-                champion,
-                target,
-                actor=actor,
-                reason=reason,
-                kind=Kind.PROMOTE,
-                at=_now(),
-            )
-            return change, target
+        return self._write(
+            lambda session: self._promote(session, model, version, actor=actor, reason=reason)
+        )
+
+    def _promote(
+        self, session: Session, model: str, version: int, *, actor: str, reason: str
+    ) -> tuple[AliasChange, VersionRow]:
+        target = session.scalar(
+            select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
+        )
+        if target is None:
+            raise NotFoundError(f"model {model} has no version {version}")
+        champion = self._champion(session, model)
+        if champion is not None and champion.version == version:
+            raise PreconditionError(f"model {model} version {version} is already the champion")
+        target.status_reason = f"promoted by {actor}: {reason}"
+        change = self._move(
+            session,
+            model,
+            champion,
+            target,
+            actor=actor,
+            reason=reason,
+            kind=Kind.PROMOTE,
+            at=_now(),
+        )
+        return change, target
 
     def rollback(self, model: str, *, actor: str, reason: str) -> tuple[AliasChange, VersionRow]:
-        with self._session() as session:
-            champion = self._champion(session, model)
-            if champion is None:
-                raise NotFoundError(f"model {model} has no champion to roll back")
-            rows = session.scalars(
-                select(AliasRow)
-                .where(AliasRow.model == model, AliasRow.alias == CHAMPION)
-                .order_by(AliasRow.id)
+        return self._write(
+            lambda session: self._rollback(session, model, actor=actor, reason=reason)
+        )
+
+    def _rollback(
+        self, session: Session, model: str, *, actor: str, reason: str
+    ) -> tuple[AliasChange, VersionRow]:
+        champion = self._champion(session, model)
+        if champion is None:
+            raise NotFoundError(f"model {model} has no champion to roll back")
+        rows = session.scalars(
+            select(AliasRow)
+            .where(AliasRow.model == model, AliasRow.alias == CHAMPION)
+            .order_by(AliasRow.id)
+        )
+        target_version = next_rollback_target(
+            [(Kind(r.kind), r.from_version, r.to_version) for r in rows]
+        )
+        if target_version is None:
+            raise PreconditionError(
+                f"model {model} has no previous champion to roll back to "
+                f"(v{champion.version} is the first)"
             )
-            target_version = next_rollback_target(
-                [(Kind(r.kind), r.from_version, r.to_version) for r in rows]
+        target = session.scalar(
+            select(VersionRow).where(
+                VersionRow.model == model, VersionRow.version == target_version
             )
-            if target_version is None:
-                raise PreconditionError(
-                    f"model {model} has no previous champion to roll back to "
-                    f"(v{champion.version} is the first)"
-                )
-            target = session.scalar(
-                select(VersionRow).where(
-                    VersionRow.model == model, VersionRow.version == target_version
-                )
-            )
-            assert target is not None
-            target.status_reason = f"restored by rollback ({actor}): {reason}"
-            change = self._move(
-                session,
-                model,
-                champion,
-                target,
-                actor=actor,
-                reason=reason,
-                kind=Kind.ROLLBACK,
-                at=_now(),
-            )
-            return change, target
+        )
+        assert target is not None
+        target.status_reason = f"restored by rollback ({actor}): {reason}"
+        change = self._move(
+            session,
+            model,
+            champion,
+            target,
+            actor=actor,
+            reason=reason,
+            kind=Kind.ROLLBACK,
+            at=_now(),
+        )
+        return change, target
 
     def _move(
         self,
@@ -438,9 +511,28 @@ class RegistryStore:
         at: datetime,
     ) -> AliasChange:
         if champion is not None:
-            champion.status = Status.ARCHIVED
-            champion.status_reason = f"replaced by v{target.version} ({kind.value}): {reason}"
-        target.status = Status.CHAMPION
+            # Only if it still is the champion: a writer that moved the alias since
+            # we read it wins, and this transaction runs again on its result.
+            stepped_down = session.execute(
+                update(VersionRow)
+                .where(VersionRow.id == champion.id, VersionRow.status == Status.CHAMPION.value)
+                .values(
+                    status=Status.ARCHIVED.value,
+                    status_reason=f"replaced by v{target.version} ({kind.value}): {reason}",
+                )
+            )
+            if cast(CursorResult[Any], stepped_down).rowcount != 1:
+                raise _LostRace(f"model {model}: the champion moved meanwhile")
+        # An UPDATE even when the target was loaded as champion: that may be
+        # stale (it was champion when read, and has been replaced since).
+        session.flush()  # a new version gets its id
+        crowned = session.execute(
+            update(VersionRow)
+            .where(VersionRow.id == target.id)
+            .values(status=Status.CHAMPION.value)
+        )
+        if cast(CursorResult[Any], crowned).rowcount != 1:
+            raise AssertionError(f"model {model} version {target.version} vanished")
         row = AliasRow(
             promotion_id=uuid.uuid4().hex,
             model=model,
