@@ -1,0 +1,48 @@
+"""The feature store's online lookup, over gRPC, within a deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc.aio
+from driftloop.v1 import common_pb2, features_pb2, features_pb2_grpc
+from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.settings import Settings
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+class FeatureClient:
+    def __init__(self, settings: Settings, target: str, timeout_s: float) -> None:
+        self._settings = settings
+        self._target = target
+        self._timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: features_pb2_grpc.FeatureServiceAsyncStub | None = None
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    async def online(
+        self, entity_id: str, names: list[str], as_of: Timestamp | None, timeout_s: float | None
+    ) -> Mapping[str, common_pb2.FeatureValue]:
+        """The entity's present values (raises AioRpcError, DEADLINE_EXCEEDED included)."""
+        if self._stub is None:
+            self._channel = insecure_channel(self._target, self._settings)
+            self._stub = features_pb2_grpc.FeatureServiceStub(self._channel)
+        request = features_pb2.GetOnlineFeaturesRequest(entity_ids=[entity_id], feature_names=names)
+        if as_of is not None:
+            request.as_of.CopyFrom(as_of)
+        timeout = self._timeout_s if timeout_s is None else min(timeout_s, self._timeout_s)
+        reply: features_pb2.GetOnlineFeaturesResponse = await self._stub.GetOnlineFeatures(
+            request, timeout=timeout
+        )
+        if not reply.entities:
+            return {}
+        values: Mapping[str, common_pb2.FeatureValue] = reply.entities[0].values
+        return values

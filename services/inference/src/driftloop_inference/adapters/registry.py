@@ -1,0 +1,75 @@
+"""The registry over gRPC: the champion's version and an artifact's verified bytes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import grpc.aio
+from driftloop.v1 import registry_pb2, registry_pb2_grpc
+from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.settings import Settings
+
+from driftloop_inference.model import ModelLoadError
+
+
+class RegistryClient:
+    def __init__(self, settings: Settings, target: str, timeout_s: float) -> None:
+        self._settings = settings
+        self._target = target
+        self._timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+
+    def _stub(self) -> registry_pb2_grpc.RegistryServiceAsyncStub:
+        if self._channel is None:
+            self._channel = insecure_channel(self._target, self._settings)
+        return registry_pb2_grpc.RegistryServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def champion(self, model: str) -> registry_pb2.ModelVersion | None:
+        """The champion version, None when the model has none; raises AioRpcError."""
+        try:
+            reply = await self._stub().GetChampion(
+                registry_pb2.GetChampionRequest(model=model), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        version: registry_pb2.ModelVersion = reply.model_version
+        return version
+
+    async def download(self, model: str, version: int) -> tuple[bytes, str]:
+        """The artifact's bytes and the digest the registry vouches for; raises
+        ModelLoadError when the download fails or the bytes do not match it."""
+        chunks: list[bytes] = []
+        digest = ""
+        size = -1
+        try:
+            stream = self._stub().DownloadArtifact(
+                registry_pb2.DownloadArtifactRequest(model=model, version=version),
+                timeout=self._timeout_s,
+            )
+            async for chunk in stream:
+                digest = chunk.sha256 or digest
+                size = chunk.size_bytes
+                chunks.append(chunk.data)
+        except grpc.aio.AioRpcError as error:
+            raise ModelLoadError(
+                "download",
+                f"model {model} v{version}: download from the registry at {self._target} "
+                f"failed: {error.code().name}: {error.details()}",
+            ) from None
+        data = b"".join(chunks)
+        actual = hashlib.sha256(data).hexdigest()
+        if not digest or actual != digest or (size >= 0 and len(data) != size):
+            raise ModelLoadError(
+                "digest",
+                f"model {model} v{version}: downloaded {len(data)} bytes with sha256 {actual}, "
+                f"the registry announced {size} bytes with sha256 {digest or '(none)'}",
+            )
+        return data, digest

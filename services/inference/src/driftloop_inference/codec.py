@@ -1,0 +1,344 @@
+"""Tensors between the Open Inference Protocol and numpy, checked against a signature.
+
+Inputs come either as typed `contents` or as `raw_input_contents` (little-endian
+bytes, BYTES elements as a 4-byte little-endian length then the bytes, as Triton
+and tritonclient write them); raw bytes are read with `numpy.frombuffer`, no copy.
+Every refusal is an `InvalidTensor` whose message names the tensor, what was
+expected and what came; the servicer turns it into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import numpy as np
+from inference import grpc_service_pb2 as oip
+
+Array = np.ndarray[Any, Any]
+
+# OIP datatype -> numpy dtype (little-endian, the wire order of raw contents).
+NUMPY_TYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+# onnxruntime type strings -> OIP datatype.
+ORT_TYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+# OIP datatype -> the InferTensorContents field that carries it.
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+# Typed contents whose field holds exactly the datatype's range, so reading them
+# element by element gives what numpy.array gives. For a few values
+# numpy.fromiter is several times faster than numpy.array on a protobuf
+# repeated field; for many, numpy.array is.
+_WIDE_ENOUGH = frozenset({"BOOL", "UINT32", "UINT64", "INT32", "INT64", "FP32", "FP64"})
+_FROMITER_MAX = 64
+# Distinct request shapes remembered as valid per input (batch sizes, mostly).
+_SHAPES_REMEMBERED = 256
+
+
+class InvalidTensor(ValueError):
+    """A request tensor that does not fit the model: INVALID_ARGUMENT."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, OIP datatype, dims (-1 variable)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return NUMPY_TYPES[self.datatype]
+
+    def describe(self) -> str:
+        return f"{self.datatype} {format_shape(self.shape)}"
+
+
+def format_shape(shape: Iterable[int]) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    expected = spec.shape
+    if len(shape) == len(expected):
+        for want, got in zip(expected, shape, strict=True):
+            if got < 0 or (want != -1 and want != got):
+                break
+        else:
+            return
+    if len(shape) != len(expected) or any(
+        want != -1 and want != got for want, got in zip(expected, shape, strict=True)
+    ):
+        raise InvalidTensor(
+            f"input '{spec.name}': expected shape {format_shape(expected)}, "
+            f"got {format_shape(shape)}"
+        )
+    raise InvalidTensor(
+        f"input '{spec.name}': shape {format_shape(shape)} has a negative dimension"
+    )
+
+
+def decode_bytes_tensor(name: str, data: bytes, count: int) -> Array:
+    """Length-prefixed elements (4-byte little-endian length, then the bytes) as str."""
+    items: list[Any] = []
+    view = memoryview(data)
+    offset = 0
+    end = len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidTensor(
+                f"input '{name}': raw BYTES contents end inside a length prefix at byte {offset}"
+            )
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidTensor(
+                f"input '{name}': raw BYTES element of {length} bytes overruns the "
+                f"{end} bytes given"
+            )
+        items.append(_text(bytes(view[offset : offset + length])))
+        offset += length
+    if len(items) != count:
+        raise InvalidTensor(
+            f"input '{name}': expected {count} BYTES elements for its shape, got {len(items)}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array
+
+
+def encode_bytes_tensor(array: Array) -> bytes:
+    """The Triton wire form of a BYTES tensor, flattened in C order."""
+    parts: list[bytes] = []
+    for item in array.ravel():
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _text(value: bytes) -> Any:
+    """onnxruntime string tensors take str; bytes that are not UTF-8 stay bytes."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value
+
+
+class _Input:
+    """What decoding one input needs, worked out once per model signature."""
+
+    __slots__ = ("bytes", "datatype", "dtype", "fast", "field", "itemsize", "shapes", "spec")
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self.spec = spec
+        self.datatype = spec.datatype
+        self.dtype = spec.dtype
+        self.itemsize = spec.dtype.itemsize
+        self.bytes = spec.datatype == "BYTES"
+        # The typed contents field ("" when the datatype has none: raw only).
+        self.field = CONTENTS_FIELDS.get(spec.datatype, "")
+        self.fast = spec.datatype in _WIDE_ENOUGH
+        # Shapes already checked against the spec, with their element counts.
+        self.shapes: dict[tuple[int, ...], int] = {}
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        count = self.shapes.get(shape)
+        if count is None:
+            _check_shape(self.spec, shape)
+            count = math.prod(shape)
+            if len(self.shapes) < _SHAPES_REMEMBERED:
+                self.shapes[shape] = count
+        return count
+
+
+class InputDecoder:
+    """Decodes a request's inputs for one model signature.
+
+    The per-input facts (dtype, contents field, shapes already checked) are
+    kept here so a request only pays for reading its own values.
+    """
+
+    def __init__(self, specs: Iterable[TensorSpec]) -> None:
+        self.specs = {spec.name: spec for spec in specs}
+        self._inputs = {name: _Input(spec) for name, spec in self.specs.items()}
+
+    def decode(self, request: oip.ModelInferRequest) -> dict[str, Array]:
+        """Every input of the request as a numpy array of the model's type and shape."""
+        raw = request.raw_input_contents
+        tensors = request.inputs
+        if raw and len(raw) != len(tensors):
+            raise InvalidTensor(
+                f"raw_input_contents: expected one entry per input ({len(tensors)}), "
+                f"got {len(raw)}"
+            )
+        inputs = self._inputs
+        arrays: dict[str, Array] = {}
+        for index, tensor in enumerate(tensors):
+            name = tensor.name
+            known = inputs.get(name)
+            if known is None:
+                raise InvalidTensor(
+                    f"input '{name}': not an input of the model; expected one of "
+                    + ", ".join(sorted(inputs))
+                )
+            if name in arrays:
+                raise InvalidTensor(f"input '{name}': given twice")
+            if tensor.datatype != known.datatype:
+                raise InvalidTensor(
+                    f"input '{name}': expected datatype {known.datatype}, "
+                    f"got {tensor.datatype or '(empty)'}"
+                )
+            shape = tuple(tensor.shape)
+            count = known.count(shape)
+            array: Array
+            if raw:
+                data = raw[index]
+                if known.bytes:
+                    array = decode_bytes_tensor(name, data, count)
+                else:
+                    expected = count * known.itemsize
+                    if len(data) != expected:
+                        raise InvalidTensor(
+                            f"input '{name}': expected {expected} bytes of raw contents for "
+                            f"{known.datatype} {format_shape(shape)}, got {len(data)}"
+                        )
+                    array = np.frombuffer(data, dtype=known.dtype)
+            elif known.fast and count <= _FROMITER_MAX:
+                values: Sequence[Any] = getattr(tensor.contents, known.field)
+                if len(values) != count:
+                    _wrong_count(name, known.spec, tensor.contents, count, shape)
+                array = np.fromiter(values, dtype=known.dtype, count=count)
+            else:
+                array = _typed(name, known.spec, tensor.contents, count, shape)
+            arrays[name] = array.reshape(shape)
+        if len(arrays) != len(inputs):
+            specs = self.specs
+            missing = [name for name in specs if name not in arrays]
+            raise InvalidTensor(
+                "; ".join(
+                    f"input '{n}': missing, expected {specs[n].describe()}" for n in missing
+                )
+            )
+        return arrays
+
+
+def decode_inputs(
+    request: oip.ModelInferRequest, specs: Mapping[str, TensorSpec]
+) -> dict[str, Array]:
+    """Every input of the request as a numpy array of the model's type and shape."""
+    return InputDecoder(specs.values()).decode(request)
+
+
+def _wrong_count(
+    name: str,
+    spec: TensorSpec,
+    contents: oip.InferTensorContents,
+    count: int,
+    shape: tuple[int, ...],
+) -> NoReturn:
+    field = CONTENTS_FIELDS[spec.datatype]
+    values: Sequence[Any] = getattr(contents, field)
+    others = [
+        other
+        for other in set(CONTENTS_FIELDS.values())
+        if other != field and len(getattr(contents, other))
+    ]
+    hint = f" (values came in {', '.join(sorted(others))})" if others else ""
+    raise InvalidTensor(
+        f"input '{name}': expected {count} {spec.datatype} values in contents.{field} for "
+        f"shape {format_shape(shape)}, got {len(values)}{hint}"
+    )
+
+
+def _typed(
+    name: str,
+    spec: TensorSpec,
+    contents: oip.InferTensorContents,
+    count: int,
+    shape: tuple[int, ...],
+) -> Array:
+    field = CONTENTS_FIELDS.get(spec.datatype)
+    if field is None:
+        raise InvalidTensor(
+            f"input '{name}': datatype {spec.datatype} can only be sent as raw_input_contents"
+        )
+    values: Sequence[Any] = getattr(contents, field)
+    if len(values) != count:
+        _wrong_count(name, spec, contents, count, shape)
+    if spec.datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = [_text(value) for value in values]
+        return array
+    return np.array(values, dtype=spec.dtype)
+
+
+def add_output(
+    response: oip.ModelInferResponse, spec: TensorSpec, array: Array, *, raw: bool
+) -> None:
+    """Append one output tensor, as raw bytes or typed contents."""
+    output = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
+    if raw:
+        if spec.datatype == "BYTES":
+            response.raw_output_contents.append(encode_bytes_tensor(array))
+        else:
+            response.raw_output_contents.append(
+                np.ascontiguousarray(array, dtype=spec.dtype).tobytes()
+            )
+        return
+    field = CONTENTS_FIELDS.get(spec.datatype)
+    if field is None:  # FP16 has no typed field: raw is the only form.
+        raise InvalidTensor(
+            f"output '{spec.name}': datatype {spec.datatype} can only be returned raw"
+        )
+    if spec.datatype == "BYTES":
+        output.contents.bytes_contents.extend(
+            item if isinstance(item, bytes) else str(item).encode() for item in array.ravel()
+        )
+    else:
+        getattr(output.contents, field).extend(array.ravel().tolist())

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the inference service (exposed by issue 7's /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREDICTIONS_DROPPED = Counter(
+    "driftloop_inference_predictions_dropped_total",
+    "Predictions not published to the predictions topic (buffer full or publish failed).",
+    ["reason"],
+)
+MODEL_LOAD_FAILURES = Counter(
+    "driftloop_inference_model_load_failures_total",
+    "Model versions that could not be loaded (download, digest, ONNX, warm-up).",
+    ["model", "stage"],
+)
+MODEL_LOADS = Counter(
+    "driftloop_inference_model_loads_total",
+    "Model versions loaded and swapped in.",
+    ["model"],
+)
+BATCH_SIZE = Histogram(
+    "driftloop_inference_batch_size",
+    "Rows per onnxruntime run.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+QUEUE_SECONDS = Histogram(
+    "driftloop_inference_queue_seconds",
+    "Time a request waited in the batching queue before its run started.",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+REJECTED = Counter(
+    "driftloop_inference_rejected_total",
+    "Requests refused before running: queue full or deadline already past.",
+    ["reason"],
+)
+MODEL_VERSION = Gauge(
+    "driftloop_inference_model_version_info",
+    "1 for the version being served, 0 for one kept loaded for rollback.",
+    ["model", "version", "sha256"],
+)
+FEATURE_LOOKUP_FAILURES = Counter(
+    "driftloop_inference_feature_lookup_failures_total",
+    "Online feature lookups that failed or missed their deadline.",
+    ["code"],
+)

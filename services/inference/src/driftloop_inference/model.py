@@ -1,0 +1,181 @@
+"""One loaded, verified, warmed-up model version: an onnxruntime session and its signature.
+
+`load_model` is the only way to make one, and it refuses bytes whose sha256 is
+not the one expected, bytes onnxruntime cannot load, and a session that fails a
+warm-up run; so whatever the repository swaps in has already answered once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from driftloop_inference.codec import CONTENTS_FIELDS, ORT_TYPES, Array, InputDecoder, TensorSpec
+
+PLATFORM = "onnxruntime_onnx"
+
+
+class ModelLoadError(Exception):
+    """A version that must not be served; `stage` says where it failed."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+def _spec(arg: Any) -> TensorSpec:
+    datatype = ORT_TYPES.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError("onnx", f"tensor {arg.name!r} has unsupported type {arg.type}")
+    dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or ()))
+    return TensorSpec(arg.name, datatype, dims)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    name: str
+    version: int
+    sha256: str
+    session: ort.InferenceSession
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    input_specs: dict[str, TensorSpec] = field(init=False)
+    output_specs: dict[str, TensorSpec] = field(init=False)
+    output_names: list[str] = field(init=False)
+    # True when every input's first dimension is the variable batch dimension,
+    # so requests can be stacked along axis 0.
+    batchable: bool = field(init=False)
+    # True when no input has a variable dimension after the first: any two
+    # requests stack without comparing shapes.
+    fixed_tail: bool = field(init=False)
+    version_str: str = field(init=False)
+    decoder: InputDecoder = field(init=False)
+    # True when every output has a typed contents field (else outputs go back raw).
+    typed_outputs: bool = field(init=False)
+    # The fastest of a few timed runs of `probe_rows` rows at load (seconds).
+    run_seconds: float = field(default=math.inf, init=False)
+
+    def __post_init__(self) -> None:
+        self.input_specs = {spec.name: spec for spec in self.inputs}
+        self.output_specs = {spec.name: spec for spec in self.outputs}
+        self.output_names = [spec.name for spec in self.outputs]
+        self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs) and all(
+            spec.shape and spec.shape[0] == -1 for spec in self.outputs
+        )
+        self.fixed_tail = all(-1 not in spec.shape[1:] for spec in self.inputs)
+        self.version_str = str(self.version)
+        self.decoder = InputDecoder(self.inputs)
+        self.typed_outputs = all(spec.datatype in CONTENTS_FIELDS for spec in self.outputs)
+
+    def run(self, feeds: dict[str, Array]) -> list[Array]:
+        """All outputs, in signature order.
+
+        A one-row run of a batchable model is computed as two copies of the row:
+        onnxruntime's one-row kernels (GEMV) round differently in the last bit
+        from its batch kernels, and with this every row's result is the same
+        whether or not dynamic batching merged it with others.
+        """
+        if self.batchable and self.inputs:
+            first = feeds[self.inputs[0].name]
+            if first.ndim and first.shape[0] == 1:
+                doubled = {name: np.concatenate((array, array)) for name, array in feeds.items()}
+                return [output[:1] for output in self.session.run(self.output_names, doubled)]
+        results: list[Array] = self.session.run(self.output_names, feeds)
+        return results
+
+    def warmup_feeds(self, rows: int = 1) -> dict[str, Array]:
+        feeds: dict[str, Array] = {}
+        for spec in self.inputs:
+            shape = tuple(
+                rows if i == 0 and d == -1 else (1 if d == -1 else d)
+                for i, d in enumerate(spec.shape)
+            )
+            if spec.datatype == "BYTES":
+                array = np.empty(shape, dtype=object)
+                array.fill("")
+            else:
+                array = np.zeros(shape, dtype=spec.dtype)
+            feeds[spec.name] = array
+        return feeds
+
+
+def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+    """Options for small models: few threads, no spinning, full graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads burn the cores the gRPC server needs between runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def load_model(
+    name: str,
+    version: int,
+    data: bytes,
+    expected_sha256: str | None,
+    *,
+    intra_op_threads: int = 1,
+    inter_op_threads: int = 1,
+    probe_rows: int = 1,
+) -> LoadedModel:
+    """Verify, load and warm up; raises ModelLoadError. Blocking: call in a thread.
+
+    The warm-up also times a run of `probe_rows` rows (the largest batch), which
+    tells the batcher whether runs are short enough for the event loop.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise ModelLoadError(
+            "digest",
+            f"model {name} v{version}: artifact sha256 {digest} does not match the expected "
+            f"{expected_sha256}",
+        )
+    try:
+        session = ort.InferenceSession(
+            data,
+            sess_options=session_options(intra_op_threads, inter_op_threads),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as error:  # onnxruntime raises many kinds
+        raise ModelLoadError(
+            "onnx", f"model {name} v{version}: not a loadable ONNX model: {str(error)[:300]}"
+        ) from error
+    model = LoadedModel(
+        name,
+        version,
+        digest,
+        session,
+        tuple(_spec(arg) for arg in session.get_inputs()),
+        tuple(_spec(arg) for arg in session.get_outputs()),
+    )
+    try:
+        model.run(model.warmup_feeds(1))
+        probe = model.warmup_feeds(1)
+        if model.batchable:
+            model.run(model.warmup_feeds(2))
+            probe = model.warmup_feeds(max(probe_rows, 1))
+        model.run_seconds = _fastest_run(model, probe)
+    except Exception as error:
+        raise ModelLoadError(
+            "warmup", f"model {name} v{version}: warm-up run failed: {str(error)[:300]}"
+        ) from error
+    return model
+
+
+def _fastest_run(model: LoadedModel, feeds: dict[str, Array], runs: int = 5) -> float:
+    fastest = math.inf
+    for _ in range(runs):
+        started = time.perf_counter()
+        model.run(feeds)
+        fastest = min(fastest, time.perf_counter() - started)
+    return fastest

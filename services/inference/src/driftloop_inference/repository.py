@@ -1,0 +1,165 @@
+"""The served versions of one model and the only place they change.
+
+The current version answers every request that names no version; the one it
+replaced stays loaded, so a rollback to it is an instant swap. A new version is
+downloaded, verified, loaded and warmed up in a worker thread while the current
+one keeps serving, then swapped in with one assignment: a request sees either
+the old model or the new one, never a half-loaded one. A failed load leaves
+everything as it was, logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from driftloop_inference.config import InferenceSettings
+from driftloop_inference.metrics import MODEL_LOAD_FAILURES, MODEL_LOADS, MODEL_VERSION
+from driftloop_inference.model import LoadedModel, ModelLoadError, load_model
+
+log = structlog.get_logger(__name__)
+
+# (model, version) -> (bytes, sha256 the source vouches for)
+Fetch = Callable[[str, int], Awaitable[tuple[bytes, str]]]
+
+
+class ModelNotFound(LookupError):
+    """Unknown model or version: NOT_FOUND."""
+
+
+class ModelUnavailable(RuntimeError):
+    """The model is known but nothing is loaded yet: UNAVAILABLE."""
+
+
+class ModelRepository:
+    def __init__(self, name: str, config: InferenceSettings) -> None:
+        self.name = name
+        self._config = config
+        self.current: LoadedModel | None = None
+        self.previous: LoadedModel | None = None
+        self._lock = asyncio.Lock()
+        self._listeners: list[Callable[[LoadedModel], Awaitable[None]]] = []
+        self.last_error: str = ""
+        self.loaded_event = asyncio.Event()
+
+    def on_change(self, listener: Callable[[LoadedModel], Awaitable[None]]) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def loaded(self) -> list[LoadedModel]:
+        return [m for m in (self.current, self.previous) if m is not None]
+
+    def resolve(self, name: str, version: str) -> LoadedModel:
+        """The model for a request's (name, version); "" means the served one / current."""
+        if name and name != self.name:
+            raise ModelNotFound(
+                f"model '{name}' is not served here; this server serves '{self.name}'"
+            )
+        current = self.current
+        if not version:
+            if current is None:
+                raise ModelUnavailable(f"model '{self.name}' is not loaded yet")
+            return current
+        if current is not None and version == current.version_str:
+            return current
+        previous = self.previous
+        if previous is not None and version == previous.version_str:
+            return previous
+        loaded = ", ".join(m.version_str for m in self.loaded()) or "none"
+        raise ModelNotFound(
+            f"model '{self.name}' version '{version}' is not loaded; loaded versions: {loaded}"
+        )
+
+    async def install(self, model: LoadedModel) -> None:
+        """Swap `model` in; the current one becomes the rollback target."""
+        old = self.current
+        if old is not None and old.version == model.version and old.sha256 == model.sha256:
+            return
+        if self.previous is not None and self.previous is not old:
+            MODEL_VERSION.remove(self.name, self.previous.version_str, self.previous.sha256)
+        self.previous = old if old is not model else self.previous
+        self.current = model
+        self.loaded_event.set()
+        if self.previous is not None:
+            MODEL_VERSION.labels(self.name, self.previous.version_str, self.previous.sha256).set(0)
+        MODEL_VERSION.labels(self.name, model.version_str, model.sha256).set(1)
+        MODEL_LOADS.labels(self.name).inc()
+        log.info(
+            "model_swapped",
+            model=self.name,
+            version=model.version,
+            sha256=model.sha256,
+            previous=old.version if old else None,
+        )
+        for listener in self._listeners:
+            await listener(model)
+
+    async def load_bytes(self, version: int, data: bytes, expected_sha256: str | None) -> bool:
+        """Verify, load, warm up and swap in; False (old model serving) on failure."""
+        try:
+            model = await asyncio.to_thread(
+                load_model,
+                self.name,
+                version,
+                data,
+                expected_sha256,
+                intra_op_threads=self._config.intra_op_threads,
+                inter_op_threads=self._config.inter_op_threads,
+                probe_rows=self._config.max_batch_size,
+            )
+        except ModelLoadError as error:
+            self._failed(version, error.stage, str(error))
+            return False
+        await self.install(model)
+        return True
+
+    async def load_version(self, version: int, expected_sha256: str, fetch: Fetch) -> bool:
+        """Make `version` current: an instant swap when it is the loaded previous
+        version, else a background download and load. Serialised."""
+        async with self._lock:
+            current = self.current
+            if (
+                current is not None
+                and current.version == version
+                and (not expected_sha256 or current.sha256 == expected_sha256)
+            ):
+                return True
+            previous = self.previous
+            if (
+                previous is not None
+                and previous.version == version
+                and (not expected_sha256 or previous.sha256 == expected_sha256)
+            ):
+                await self.install(previous)
+                return True
+            try:
+                data, vouched = await fetch(self.name, version)
+            except ModelLoadError as error:
+                self._failed(version, error.stage, str(error))
+                return False
+            if expected_sha256 and vouched and vouched != expected_sha256:
+                self._failed(
+                    version,
+                    "digest",
+                    f"model {self.name} v{version}: the registry's sha256 {vouched} is not the "
+                    f"promoted {expected_sha256}",
+                )
+                return False
+            return await self.load_bytes(version, data, expected_sha256 or vouched)
+
+    def _failed(self, version: int, stage: str, message: str) -> None:
+        self.last_error = message
+        MODEL_LOAD_FAILURES.labels(self.name, stage).inc()
+        log.error(
+            "model_load_failed",
+            model=self.name,
+            version=version,
+            stage=stage,
+            error=message,
+            serving=self.current.version if self.current else None,
+        )

@@ -1,0 +1,77 @@
+"""Real ONNX models for the tests: the trainer's payments contract and a generic one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from driftloop_core.featureset import default_featureset_path, load_featureset
+from driftloop_trainer.onnx_model import export_onnx
+from driftloop_trainer.training import build_pipeline
+from onnx import TensorProto, helper
+
+FEATURES = ("amount", "channel", "hour", "amount_mean_1h", "txn_count_10m")
+
+
+def payments_rows(rows: int = 300, seed: int = 3) -> tuple[np.ndarray[Any, Any], Any]:
+    rng = np.random.default_rng(seed)
+    matrix = np.empty((rows, len(FEATURES)), dtype=object)
+    amount = rng.gamma(2.0, 40.0, rows)
+    channel = rng.choice(["web", "pos", "atm"], rows)
+    hour = rng.integers(0, 24, rows).astype(float)
+    matrix[:, 0] = amount
+    matrix[:, 1] = channel
+    matrix[:, 2] = hour
+    matrix[:, 3] = amount * rng.uniform(0.5, 1.5, rows)
+    matrix[:, 4] = rng.integers(0, 6, rows).astype(float)
+    score = 0.05 * (amount - 80) + 2.0 * (channel == "web") - 1.0
+    labels = (rng.uniform(0, 1, rows) < 1 / (1 + np.exp(-score))).astype(np.int64)
+    return matrix, labels
+
+
+def payments_onnx(c: float = 1.0, seed: int = 3) -> bytes:
+    """A logistic regression exported exactly as the trainer exports it; `c`
+    (regularisation) gives each version different weights and bytes."""
+    featureset = load_featureset(default_featureset_path())
+    pipeline = build_pipeline(featureset, "logistic_regression", {"C": c})
+    matrix, labels = payments_rows(seed=seed)
+    pipeline.fit(matrix, labels)
+    return export_onnx(pipeline, featureset, "payments")
+
+
+def payments_feeds(rows: int, seed: int = 11) -> dict[str, np.ndarray[Any, Any]]:
+    matrix, _ = payments_rows(rows, seed)
+    feeds: dict[str, np.ndarray[Any, Any]] = {}
+    for j, name in enumerate(FEATURES):
+        if name == "channel":
+            feeds[name] = matrix[:, j].astype(str).astype(object).reshape(-1, 1)
+        else:
+            feeds[name] = matrix[:, j].astype(np.float32).reshape(-1, 1)
+    return feeds
+
+
+def generic_onnx() -> bytes:
+    """FP64 and INT64 inputs: y = x * 2 (FP64 [-1, 3]), z = k + 1 (INT64 [-1, 1])."""
+    two = helper.make_tensor("two", TensorProto.DOUBLE, [1], [2.0])
+    one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "two"], ["y"]),
+            helper.make_node("Add", ["k", "one"], ["z"]),
+        ],
+        "generic",
+        [
+            helper.make_tensor_value_info("x", TensorProto.DOUBLE, [None, 3]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [None, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.DOUBLE, [None, 3]),
+            helper.make_tensor_value_info("z", TensorProto.INT64, [None, 1]),
+        ],
+        initializer=[two, one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -1,0 +1,174 @@
+"""Predict: request features first, then the entity's online features as of the
+event time, defaults or FAILED_PRECONDITION for what is missing, and every
+prediction on the predictions topic."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from driftloop.v1 import (
+    common_pb2,
+    events_pb2,
+    features_pb2,
+    features_pb2_grpc,
+    predictor_pb2,
+    predictor_pb2_grpc,
+)
+from driftloop_core.settings import Settings
+from driftloop_inference.bootstrap import InferenceService
+from driftloop_inference.config import InferenceSettings
+from google.protobuf.timestamp_pb2 import Timestamp
+
+pytestmark = pytest.mark.integration
+
+
+class OnlineFeatures(features_pb2_grpc.FeatureServiceServicer):
+    """A FeatureService with fixed online values, recording each lookup."""
+
+    def __init__(self, values: dict[str, dict[str, common_pb2.FeatureValue]]) -> None:
+        self.values = values
+        self.requests: list[features_pb2.GetOnlineFeaturesRequest] = []
+
+    async def GetOnlineFeatures(self, request: Any, context: Any) -> Any:
+        self.requests.append(request)
+        response = features_pb2.GetOnlineFeaturesResponse()
+        for entity in request.entity_ids:
+            entry = response.entities.add(entity_id=entity)
+            for name, value in self.values.get(entity, {}).items():
+                entry.values[name].CopyFrom(value)
+        return response
+
+
+def fv(value: float | str) -> common_pb2.FeatureValue:
+    if isinstance(value, str):
+        return common_pb2.FeatureValue(string_value=value)
+    return common_pb2.FeatureValue(float_value=value)
+
+
+async def _features_server(servicer: OnlineFeatures) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    features_pb2_grpc.add_FeatureServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def test_predict_merges_features_publishes_and_refuses_missing(
+    settings: Settings, unique: str, tmp_path: Path, payments_v1: bytes
+) -> None:
+    online = OnlineFeatures(
+        {"c7": {"amount_mean_1h": fv(55.0), "txn_count_10m": fv(3.0), "amount": fv(1.0)}}
+    )
+    features_server, features_address = await _features_server(online)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(payments_v1)
+    topic = f"t.predictions.{unique}"
+    services: list[InferenceService] = []
+
+    async def serve(**config: Any) -> InferenceService:
+        service = InferenceService(
+            settings.for_service("inference"),
+            InferenceSettings(
+                model_file=path,
+                model_file_version=4,
+                predictions_topic=topic,
+                follow_promotions=False,
+                **config,
+            ),
+            "127.0.0.1:0",
+            features_address=features_address,
+            model_name="payments",
+        )
+        await service.start()
+        await service.wait_ready(30)
+        services.append(service)
+        return service
+
+    try:
+        service = await serve()
+        event_time = Timestamp(seconds=1_763_800_000)
+        async with grpc.aio.insecure_channel(service.endpoint) as channel:
+            stub = predictor_pb2_grpc.PredictorStub(channel)
+            reply = await stub.Predict(
+                predictor_pb2.PredictRequest(
+                    event_id="e1",
+                    entity_id="c7",
+                    features={"amount": fv(120.0), "channel": fv("web"), "hour": fv(3.0)},
+                    event_time=event_time,
+                )
+            )
+            # The lookup was as of the event time.
+            assert online.requests[-1].as_of == event_time
+            assert reply.model == "payments" and reply.model_version == 4
+            used = {name: value for name, value in reply.features_used.items()}
+            assert used["amount"].float_value == 120.0  # the request wins
+            assert used["amount_mean_1h"].float_value == 55.0
+            assert used["channel"].string_value == "web"
+            assert list(reply.defaults_applied) == []
+            feeds = {
+                "amount": np.array([[120.0]], np.float32),
+                "channel": np.array([["web"]], object),
+                "hour": np.array([[3.0]], np.float32),
+                "amount_mean_1h": np.array([[55.0]], np.float32),
+                "txn_count_10m": np.array([[3.0]], np.float32),
+            }
+            doubled = {k: np.concatenate((v, v)) for k, v in feeds.items()}
+            label, probs = ort.InferenceSession(payments_v1).run(None, doubled)
+            assert reply.label == int(label[0])
+            assert reply.probability == float(probs[0, 1])
+
+            # Unknown entity: NaN defaults, named.
+            reply = await stub.Predict(
+                predictor_pb2.PredictRequest(event_id="e2", entity_id="nobody")
+            )
+            assert sorted(reply.defaults_applied) == sorted(
+                ["amount", "channel", "hour", "amount_mean_1h", "txn_count_10m"]
+            )
+            assert math.isnan(reply.features_used["amount"].float_value)
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Predict(predictor_pb2.PredictRequest(model="other", entity_id="c7"))
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+        strict = await serve(missing_features="fail")
+        async with grpc.aio.insecure_channel(strict.endpoint) as channel:
+            stub = predictor_pb2_grpc.PredictorStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Predict(predictor_pb2.PredictRequest(event_id="e3", entity_id="c7"))
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "channel" in (caught.value.details() or "")
+            assert "hour" in (caught.value.details() or "")
+    finally:
+        for service in services:
+            await service.stop()
+        await features_server.stop(0)
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        found: dict[str, events_pb2.Prediction] = {}
+        for _ in range(50):
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    prediction = events_pb2.Prediction.FromString(record.value)
+                    found[prediction.event_id] = prediction
+            if {"e1", "e2"} <= set(found):
+                break
+        first = found["e1"]
+        assert first.entity_id == "c7" and first.model == "payments" and first.model_version == 4
+        assert first.event_time == Timestamp(seconds=1_763_800_000)
+        assert first.features["amount_mean_1h"].float_value == 55.0
+        assert first.predicted_at.seconds > 0
+        assert list(found["e2"].defaults_applied)
+    finally:
+        await consumer.stop()
