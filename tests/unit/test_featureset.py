@@ -122,3 +122,44 @@ def test_not_a_mapping(tmp_path: Path) -> None:
     assert problems_of(tmp_path, "- a\n- b\n") == [
         ("(top level)", "must be a mapping of keys to values")
     ]
+
+
+def test_drift_section_defaults_when_absent(tmp_path: Path) -> None:
+    featureset = load_featureset(write(tmp_path, GOOD))
+    assert featureset.drift.performance.detector == "adwin"
+    assert featureset.drift.psi.threshold == 0.2
+    assert featureset.drift.kswin.window == 500
+    assert featureset.drift_features == featureset.model.features
+
+
+def test_drift_section_overrides_thresholds_and_features(tmp_path: Path) -> None:
+    text = GOOD + (
+        "drift:\n"
+        "  performance: {detector: ddm, drift_threshold: 2.5}\n"
+        "  psi: {threshold: 0.3, window: 200}\n"
+        "  kswin: {enabled: false}\n"
+        "  features: [amount, channel]\n"
+    )
+    featureset = load_featureset(write(tmp_path, text))
+    assert featureset.drift.performance.detector == "ddm"
+    assert featureset.drift.performance.drift_threshold == 2.5
+    assert (featureset.drift.psi.threshold, featureset.drift.psi.window) == (0.3, 200)
+    assert featureset.drift.kswin.enabled is False
+    assert featureset.drift_features == ("amount", "channel")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "rule"),
+    [
+        ("  psi: {threshold: 0}\n", "drift.psi.threshold", "greater than 0"),
+        ("  performance: {detector: page_hinkley}\n", "drift.performance.detector", "adwin"),
+        ("  kswin: {window: 100, stat_size: 80}\n", "drift.kswin", "at most half of window"),
+        ("  features: [amount, zip]\n", "drift.features[1]", "unknown feature 'zip'"),
+        ("  psi: {bins: 10}\n", "drift.psi.bins", "unknown key"),
+    ],
+)
+def test_drift_section_errors_name_key_and_rule(
+    tmp_path: Path, section: str, key: str, rule: str
+) -> None:
+    problems = problems_of(tmp_path, GOOD + "drift:\n" + section)
+    assert any(k == key and rule in r for k, r in problems), problems

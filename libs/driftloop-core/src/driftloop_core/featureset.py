@@ -127,6 +127,56 @@ class ModelSpec(_Strict):
         return value
 
 
+class PerformanceDriftSpec(_Strict):
+    """Drift of the model's 0/1 error stream (prediction != true label)."""
+
+    enabled: bool = True
+    detector: Literal["adwin", "ddm"] = "adwin"
+    # ADWIN's confidence: smaller means fewer false alarms and a later detection.
+    delta: float = Field(default=0.002, gt=0, lt=1)
+    # DDM: errors seen before it may fire, and the drift level in standard deviations.
+    warm_start: int = Field(default=30, ge=1)
+    drift_threshold: float = Field(default=3.0, gt=0)
+
+
+class PsiSpec(_Strict):
+    """Population stability index of a sliding window against the reference bins."""
+
+    enabled: bool = True
+    threshold: float = Field(default=0.2, gt=0)
+    window: int = Field(default=500, ge=20)
+
+
+class KswinSpec(_Strict):
+    """Kolmogorov-Smirnov windowed test on numeric features (river's KSWIN)."""
+
+    enabled: bool = True
+    alpha: float = Field(default=0.0001, gt=0, lt=1)
+    window: int = Field(default=500, ge=10)
+    stat_size: int = Field(default=100, ge=5)
+    # Test every n-th value only: a KS test per event would cost about a millisecond.
+    stride: int = Field(default=5, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sizes(self) -> KswinSpec:
+        if 2 * self.stat_size > self.window:
+            raise ValueError(
+                f"stat_size ({self.stat_size}) must be at most half of window ({self.window})"
+            )
+        return self
+
+
+class DriftSpec(_Strict):
+    """How the drift service watches this feature set's model; every key is optional."""
+
+    performance: PerformanceDriftSpec = Field(default_factory=PerformanceDriftSpec)
+    psi: PsiSpec = Field(default_factory=PsiSpec)
+    kswin: KswinSpec = Field(default_factory=KswinSpec)
+    # Features watched for data drift; empty means every model feature.
+    features: tuple[str, ...] = ()
+
+
 class FeatureSet(_Strict):
     name: str
     entity: str
@@ -139,7 +189,7 @@ class FeatureSet(_Strict):
     grace: Duration = timedelta(minutes=5)
     # Online features older than this are reported stale.
     staleness: Duration = timedelta(hours=24)
-    drift: dict[str, Any] = Field(default_factory=dict)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
 
     @field_validator("name", "entity", "timestamp", "label")
     @classmethod
@@ -187,9 +237,19 @@ class FeatureSet(_Strict):
                     f"model.features[{i}]: unknown feature {feature!r} "
                     "(must be a field or an aggregation)"
                 )
+        for i, feature in enumerate(self.drift.features):
+            if feature not in self.model.features:
+                problems.append(
+                    f"drift.features[{i}]: unknown feature {feature!r} (must be a model feature)"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def drift_features(self) -> tuple[str, ...]:
+        """The features watched for data drift: `drift.features`, else every model feature."""
+        return self.drift.features or self.model.features
 
     @property
     def aggregation_names(self) -> tuple[str, ...]:

@@ -1,0 +1,1 @@
+"""Driftloop drift service."""

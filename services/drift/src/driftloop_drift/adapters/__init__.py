@@ -1,0 +1,1 @@
+"""What the drift service reaches outside itself: its SQLite state and the registry."""

@@ -1,0 +1,286 @@
+"""The drift engine: predictions and labels in, `DriftDetected` and `TrainingRequested` out.
+
+Transport-neutral and clock-free: the Kafka entrypoint (or a test) decodes
+records into `PredictionSeen` / `LabelSeen` and hands them over with the time
+they were produced; the engine answers with the events to publish. It watches
+the model of one feature set and only the champion version's traffic: a
+promotion resets every detector (new reference bins, empty windows) and ends
+the request in flight.
+
+Its whole state is plain data (`to_json` / `from_json`): detector inputs since
+their last reset, the pending halves of the join, the labelled event ids and
+the retrain policy, so the service can store it beside the source offsets it
+reflects and rebuild it exactly after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.featureset import FeatureSet
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from driftloop_drift.domain.detectors import (
+    Alarm,
+    KswinMonitor,
+    PerformanceMonitor,
+    Point,
+    PsiMonitor,
+)
+from driftloop_drift.domain.join import Joiner, LabelSeen, PredictionSeen
+from driftloop_drift.domain.policy import (
+    LabelLedger,
+    PolicyConfig,
+    RetrainPolicy,
+    derived_id,
+    timestamp,
+)
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    policy: PolicyConfig
+    pending_ttl_ms: int
+    max_pending: int
+    label_memory: int
+    history_limit: int
+
+
+class DriftEngine:
+    def __init__(self, featureset: FeatureSet, config: EngineConfig) -> None:
+        self.model = featureset.name
+        self._featureset = featureset
+        self._spec = featureset.drift
+        self._config = config
+        self.champion: int | None = None
+        self.reference: dict[str, common_pb2.ReferenceDistribution] = {}
+        self.joiner = Joiner(config.pending_ttl_ms, config.max_pending)
+        self.labels = LabelLedger(config.label_memory)
+        self.policy = RetrainPolicy(self.model, config.policy)
+        self.clock_ms = 0
+        self.ignored = 0  # predictions of another model or version than the champion
+        self.suppressed: list[tuple[str, str]] = []  # (drift id, why no request) of the last call
+        self._performance: PerformanceMonitor | None = None
+        self._data: list[PsiMonitor | KswinMonitor] = []
+        self._reset_monitors()
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_prediction(self, prediction: PredictionSeen, now_ms: int) -> list[Message]:
+        self._tick(now_ms)
+        if prediction.model != self.model:
+            self.ignored += 1
+            return []
+        if self.champion is None:
+            # The promotion has not reached us (or the registry was unreachable):
+            # the version that serves is the champion.
+            self.on_promoted(prediction.version, None, now_ms)
+        if prediction.version != self.champion or self.joiner.seen_prediction(prediction.event_id):
+            self.ignored += prediction.version != self.champion
+            return []
+        alarms: list[Alarm] = []
+        for monitor in self._data:
+            value = prediction.features.get(monitor.feature)
+            if value is None:
+                continue
+            alarm = monitor.update(Point(prediction.event_id, prediction.event_time_ms, value))
+            if alarm is not None:
+                alarms.append(alarm)
+        joined = self.joiner.add_prediction(prediction, now_ms)
+        if joined is not None:
+            alarms.extend(
+                self._on_error(joined.event_id, joined.version, joined.error, joined.event_time_ms)
+            )
+        return self._raise(alarms, now_ms)
+
+    def on_label(self, label: LabelSeen, now_ms: int) -> list[Message]:
+        self._tick(now_ms)
+        if label.model != self.model or not self.labels.add(label.event_id, label.event_time_ms):
+            return []
+        out: list[Message] = []
+        joined = self.joiner.add_label(label, now_ms)
+        if joined is not None:
+            out.extend(
+                self._raise(
+                    self._on_error(
+                        joined.event_id, joined.version, joined.error, joined.event_time_ms
+                    ),
+                    now_ms,
+                )
+            )
+        decision = self.policy.on_label(self.labels, self.champion is not None, now_ms)
+        if decision.request is not None:
+            out.append(decision.request)
+        return out
+
+    def on_promoted(
+        self,
+        version: int,
+        reference: Mapping[str, common_pb2.ReferenceDistribution] | None,
+        now_ms: int,
+    ) -> None:
+        """A version took the champion alias; a new version resets every detector."""
+        self._tick(now_ms)
+        if version == self.champion:
+            if reference and not self.reference:
+                self.reference = dict(reference)
+                self._reset_monitors()
+            return
+        self.champion = version
+        self.reference = dict(reference or {})
+        self.policy.on_promoted()
+        self._reset_monitors()
+
+    def on_outcome(self, model: str, request_id: str, now_ms: int) -> bool:
+        """`ModelRegistered` or `TrainingFailed` for a request; True when it was in flight."""
+        self._tick(now_ms)
+        return model == self.model and self.policy.on_outcome(request_id)
+
+    def expire(self, now_ms: int) -> None:
+        self._tick(now_ms)
+        self.joiner.expire(self.clock_ms)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.champion is not None and not self.reference
+
+    def statistics(self) -> dict[tuple[str, str], float]:
+        """The current statistic of every detector, by (detector, feature)."""
+        out: dict[tuple[str, str], float] = {}
+        for monitor in (self._performance, *self._data):
+            if monitor is not None and monitor.statistic is not None:
+                out[(monitor.detector, monitor.feature)] = monitor.statistic
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _tick(self, now_ms: int) -> None:
+        # Service time only moves forward, whatever order the partitions come in.
+        self.clock_ms = max(self.clock_ms, now_ms)
+
+    def _reset_monitors(self) -> None:
+        spec = self._spec
+        limit = self._config.history_limit
+        self._performance = (
+            PerformanceMonitor(spec.performance, limit) if spec.performance.enabled else None
+        )
+        self._data = []
+        for feature in self._featureset.drift_features:
+            reference = self.reference.get(feature)
+            numeric = self._featureset.feature_type(feature) in ("float", "int")
+            if spec.psi.enabled and reference is not None and reference.WhichOneof("kind"):
+                # A reference without bins (no values in training) cannot be compared.
+                with contextlib.suppress(ValueError):
+                    self._data.append(PsiMonitor(feature, reference, spec.psi))
+            if spec.kswin.enabled and numeric:
+                self._data.append(KswinMonitor(feature, spec.kswin, limit))
+
+    def _on_error(self, event_id: str, version: int, error: int, event_time_ms: int) -> list[Alarm]:
+        if self._performance is None or version != self.champion:
+            return []
+        alarm = self._performance.update(Point(event_id, event_time_ms, error))
+        return [] if alarm is None else [alarm]
+
+    def _raise(self, alarms: list[Alarm], now_ms: int) -> list[Message]:
+        self.suppressed = []
+        out: list[Message] = []
+        for alarm in alarms:
+            drift = self._drift_detected(alarm, now_ms)
+            out.append(drift)
+            decision = self.policy.on_drift(drift, alarm.first.event_time_ms, self.labels, now_ms)
+            if decision.request is not None:
+                out.append(decision.request)
+            else:
+                self.suppressed.append((drift.drift_id, decision.reason))
+        return out
+
+    def _drift_detected(self, alarm: Alarm, now_ms: int) -> events_pb2.DriftDetected:
+        version = self.champion or 0
+        drift = events_pb2.DriftDetected(
+            drift_id=derived_id(
+                self.model,
+                version,
+                alarm.detector,
+                alarm.feature,
+                alarm.first.event_id,
+                alarm.last.event_id,
+            ),
+            model=self.model,
+            model_version=version,
+            kind=events_pb2.DRIFT_KIND_PERFORMANCE
+            if alarm.is_performance
+            else events_pb2.DRIFT_KIND_DATA,
+            detector=alarm.detector,
+            feature=alarm.feature,
+            statistic=alarm.statistic,
+            threshold=alarm.threshold,
+            window_size=alarm.size,
+            first_event_id=alarm.first.event_id,
+            last_event_id=alarm.last.event_id,
+            detected_at=timestamp(now_ms),
+        )
+        start = min(alarm.first.event_time_ms, alarm.last.event_time_ms)
+        drift.window_range.start.CopyFrom(timestamp(start))
+        drift.window_range.end.CopyFrom(timestamp(max(alarm.last.event_time_ms, start) + 1))
+        return drift
+
+    # ------------------------------------------------------------------ state
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "model": self.model,
+            "clock_ms": self.clock_ms,
+            "champion": self.champion,
+            "reference": {
+                name: json_format.MessageToDict(ref) for name, ref in self.reference.items()
+            },
+            "performance": None if self._performance is None else self._performance.history(),
+            "data": {
+                f"{monitor.detector}:{monitor.feature}": monitor.history() for monitor in self._data
+            },
+            "join": self.joiner.to_json(),
+            "labels": self.labels.to_json(),
+            "policy": self.policy.to_json(),
+        }
+
+    @classmethod
+    def from_json(
+        cls, featureset: FeatureSet, config: EngineConfig, data: Mapping[str, Any]
+    ) -> DriftEngine:
+        """Rebuild an engine, detectors included, from `to_json` of another one."""
+        if data.get("format") != STATE_FORMAT or data.get("model") != featureset.name:
+            raise ValueError(
+                f"drift state is for model {data.get('model')!r} in format {data.get('format')}, "
+                f"expected {featureset.name!r} in format {STATE_FORMAT}"
+            )
+        engine = cls(featureset, config)
+        engine.clock_ms = int(data["clock_ms"])
+        engine.champion = data["champion"]
+        engine.reference = {
+            name: json_format.ParseDict(ref, common_pb2.ReferenceDistribution())
+            for name, ref in data["reference"].items()
+        }
+        engine._reset_monitors()
+        if engine._performance is not None and data["performance"] is not None:
+            engine._performance.replay(Point.from_json(item) for item in data["performance"])
+        histories = data["data"]
+        for monitor in engine._data:
+            history = histories.get(f"{monitor.detector}:{monitor.feature}")
+            if history is None:
+                continue
+            if isinstance(monitor, KswinMonitor):
+                monitor.replay(history)
+            else:
+                monitor.replay(Point.from_json(item) for item in history)
+        engine.joiner.load(data["join"])
+        engine.labels.load(data["labels"])
+        engine.policy.load(data["policy"])
+        return engine
