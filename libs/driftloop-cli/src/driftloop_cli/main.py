@@ -18,7 +18,10 @@ from rich.table import Table
 
 from driftloop_cli.commands import features as features_commands
 from driftloop_cli.commands import models as models_commands
+from driftloop_cli.commands import topics as topics_commands
 from driftloop_cli.commands.ingest import ingest
+from driftloop_cli.commands.predict import predict
+from driftloop_cli.commands.traces import traces
 from driftloop_cli.commands.train import train
 from driftloop_cli.status import as_json, collect
 from driftloop_cli.supervisor import Supervisor
@@ -31,6 +34,7 @@ app = typer.Typer(
 )
 app.add_typer(features_commands.app, name="features")
 app.add_typer(models_commands.app, name="models")
+app.add_typer(topics_commands.app, name="topics")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -40,6 +44,12 @@ def up(
     featureset: Annotated[
         Path | None,
         typer.Option("--featureset", "-f", help="Feature-set YAML (default: built-in payments)."),
+    ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only", help="Comma-separated services to run (default: every installed one)."
+        ),
     ] = None,
 ) -> None:
     """Start the embedded broker and every installed service, in the foreground."""
@@ -51,7 +61,15 @@ def up(
     except FeatureSetError as error:
         err.print(f"[red]{error}[/]")
         raise typer.Exit(2) from None
-    supervisor = Supervisor(settings, discover_services(), featureset=path, console=console)
+    services = discover_services()
+    if only:
+        wanted = {name.strip() for name in only.split(",") if name.strip()}
+        unknown = wanted - {spec.name for spec in services}
+        if unknown:
+            err.print(f"[red]--only: unknown services {sorted(unknown)}[/]")
+            raise typer.Exit(2)
+        services = [spec for spec in services if spec.name in wanted]
+    supervisor = Supervisor(settings, services, featureset=path, console=console)
     try:
         code = asyncio.run(supervisor.run())
     except (BrokerNotFoundError, BrokerStartError, RuntimeError) as error:
@@ -71,16 +89,18 @@ def status(
     if as_json_output:
         console.print_json(json.dumps(as_json(statuses)))
     else:
-        table = Table("service", "pid", "endpoint", "ready")
+        table = Table("service", "pid", "endpoint", "metrics", "ready")
         for s in statuses:
             mark = "[green]ready[/]" if s.ready else "[red]not ready[/]"
-            table.add_row(s.name, str(s.pid or "-"), s.endpoint, mark)
+            table.add_row(s.name, str(s.pid or "-"), s.endpoint, s.metrics or "-", mark)
         console.print(table)
     raise typer.Exit(0 if all_ready else 1)
 
 
 app.command("ingest")(ingest)
 app.command("train")(train)
+app.command("predict")(predict)
+app.command("traces")(traces)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ class ServiceStatus:
     pid: int | None
     endpoint: str
     ready: bool
+    metrics: str | None = None  # the Prometheus /metrics URL, for services
 
 
 async def grpc_serving(endpoint: str, timeout_s: float = 1.0) -> bool:
@@ -50,7 +51,10 @@ async def collect(settings: Settings) -> list[ServiceStatus]:
             ready = await broker_ready(endpoint, timeout_s=2.0)
         else:
             ready = pid_alive(pid) and await grpc_serving(endpoint)
-        return ServiceStatus(str(entry["name"]), pid, endpoint, ready)
+        name = str(entry["name"])
+        port = settings.metrics_port_for(name) if entry.get("kind") != "kafka" else 0
+        metrics = f"http://127.0.0.1:{port}/metrics" if port else None
+        return ServiceStatus(name, pid, endpoint, ready, metrics)
 
     return list(await asyncio.gather(*(probe(entry) for entry in entries)))
 

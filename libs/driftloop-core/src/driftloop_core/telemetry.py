@@ -73,6 +73,7 @@ __all__ = [
     "Telemetry",
     "init_telemetry",
     "read_spans",
+    "serve_metrics",
     "start_metrics_server",
     "traces_file",
 ]
@@ -564,6 +565,25 @@ def init_telemetry(settings: Settings, *, configure_logs: bool = True) -> Teleme
 
 
 # --------------------------------------------------------------------------- metrics
+
+
+def serve_metrics(settings: Settings) -> int | None:
+    """Serve this service's /metrics on its port (``settings.metrics_port_for``).
+
+    Returns the port, or None when the service's port is 0 (metrics off) or taken.
+    Listens on ``grpc.bind_host`` when set (a container), else on loopback. A port
+    already in use is logged as an error and the service runs on without metrics:
+    losing the scrape endpoint must not take the service down with it.
+    """
+    port = settings.metrics_port_for(settings.service_name)
+    if not port:
+        return None
+    addr = settings.grpc.bind_host or "127.0.0.1"
+    try:
+        return start_metrics_server(port, addr=addr)
+    except OSError as error:
+        _log.error("metrics_server_failed", address=addr, port=port, error=str(error))
+        return None
 
 
 def start_metrics_server(port: int = 0, addr: str = "127.0.0.1") -> int:

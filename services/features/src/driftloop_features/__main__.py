@@ -7,7 +7,7 @@ import signal
 
 from driftloop_core.runtime import featureset_for
 from driftloop_core.settings import load_settings
-from driftloop_core.telemetry import init_telemetry
+from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 from driftloop_features.bootstrap import FeatureStore
 
@@ -15,6 +15,7 @@ from driftloop_features.bootstrap import FeatureStore
 async def main() -> None:
     settings = load_settings().for_service("features")
     telemetry = init_telemetry(settings)
+    serve_metrics(settings)
     store = FeatureStore(settings, featureset_for(settings), settings.endpoints.features)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ from driftloop_core.featureset import FeatureSet, FeatureSetError
 from driftloop_core.logging import get_logger
 from driftloop_core.runtime import featureset_for
 from driftloop_core.settings import Settings, load_settings
-from driftloop_core.telemetry import init_telemetry
+from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 from driftloop_ingestion.bootstrap import build, tune_gc
 from driftloop_ingestion.config import IngestionSettings, load_ingestion_settings
@@ -32,6 +32,7 @@ async def serve(settings: Settings, featureset: FeatureSet, config: IngestionSet
 def main() -> int:
     settings = load_settings().for_service("ingestion")
     telemetry = init_telemetry(settings)
+    serve_metrics(settings)
     try:
         featureset = featureset_for(settings)
     except FeatureSetError as error:

@@ -29,7 +29,6 @@ from driftloop_core.kafka.publisher import Publisher
 from driftloop_core.logging import get_logger
 from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
-from driftloop_core.telemetry import start_metrics_server
 
 from driftloop_ingestion.adapters.event_index import SqliteEventIndex
 from driftloop_ingestion.adapters.sink import KafkaEventSink
@@ -108,8 +107,6 @@ class IngestionService:
         return self.server.endpoint
 
     async def start(self) -> None:
-        if self.config.metrics_port is not None:
-            start_metrics_server(self.config.metrics_port)
         await self._producer.start()
         if self.consumer is not None:
             await self.consumer.start()

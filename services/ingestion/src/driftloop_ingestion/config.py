@@ -45,8 +45,6 @@ class IngestionSettings(BaseSettings):
     # published together, and the longest an event waits for its batch to fill.
     stream_batch_size: int = Field(default=1000, ge=1)
     stream_flush_interval: Duration = timedelta(milliseconds=200)
-    # Serve Prometheus metrics on this port (0 picks a free one); off when unset.
-    metrics_port: int | None = None
 
     def index_path(self, settings: Settings) -> Path:
         """Where the event index lives: it must survive restarts, so not ephemeral."""

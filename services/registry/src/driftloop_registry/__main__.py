@@ -10,7 +10,7 @@ import asyncio
 import sys
 
 from driftloop_core.settings import load_settings
-from driftloop_core.telemetry import init_telemetry
+from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import load_registry_settings
@@ -19,6 +19,7 @@ from driftloop_registry.config import load_registry_settings
 def main() -> int:
     settings = load_settings().for_service("registry")
     telemetry = init_telemetry(settings)
+    serve_metrics(settings)
     service = RegistryService(settings, load_registry_settings(), settings.endpoints.registry)
     try:
         return asyncio.run(service.run_until_signal())

@@ -33,6 +33,7 @@ from driftloop_registry.domain import (
     NotFoundError,
     RegistryError,
 )
+from driftloop_registry.metrics import CHAMPION_VERSION, PROMOTIONS, VERSIONS
 
 log = structlog.get_logger(__name__)
 
@@ -170,10 +171,11 @@ class Registry:
         return len(versions) + len(changes)
 
     async def _publish_registered(self, row: VersionRow) -> None:
-        await self._events.publish_event(
-            messages.model_registered(row), key=row.model, event_id=row.registered_event_id
-        )
+        event = messages.model_registered(row)
+        await self._events.publish_event(event, key=row.model, event_id=row.registered_event_id)
         await asyncio.to_thread(self._store.mark_registered, row.model, row.version)
+        status = common_pb2.ModelVersionStatus.Name(event.status)
+        VERSIONS.labels(row.model, status.removeprefix("MODEL_VERSION_STATUS_").lower()).inc()
 
     async def _publish_promoted(
         self, change: AliasChange, target: VersionRow
@@ -181,6 +183,9 @@ class Registry:
         event = messages.model_promoted(change, target)
         await self._events.publish_event(event, key=change.model, event_id=change.promotion_id)
         await asyncio.to_thread(self._store.mark_promoted, change.promotion_id)
+        kind = events_pb2.PromotionKind.Name(event.kind).removeprefix("PROMOTION_KIND_").lower()
+        PROMOTIONS.labels(change.model, kind).inc()
+        CHAMPION_VERSION.labels(change.model).set(event.to_version)
         return event
 
     # ------------------------------------------------------------------ reads

@@ -15,7 +15,7 @@ from driftloop_core.featureset import FeatureSetError
 from driftloop_core.logging import get_logger
 from driftloop_core.runtime import featureset_for
 from driftloop_core.settings import load_settings
-from driftloop_core.telemetry import init_telemetry
+from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 from driftloop_trainer.bootstrap import build
 from driftloop_trainer.config import TrainerSettings
@@ -27,6 +27,7 @@ log = get_logger("driftloop_trainer")
 def main() -> int:
     settings = load_settings().for_service("trainer", code_version().rsplit(" ", 1)[-1])
     telemetry = init_telemetry(settings)
+    serve_metrics(settings)
     try:
         featureset = featureset_for(settings)
     except FeatureSetError as error:

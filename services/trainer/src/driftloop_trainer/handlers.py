@@ -27,6 +27,7 @@ from driftloop_core.logging import get_logger
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from driftloop_trainer.metrics import STAGE_SECONDS
 from driftloop_trainer.onnx_model import (
     OnnxClassifier,
     check_parity,
@@ -96,6 +97,7 @@ def stage(name: str, **attributes: str | int) -> Iterator[trace.Span]:
             yield span
         except TrainingError as error:
             span.set_status(Status(StatusCode.ERROR, error.reason))
+            STAGE_SECONDS.labels(name, "failed").observe(time.perf_counter() - started)
             log.warning(
                 "stage_failed",
                 stage=name,
@@ -106,6 +108,7 @@ def stage(name: str, **attributes: str | int) -> Iterator[trace.Span]:
         except _STAGE_ERRORS as error:
             reason = f"{type(error).__name__}: {error}"[:500]
             span.set_status(Status(StatusCode.ERROR, reason))
+            STAGE_SECONDS.labels(name, "failed").observe(time.perf_counter() - started)
             log.warning(
                 "stage_failed",
                 stage=name,
@@ -113,7 +116,9 @@ def stage(name: str, **attributes: str | int) -> Iterator[trace.Span]:
                 duration_s=round(time.perf_counter() - started, 4),
             )
             raise TrainingError(name, reason) from error
-        log.info("stage_finished", stage=name, duration_s=round(time.perf_counter() - started, 4))
+        elapsed = time.perf_counter() - started
+        STAGE_SECONDS.labels(name, "ok").observe(elapsed)
+        log.info("stage_finished", stage=name, duration_s=round(elapsed, 4))
 
 
 async def in_thread(function: Callable[[], T]) -> T:

@@ -9,6 +9,7 @@ request that cannot even be decoded is dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from driftloop_trainer.adapters.ledger import RequestLedger
 from driftloop_trainer.handlers import TrainingRunner
+from driftloop_trainer.metrics import RUN_SECONDS, RUNS
 from driftloop_trainer.training import TrainingError
 
 log = get_logger(__name__)
@@ -70,7 +72,9 @@ class TrainingRequests:
 
     async def _handle(self, request: events_pb2.TrainingRequested) -> None:
         done = await asyncio.to_thread(self._ledger.outcome, request.request_id)
+        trigger = events_pb2.TrainingTrigger.Name(request.trigger)
         if done is not None:
+            RUNS.labels(request.model, trigger, "replayed").inc()
             log.info(
                 "training_request_replayed",
                 request_id=request.request_id,
@@ -83,18 +87,23 @@ class TrainingRequests:
             request_id=request.request_id,
             model=request.model,
             reason=request.reason,
-            trigger=events_pb2.TrainingTrigger.Name(request.trigger),
+            trigger=trigger,
         )
+        started = time.perf_counter()
         try:
             trained = await self._runner.run(request)
         except TrainingError as error:
             await self._fail(request, error)
+            RUNS.labels(request.model, trigger, "failed").inc()
+            RUN_SECONDS.labels(request.model, "failed").observe(time.perf_counter() - started)
             return
         event_id = outcome_event_id(request.request_id, "trained")
         await self._publisher.publish_event(trained, key=request.model, event_id=event_id)
         await asyncio.to_thread(
             self._ledger.record, request.request_id, request.model, "trained", event_id
         )
+        RUNS.labels(request.model, trigger, "trained").inc()
+        RUN_SECONDS.labels(request.model, "trained").observe(time.perf_counter() - started)
         log.info(
             "training_finished",
             request_id=request.request_id,
