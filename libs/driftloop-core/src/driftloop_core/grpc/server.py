@@ -185,12 +185,15 @@ def build_server(
     """Assemble a server for ``servicers`` that will listen on ``address``.
 
     ``address`` is ``host:port``; port 0 picks a free one at :meth:`GrpcServer.start`.
+    With ``settings.grpc.bind_host`` set, the server listens there on that port.
     ``interceptors`` replaces the default tracing/metrics/errors chain when given.
     ``reuse_port`` lets several processes share the port (grpc's own default);
     it is off so that a second instance fails to bind instead of silently taking
     half of the traffic. ``untraced_roots`` names hot read methods that join a
     caller's trace but never start one of their own.
     """
+    if settings.grpc.bind_host:
+        address = f"{settings.grpc.bind_host}:{address.rpartition(':')[2]}"
     if interceptors is None:
         interceptors = default_server_interceptors(tracer_provider, untraced_roots=untraced_roots)
     server = grpc.aio.server(
