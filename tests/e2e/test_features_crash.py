@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from driftloop_core.broker import free_port
+from support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
 
@@ -82,19 +82,15 @@ async def produce(bootstrap: str, events: list[dict[str, object]], pause_s: floa
 
 
 def test_feature_store_sigkill_mid_stream_keeps_aggregates_exact(tmp_path: Path) -> None:
-    port = free_port()
-    bootstrap = f"127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DRIFTLOOP_HOME": str(tmp_path / "home"),
-        "DRIFTLOOP_ENDPOINTS__BROKER_PORT": str(port),
-        "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
-        "DRIFTLOOP_ENDPOINTS__INGESTION": f"127.0.0.1:{free_port()}",
-        "DRIFTLOOP_ENDPOINTS__FEATURES": f"127.0.0.1:{free_port()}",
-    }
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    env = stack_env(tmp_path / "home")
+    bootstrap = env["DRIFTLOOP_KAFKA_BOOTSTRAP"]
     log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([*DRIFTLOOP, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    up = subprocess.Popen(
+        [*DRIFTLOOP, "up", "--only", "ingestion,features"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         before = wait_until(lambda: (p := pids(env))["_all_ready"] and p, 120, "driftloop up")
         assert {"broker", "ingestion", "features"} <= set(before)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from aiokafka import AIOKafkaProducer
-from driftloop_core.broker import free_port
+from support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
 
@@ -78,24 +77,19 @@ async def produce(bootstrap: str, events: list[dict[str, object]]) -> None:
 
 
 def test_labelled_events_become_a_registered_champion(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DRIFTLOOP_HOME": str(tmp_path / "home"),
-        "DRIFTLOOP_ENDPOINTS__BROKER_PORT": str(port),
-        "DRIFTLOOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
-        **{
-            f"DRIFTLOOP_ENDPOINTS__{name.upper()}": f"127.0.0.1:{free_port()}"
-            for name in ("ingestion", "features", "registry", "trainer", "inference", "drift")
-        },
-    }
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    env = stack_env(tmp_path / "home")
+    bootstrap = env["DRIFTLOOP_KAFKA_BOOTSTRAP"]
     log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([*DRIFTLOOP, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    up = subprocess.Popen(
+        [*DRIFTLOOP, "up", "--only", "ingestion,features,trainer,registry"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_until(lambda: run(env, "status").returncode == 0, 150, "every service ready")
         events = labelled_events(900)
-        asyncio.run(produce(f"127.0.0.1:{port}", events))
+        asyncio.run(produce(bootstrap, events))
         last = events[-1]
 
         def applied() -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from driftloop_core.broker import free_port, port_in_use
+from driftloop_core.broker import port_in_use
 from driftloop_core.kafka import Topics
+from support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
 
@@ -38,13 +38,8 @@ async def list_topics(bootstrap: str) -> list[str]:
 
 
 def test_up_reports_a_ready_broker_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DRIFTLOOP_HOME": str(tmp_path / "home"),
-        "DRIFTLOOP_ENDPOINTS__BROKER_PORT": str(port),
-        "DRIFTLOOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
-    }
+    env = stack_env(tmp_path / "home")
+    port = int(env["DRIFTLOOP_ENDPOINTS__BROKER_PORT"])
     code, _ = status(env)
     assert code == 1, "status must fail while nothing runs"
 

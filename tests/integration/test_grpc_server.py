@@ -344,7 +344,7 @@ async def test_traceparent_from_the_caller_parents_the_server_span(
 
 
 async def test_failed_call_marks_its_server_span_as_error(
-    channel: grpc.aio.Channel, spans: InMemorySpanExporter
+    spans: InMemorySpanExporter, channel: grpc.aio.Channel
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await _unary(channel, "Fail")(b"x", timeout=5)

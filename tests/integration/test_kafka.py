@@ -119,7 +119,7 @@ async def test_round_trip_keeps_headers_and_trace_context(
 
 
 async def test_poison_message_is_deadlettered_and_the_next_is_handled(
-    settings: Settings, unique: str
+    spans: InMemorySpanExporter, settings: Settings, unique: str
 ) -> None:
     topic = f"t.poison.{unique}"
     dlq = f"t.poison.{unique}.deadletter"

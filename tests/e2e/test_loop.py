@@ -1,0 +1,88 @@
+"""The closed loop through real processes: `driftloop demo` on a short scenario.
+
+With a drift: the loop bootstraps v1 by itself, detects the change after it
+happens, retrains, promotes v2, later predictions carry v2 and their accuracy
+is clearly above the accuracy during the drift. On a stationary stream of the
+same length: v1 only, and no retraining triggered by drift.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.stack import stack_env
+
+# A demo run starts the whole stack and streams for about a minute.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
+# Short enough for CI, long enough for bootstrap, drift, retrain and recovery.
+SHORT = ("--events", "3200", "--drift-at", "0.5", "--rate", "50", "--timeout", "120")
+
+
+def run_demo(tmp_path: Path, scenario: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [*DRIFTLOOP, "demo", "--scenario", scenario, "--out", str(out), *SHORT],
+        env=stack_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report_file = out / "report.json"
+    assert report_file.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    return done, json.loads(report_file.read_text())
+
+
+def test_drift_is_detected_retrained_and_recovered(tmp_path: Path) -> None:
+    done, report = run_demo(tmp_path, "drift")
+    context = done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.returncode == 0, context
+    assert report["outcome"] == "recovered", context
+
+    versions = {v["version"]: v for v in report["versions"]}
+    assert versions[1]["trigger"] == "bootstrap", versions
+    assert versions[1]["promoted_at"] is not None
+
+    drift = report["drift"]
+    onset = report["scenario"]["onset_event"]
+    assert drift["onset_event"] == onset
+    assert drift["detected_event"] is not None and drift["detected_event"] >= onset, drift
+    assert drift["kind"] in ("performance", "data")
+
+    new = report["post_drift_version"]
+    assert new is not None and new >= 2
+    assert versions[new]["trigger"] == "drift"
+    assert versions[new]["promoted_at"] is not None
+    assert versions[new]["serving_from_event"] > drift["detected_event"]
+    assert report["predictions"]["by_version"][str(new)] >= 300
+    series = report["accuracy"]["series"]
+    assert series[-1]["version"] >= new, "the last predictions come from the retrained version"
+
+    accuracy = report["accuracy"]
+    assert accuracy["after"] >= accuracy["during"] + 0.1, accuracy
+    assert accuracy["after"] >= 0.9, accuracy
+    assert report["recovery_seconds"] > 0
+    assert report["retrain_trace_id"] and len(report["retrain_trace_id"]) == 32
+
+    out = tmp_path / "report"
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "summary.md").read_text()
+    assert f"event {onset}" in summary and "after recovery" in summary
+
+
+def test_stationary_stream_triggers_no_retraining(tmp_path: Path) -> None:
+    done, report = run_demo(tmp_path, "stationary")
+    context = done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.returncode == 0, context
+    assert report["outcome"] == "completed", context
+    assert [v["version"] for v in report["versions"]] == [1], report["versions"]
+    assert report["versions"][0]["trigger"] == "bootstrap"
+    assert report["drift_retrains"] == 0, report["detections"]
+    assert report["predictions"]["events_sent"] == 3200
+    assert report["accuracy"]["before"] >= 0.9, report["accuracy"]
