@@ -54,3 +54,9 @@ status: venv
 
 clean:
 	rm -rf .venv .driftloop demo-report .pytest_cache .mypy_cache .ruff_cache
+
+# Inference speed against MLServer 1.7.1 (kept in its own venv, .bench/mlserver-venv,
+# made on first use). BENCH_ARGS passes options, e.g. BENCH_ARGS="--seconds 5".
+.PHONY: bench-inference
+bench-inference: venv
+	$(RUN) python loadtests/inference_benchmark.py $(BENCH_ARGS)
