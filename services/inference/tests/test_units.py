@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import threading
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 from driftloop_inference.batching import Batcher, Overloaded
 from driftloop_inference.codec import (
+    InputDecoder,
     InvalidTensor,
     TensorSpec,
     decode_bytes_tensor,
@@ -86,3 +89,84 @@ async def test_batcher_merges_concurrent_requests(generic_model: bytes) -> None:
     full._inflight = 1
     with pytest.raises(Overloaded):
         await full.infer(model, requests[0], 1, None)
+
+
+def test_decoder_checks_every_new_shape_and_reads_typed_values_exactly() -> None:
+    specs = [TensorSpec("x", "FP32", (-1, 2)), TensorSpec("k", "INT64", (-1, 1))]
+    decoder = InputDecoder(specs)
+
+    def request(rows: int, shape_x: list[int] | None = None) -> oip.ModelInferRequest:
+        message = oip.ModelInferRequest()
+        x = message.inputs.add(name="x", datatype="FP32", shape=shape_x or [rows, 2])
+        x.contents.fp32_contents.extend([0.1 * i for i in range(rows * 2)])
+        k = message.inputs.add(name="k", datatype="INT64", shape=[rows, 1])
+        k.contents.int64_contents.extend([2**62 + i for i in range(rows)])
+        return message
+
+    # A few values (the per-element path) and many (numpy.array) read the same.
+    for rows in (1, 3, 200):
+        arrays = decoder.decode(request(rows))
+        np.testing.assert_array_equal(
+            arrays["x"], np.array([0.1 * i for i in range(rows * 2)], np.float32).reshape(-1, 2)
+        )
+        np.testing.assert_array_equal(
+            arrays["k"], np.array([2**62 + i for i in range(rows)], np.int64).reshape(-1, 1)
+        )
+    # Shapes seen before do not make a wrong one pass.
+    with pytest.raises(InvalidTensor, match=r"'x': expected shape \[-1, 2\], got \[1, 3\]"):
+        decoder.decode(request(1, [1, 3]))
+    with pytest.raises(InvalidTensor, match="negative dimension"):
+        decoder.decode(request(1, [-1, 2]))
+    short = request(2)
+    del short.inputs[1].contents.int64_contents[-1]
+    with pytest.raises(InvalidTensor, match=r"'k': expected 2 INT64 values .* got 1"):
+        decoder.decode(short)
+
+
+async def test_slow_models_run_off_the_event_loop(generic_model: bytes) -> None:
+    """A model slower than `inline_run_us` runs in a worker thread, so the event
+    loop keeps answering while it runs; a quick one runs on the loop; both give
+    the same outputs."""
+    quick = load_model("m", 1, generic_model, None, probe_rows=8)
+    slow = load_model("m", 2, generic_model, None, probe_rows=8)
+    assert quick.run_seconds < 1.0
+    slow.run_seconds = 1.0
+    threads: dict[int, set[str]] = {1: set(), 2: set()}
+
+    def recording(model: Any) -> Any:
+        original = model.run
+
+        def run(feeds: dict[str, Any]) -> Any:
+            threads[model.version].add(threading.current_thread().name)
+            if model is slow:
+                time.sleep(0.2)
+            return original(feeds)
+
+        return run
+
+    quick.run = recording(quick)  # type: ignore[method-assign]
+    slow.run = recording(slow)  # type: ignore[method-assign]
+    feeds = {"x": np.full((1, 3), 2.0), "k": np.array([[4]], dtype=np.int64)}
+    for enabled in (True, False):
+        batcher = Batcher(enabled=enabled, max_batch_size=8, max_queue_delay_us=0, capacity=10)
+        batcher.start()
+        try:
+            ticks = 0
+
+            async def ticking() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(ticking())
+            slow_outputs = await batcher.infer(slow, feeds, 1, None)
+            ticker.cancel()
+            quick_outputs = await batcher.infer(quick, feeds, 1, None)
+        finally:
+            await batcher.stop()
+        assert ticks >= 5, "the event loop stalled while the slow model ran"
+        for a, b in zip(slow_outputs, quick_outputs, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert threads[1] == {threading.current_thread().name}
+    assert threading.current_thread().name not in threads[2]

@@ -5,10 +5,11 @@ takes the first request, waits at most `max_queue_delay_us` for more (0: it
 takes only what is already queued), stacks up to `max_batch_size` rows along
 axis 0, runs the session and hands each request its own slice of every output.
 
-Where a run happens depends on how long it takes. A model whose largest batch
-ran within `inline_run_us` at load runs on the event loop itself: a hand-off to
-a worker thread and back costs more than such a run, and on a busy machine the
-worker may wait a whole scheduler time slice for a core. Slower models (and
+Where a run happens depends on how long runs take. While a model's runs take
+at most `inline_run_us` (timed at load for the largest batch, then a moving
+average of the runs served), they happen on the event loop itself: a hand-off
+to a worker thread and back costs more than such a run, and on a busy machine
+the worker may wait a whole scheduler time slice for a core. Slower models (and
 requests larger than a batch) run in a worker thread, and while one batch runs
 there the next one gathers by itself.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +65,20 @@ class _Item:
         self.deadline = deadline
         self.enqueued = time.perf_counter()
         self.key = key
+
+
+# Weight of the latest run in a model's moving average run time: one run far
+# slower than the load-time estimate moves the model off the event loop at once,
+# and a few quick ones bring it back (a stall from a busy machine is transient).
+_SMOOTHING = 0.25
+
+
+def _timed_run(model: LoadedModel, feeds: dict[str, Array]) -> list[Array]:
+    """Run and fold the run's duration into `model.run_seconds`."""
+    started = time.perf_counter()
+    outputs = model.run(feeds)
+    model.run_seconds += _SMOOTHING * (time.perf_counter() - started - model.run_seconds)
+    return outputs
 
 
 def _tail_key(model: LoadedModel, feeds: dict[str, Array]) -> Any:
@@ -128,11 +144,16 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         if not (self.enabled and model.batchable and rows <= self.max_batch_size):
-            if rows <= self.max_batch_size and self._inline(model):
-                return model.run(feeds)
+            if rows > self.max_batch_size:
+                # Larger than any batch: always a worker thread, and not timed.
+                run = model.run
+            elif self._inline(model):
+                return _timed_run(model, feeds)
+            else:
+                run = functools.partial(_timed_run, model)
             self._inflight += 1
             try:
-                return await loop.run_in_executor(self._executor, model.run, feeds)
+                return await loop.run_in_executor(self._executor, run, feeds)
             finally:
                 self._inflight -= 1
         future: asyncio.Future[list[Array]] = loop.create_future()
@@ -219,9 +240,11 @@ class Batcher:
             total = sum(item.rows for item in batch)
             BATCH_SIZE.observe(total)
             if self._inline(model):
-                outputs = model.run(feeds)
+                outputs = _timed_run(model, feeds)
             else:
-                outputs = await loop.run_in_executor(self._executor, model.run, feeds)
+                outputs = await loop.run_in_executor(
+                    self._executor, functools.partial(_timed_run, model), feeds
+                )
         except Exception as error:  # noqa: BLE001 - every waiter gets the failure
             for item in batch:
                 if not item.future.done():

@@ -214,8 +214,7 @@ class InputDecoder:
         tensors = request.inputs
         if raw and len(raw) != len(tensors):
             raise InvalidTensor(
-                f"raw_input_contents: expected one entry per input ({len(tensors)}), "
-                f"got {len(raw)}"
+                f"raw_input_contents: expected one entry per input ({len(tensors)}), got {len(raw)}"
             )
         inputs = self._inputs
         arrays: dict[str, Array] = {}
@@ -261,9 +260,7 @@ class InputDecoder:
             specs = self.specs
             missing = [name for name in specs if name not in arrays]
             raise InvalidTensor(
-                "; ".join(
-                    f"input '{n}': missing, expected {specs[n].describe()}" for n in missing
-                )
+                "; ".join(f"input '{n}': missing, expected {specs[n].describe()}" for n in missing)
             )
         return arrays
 

@@ -58,7 +58,8 @@ class LoadedModel:
     decoder: InputDecoder = field(init=False)
     # True when every output has a typed contents field (else outputs go back raw).
     typed_outputs: bool = field(init=False)
-    # The fastest of a few timed runs of `probe_rows` rows at load (seconds).
+    # How long a run takes (seconds): the fastest of a few timed runs of
+    # `probe_rows` rows at load, then the batcher's moving average of served runs.
     run_seconds: float = field(default=math.inf, init=False)
 
     def __post_init__(self) -> None:
