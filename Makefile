@@ -23,14 +23,18 @@ help:
 
 venv: .venv/.synced
 
+# Workers for pytest-xdist: most tests wait on the broker or on processes, so
+# three workers keep two cores busy; end-to-end tests share one worker.
+TEST_WORKERS ?= 3
+
 test: venv
-	$(RUN) pytest
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: venv
 	$(RUN) pytest -m "not integration and not e2e"
 
 test-integration: venv
-	$(RUN) pytest -m "integration or e2e"
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup -m "integration or e2e"
 
 lint: venv
 	$(RUN) ruff check libs services tests loadtests scripts

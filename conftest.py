@@ -64,3 +64,13 @@ def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
 def unique() -> str:
     """A fresh suffix, so each test gets its own topics and groups."""
     return uuid.uuid4().hex[:8]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`), end-to-end tests run one after another on
+    one worker: each starts a whole stack of processes, and two at once on two
+    cores would slow each other past their deadlines. Everything else spreads
+    over the other workers."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
