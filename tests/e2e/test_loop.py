@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
 # Short enough for CI, long enough for bootstrap, drift, retrain and recovery.
-SHORT = ("--events", "3200", "--drift-at", "0.5", "--rate", "50", "--timeout", "120")
+SHORT = ("--events", "3600", "--drift-at", "0.55", "--rate", "50", "--timeout", "120")
 
 
 def run_demo(tmp_path: Path, scenario: str) -> tuple[subprocess.CompletedProcess[str], Any]:
@@ -84,5 +84,5 @@ def test_stationary_stream_triggers_no_retraining(tmp_path: Path) -> None:
     assert [v["version"] for v in report["versions"]] == [1], report["versions"]
     assert report["versions"][0]["trigger"] == "bootstrap"
     assert report["drift_retrains"] == 0, report["detections"]
-    assert report["predictions"]["events_sent"] == 3200
+    assert report["predictions"]["events_sent"] == 3600
     assert report["accuracy"]["before"] >= 0.9, report["accuracy"]
