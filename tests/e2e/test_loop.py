@@ -70,6 +70,28 @@ def test_drift_is_detected_retrained_and_recovered(tmp_path: Path) -> None:
     assert report["recovery_seconds"] > 0
     assert report["retrain_trace_id"] and len(report["retrain_trace_id"]) == 32
 
+    # The retrain loop reads as one trace, from the detection to the first
+    # prediction the new version served.
+    traced = subprocess.run(
+        [*DRIFTLOOP, "traces", "--last-loop", "--json"],
+        env={**stack_env(tmp_path / "unused"), "DRIFTLOOP_HOME": str(tmp_path / "home" / "demo")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert traced.returncode == 0, traced.stderr
+    loop = json.loads(traced.stdout)
+    hops = {(span["service"], span["name"]) for span in loop["spans"]}
+    for hop in [
+        ("drift", "send drift.detected"),
+        ("drift", "send training.requested"),
+        ("trainer", "trainer.fit"),
+        ("registry", "send models.promoted"),
+        ("inference", "inference.model_swap"),
+        ("inference", "inference.first_prediction"),
+    ]:
+        assert hop in hops, (hop, sorted(hops))
+
     out = tmp_path / "report"
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from opentelemetry import trace
 
 from driftloop_inference.codec import CONTENTS_FIELDS, ORT_TYPES, Array, InputDecoder, TensorSpec
+
+_tracer = trace.get_tracer("driftloop.inference")
 
 PLATFORM = "onnxruntime_onnx"
 
@@ -61,6 +64,29 @@ class LoadedModel:
     # How long a run takes (seconds): the fastest of a few timed runs of
     # `probe_rows` rows at load, then the batcher's moving average of served runs.
     run_seconds: float = field(default=math.inf, init=False)
+    # The span that swapped this version in (a promotion's trace), until the first
+    # request it answers closes the retrain loop's trace; then None.
+    swap_context: trace.SpanContext | None = field(default=None, init=False)
+
+    def first_served(self, request: str) -> None:
+        """After a request this version answered: the first one ends the retrain
+        loop's trace with a span, linked to the request's own trace."""
+        swap = self.swap_context
+        if swap is None:
+            return
+        self.swap_context = None
+        link = trace.Link(trace.get_current_span().get_span_context())
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(swap))
+        _tracer.start_span(
+            "inference.first_prediction",
+            context=parent,
+            links=[link],
+            attributes={
+                "driftloop.model": self.name,
+                "driftloop.model_version": self.version,
+                "rpc.method": request,
+            },
+        ).end()
 
     def __post_init__(self) -> None:
         self.input_specs = {spec.name: spec for spec in self.inputs}

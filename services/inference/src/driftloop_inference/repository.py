@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
+from opentelemetry import trace
 
 from driftloop_inference.config import InferenceSettings
 from driftloop_inference.metrics import MODEL_LOAD_FAILURES, MODEL_LOADS, MODEL_VERSION
@@ -83,6 +84,8 @@ class ModelRepository:
         if self.previous is not None and self.previous is not old:
             MODEL_VERSION.remove(self.name, self.previous.version_str, self.previous.sha256)
         self.previous = old if old is not model else self.previous
+        swap = trace.get_current_span().get_span_context()
+        model.swap_context = swap if swap.is_valid else None
         self.current = model
         self.loaded_event.set()
         if self.previous is not None:

@@ -25,8 +25,10 @@ from rich.tree import Tree
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-# The first hop of a retrain loop: the drift service publishing DriftDetected.
+# The first hop of a retrain loop: the drift service publishing DriftDetected;
+# its last hop: inference swapping the new version in.
 LOOP_START = "send drift.detected"
+LOOP_END = "inference.model_swap"
 
 
 def connected(spans: list[SpanRecord], trace_id: str) -> list[SpanRecord]:
@@ -46,8 +48,17 @@ def connected(spans: list[SpanRecord], trace_id: str) -> list[SpanRecord]:
 
 
 def last_loop(spans: list[SpanRecord]) -> str | None:
-    starts = [span for span in spans if span["name"] == LOOP_START]
-    return max(starts, key=lambda span: span["start_ns"])["trace_id"] if starts else None
+    """The newest detection whose trace reached a model swap, else the newest detection
+    (a detection held back by the cooldown starts no training)."""
+    starts = sorted(
+        (span for span in spans if span["name"] == LOOP_START),
+        key=lambda span: span["start_ns"],
+        reverse=True,
+    )
+    for start in starts:
+        if any(span["name"] == LOOP_END for span in connected(spans, start["trace_id"])):
+            return start["trace_id"]
+    return starts[0]["trace_id"] if starts else None
 
 
 def _parent(span: SpanRecord, ids: set[str]) -> str | None:

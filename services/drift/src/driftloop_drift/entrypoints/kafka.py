@@ -29,6 +29,8 @@ from driftloop_core.kafka.deadletter import DeadLetterWriter
 from driftloop_core.kafka.topics import kind_of_message, kind_of_type
 from driftloop_core.logging import get_logger
 from google.protobuf.message import DecodeError, Message
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from driftloop_drift import metrics
 from driftloop_drift.adapters.registry import (
@@ -42,6 +44,7 @@ from driftloop_drift.domain.join import LabelSeen, PredictionSeen
 from driftloop_drift.handlers import DriftEngine
 
 log = get_logger(__name__)
+_tracer = trace.get_tracer("driftloop.drift")
 
 OBSERVED = "driftloop.v1.Observation"
 LABELLED = "driftloop.v1.Label"
@@ -369,16 +372,49 @@ class DriftConsumer:
     async def _publish(self, events: list[OutboxEvent]) -> None:
         if not events:
             return
-        for event in events:
-            kind = kind_of_message(event.message)
-            await self._publisher.publish(
-                kind.topic,
-                event.payload,
-                key=event.key,
-                ce_type=kind.ce_type,
-                event_id=event.event_id,
-            )
+        # A detection starts the retrain loop's trace; the request it causes is
+        # published inside it, so the whole loop reads as one trace.
+        loops: dict[str, trace.Span] = {}
+        try:
+            for event in events:
+                kind = kind_of_message(event.message)
+                with trace.use_span(self._loop_span(event, loops), end_on_exit=False):
+                    await self._publisher.publish(
+                        kind.topic,
+                        event.payload,
+                        key=event.key,
+                        ce_type=kind.ce_type,
+                        event_id=event.event_id,
+                    )
+        finally:
+            for span in loops.values():
+                span.end()
         await asyncio.to_thread(self._store.published, [event.event_id for event in events])
+
+    @staticmethod
+    def _loop_span(event: OutboxEvent, loops: dict[str, trace.Span]) -> trace.Span:
+        """The span a drift event is published in: a new `drift.detected` root for a
+        detection, that detection's span for the request it caused, else none."""
+        if event.message == events_pb2.DriftDetected.DESCRIPTOR.full_name:
+            detected = events_pb2.DriftDetected.FromString(event.payload)
+            span = _tracer.start_span(
+                "drift.detected",
+                context=Context(),
+                attributes={
+                    "driftloop.model": detected.model,
+                    "driftloop.model_version": detected.model_version,
+                    "driftloop.drift.detector": detected.detector,
+                    "driftloop.drift.feature": detected.feature,
+                    "driftloop.drift.statistic": detected.statistic,
+                },
+            )
+            loops[detected.drift_id] = span
+            return span
+        if event.message == events_pb2.TrainingRequested.DESCRIPTOR.full_name:
+            requested = events_pb2.TrainingRequested.FromString(event.payload)
+            if requested.parent_drift_id in loops:
+                return loops[requested.parent_drift_id]
+        return trace.INVALID_SPAN
 
 
 M = TypeVar("M", bound=Message)

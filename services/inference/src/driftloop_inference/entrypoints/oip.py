@@ -129,6 +129,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         except InvalidTensor as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         outputs = await run_batched(self._batcher, model, feeds, rows, context)
+        if model.swap_context is not None:
+            model.first_served("ModelInfer")
         response = oip.ModelInferResponse(
             model_name=model.name, model_version=model.version_str, id=request.id
         )

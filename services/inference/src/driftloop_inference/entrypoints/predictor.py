@@ -170,6 +170,8 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
                 "(neither in the request nor in the feature store)",
             )
         outputs = await run_batched(self._batcher, model, feeds, 1, context)
+        if model.swap_context is not None:
+            model.first_served("Predict")
         label, probability = self._decision(model, outputs)
         if label is None:
             await context.abort(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer
@@ -18,8 +18,11 @@ from driftloop.v1 import events_pb2
 from driftloop_core.kafka.consumer import group_consumer
 from driftloop_core.settings import Settings
 from google.protobuf.message import DecodeError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("driftloop.inference")
 
 OnPromoted = Callable[[events_pb2.ModelPromoted], Awaitable[None]]
 
@@ -59,9 +62,11 @@ class PromotionListener:
             batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    await self._handle(record.key, record.value)
+                    await self._handle(record.key, record.value, record.headers)
 
-    async def _handle(self, key: bytes | None, value: bytes | None) -> None:
+    async def _handle(
+        self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
         try:
             promoted = events_pb2.ModelPromoted.FromString(value or b"")
         except DecodeError as error:
@@ -75,7 +80,29 @@ class PromotionListener:
             to_version=promoted.to_version,
             kind=events_pb2.PromotionKind.Name(promoted.kind),
         )
-        await self._on_promoted(promoted)
+        # The promotion's trace goes on here: download, load, warm-up and swap are
+        # its children, and the first request the new version answers ends it.
+        carrier = {k: v.decode("utf-8", "replace") for k, v in headers if v is not None}
+        with (
+            _tracer.start_as_current_span(
+                f"process {self._topic}",
+                context=propagate.extract(carrier),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": self._topic,
+                    "messaging.operation.type": "process",
+                },
+            ),
+            _tracer.start_as_current_span(
+                "inference.model_swap",
+                attributes={
+                    "driftloop.model": promoted.model,
+                    "driftloop.model_version": promoted.to_version,
+                },
+            ),
+        ):
+            await self._on_promoted(promoted)
 
     def request_stop(self) -> None:
         self._stopping.set()
