@@ -91,6 +91,7 @@ def test_drift_is_detected_retrained_and_recovered(tmp_path: Path) -> None:
         ("inference", "inference.first_prediction"),
     ]:
         assert hop in hops, (hop, sorted(hops))
+    assert len({service for service, _ in hops}) >= 5, sorted(hops)
 
     out = tmp_path / "report"
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

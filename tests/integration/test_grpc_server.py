@@ -349,7 +349,13 @@ async def test_failed_call_marks_its_server_span_as_error(
     with pytest.raises(grpc.aio.AioRpcError):
         await _unary(channel, "Fail")(b"x", timeout=5)
 
-    (server_span,) = [s for s in spans.get_finished_spans() if s.name == f"/{SERVICE}/Fail"]
+    # The client can hold the error before the server's interceptor ends its span.
+    for _ in range(100):
+        ended = [s for s in spans.get_finished_spans() if s.name == f"/{SERVICE}/Fail"]
+        if ended:
+            break
+        await asyncio.sleep(0.02)
+    (server_span,) = ended
     assert server_span.status.status_code == trace.StatusCode.ERROR
 
 

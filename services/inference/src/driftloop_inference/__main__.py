@@ -3,7 +3,8 @@
 With `DRIFTLOOP_INFERENCE_WORKERS=N` (N > 1) this process starts N - 1 more
 copies of itself; all bind the same port with SO_REUSEPORT and the kernel
 spreads connections over them. Each loads the model and follows promotions on
-its own. SIGTERM/SIGINT is passed on to the copies.
+its own. SIGTERM/SIGINT is passed on to the copies. Only the first process
+serves /metrics (one port cannot be shared), so its figures are its own traffic.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from types import FrameType
 
 from driftloop_core.settings import load_settings
-from driftloop_core.telemetry import init_telemetry
+from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 from driftloop_inference.bootstrap import InferenceService
 from driftloop_inference.config import load_inference_settings
@@ -48,6 +49,8 @@ def main() -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, forward)
     telemetry = init_telemetry(settings)
+    if WORKER_ENV not in os.environ:
+        serve_metrics(settings)
     service = InferenceService(settings, config, settings.endpoints.inference)
     try:
         code = asyncio.run(service.run_until_signal())
