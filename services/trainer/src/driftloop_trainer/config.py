@@ -23,6 +23,8 @@ class TrainerSettings(BaseSettings):
     train_fraction: float = Field(default=0.6, gt=0, lt=1)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     min_rows: int = Field(default=30, ge=3)
+    # OpenMP threads per training stage (see TrainingConfig.threads).
+    threads: int = Field(default=1, ge=1)
 
     def training_config(self) -> TrainingConfig:
         if self.train_fraction + self.validation_fraction >= 1:
@@ -33,4 +35,5 @@ class TrainerSettings(BaseSettings):
             train_fraction=self.train_fraction,
             validation_fraction=self.validation_fraction,
             min_rows=self.min_rows,
+            threads=self.threads,
         )

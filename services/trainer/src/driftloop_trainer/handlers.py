@@ -26,6 +26,7 @@ from driftloop_core.featureset import FeatureSet
 from driftloop_core.logging import get_logger
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
+from threadpoolctl import threadpool_limits
 
 from driftloop_trainer.metrics import STAGE_SECONDS
 from driftloop_trainer.onnx_model import (
@@ -121,9 +122,16 @@ def stage(name: str, **attributes: str | int) -> Iterator[trace.Span]:
         log.info("stage_finished", stage=name, duration_s=round(elapsed, 4))
 
 
-async def in_thread(function: Callable[[], T]) -> T:
-    # to_thread copies the context, so spans opened in the thread nest under ours.
-    return await asyncio.to_thread(function)
+async def in_thread(threads: int, function: Callable[[], T]) -> T:
+    """Run a CPU-bound stage in a worker thread with at most `threads` OpenMP threads
+    (the limit is per thread, so it is set in the worker). to_thread copies the
+    context, so spans opened in the thread nest under ours."""
+
+    def limited() -> T:
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            return function()
+
+    return await asyncio.to_thread(limited)
 
 
 @dataclass
@@ -146,22 +154,34 @@ class TrainingRunner:
                     "load_data", f"this trainer serves model {fs.name!r}, not {request.model!r}"
                 )
             training_set = await self.training_sets.training_set(request.model, request.window)
-            data = await in_thread(lambda: load_training_data(training_set.path, fs))
+            data = await in_thread(
+                config.threads, lambda: load_training_data(training_set.path, fs)
+            )
             split = time_split(data, config)
         with stage("search", candidates=len(config.search_space())):
-            params, results = await in_thread(lambda: search(split, fs, config))
+            params, results = await in_thread(config.threads, lambda: search(split, fs, config))
         with stage("fit"):
-            pipeline, fitted_on = await in_thread(lambda: fit_best(split, fs, config, params))
+            pipeline, fitted_on = await in_thread(
+                config.threads, lambda: fit_best(split, fs, config, params)
+            )
         evaluation = split.test
         with stage("evaluate", rows=len(evaluation)):
-            probabilities = await in_thread(lambda: positive_probability(pipeline, evaluation))
+            probabilities = await in_thread(
+                config.threads, lambda: positive_probability(pipeline, evaluation)
+            )
             metrics = classification_metrics(evaluation.labels, probabilities)
         with stage("export"):
-            onnx_bytes = await in_thread(lambda: export_onnx(pipeline, fs, request.model))
+            onnx_bytes = await in_thread(
+                config.threads, lambda: export_onnx(pipeline, fs, request.model)
+            )
             signature = signature_of(onnx_bytes)
-            reference = await in_thread(lambda: reference_distributions(fitted_on, fs))
+            reference = await in_thread(
+                config.threads, lambda: reference_distributions(fitted_on, fs)
+            )
         with stage("parity") as span:
-            diff = await in_thread(lambda: check_parity(onnx_bytes, probabilities, evaluation))
+            diff = await in_thread(
+                config.threads, lambda: check_parity(onnx_bytes, probabilities, evaluation)
+            )
             span.set_attribute("driftloop.trainer.parity_max_abs_diff", diff)
         with stage("champion_eval"):
             lookup = await self.champions.champion(request.model)
@@ -171,7 +191,10 @@ class TrainingRunner:
                 champion = lookup.champion
                 try:
                     champion_probs = await in_thread(
-                        lambda: OnnxClassifier(champion.onnx_bytes).positive_probability(evaluation)
+                        config.threads,
+                        lambda: OnnxClassifier(champion.onnx_bytes).positive_probability(
+                            evaluation
+                        ),
                     )
                 except KeyError as error:
                     # The champion takes inputs this feature set no longer has:
@@ -182,7 +205,7 @@ class TrainingRunner:
                     champion_note = f"champion v{champion.version} evaluated"
             log.info("champion_evaluated", model=request.model, note=champion_note)
         with stage("store"):
-            artifact = await in_thread(lambda: self.artifacts.put(onnx_bytes))
+            artifact = await in_thread(config.threads, lambda: self.artifacts.put(onnx_bytes))
 
         trained = events_pb2.ModelTrained(
             request_id=request.request_id,

@@ -68,6 +68,10 @@ class TrainingConfig:
     candidates: tuple[dict[str, Any], ...] | None = None
     # Fewer rows than this cannot make three meaningful slices.
     min_rows: int = 30
+    # OpenMP threads for fitting and predicting: 1 by default, because the trainer
+    # shares its host with the other services and OpenMP threads that spin-wait
+    # for a busy core made one search 20x slower on two cores.
+    threads: int = 1
 
     def search_space(self) -> tuple[dict[str, Any], ...]:
         return self.candidates or DEFAULT_CANDIDATES[self.algorithm]
