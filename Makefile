@@ -23,9 +23,9 @@ help:
 
 venv: .venv/.synced
 
-# Workers for pytest-xdist: most tests wait on the broker or on processes, so
-# three workers keep two cores busy; end-to-end tests share one worker.
-TEST_WORKERS ?= 3
+# Workers for pytest-xdist: one runs the end-to-end tests one after another (each
+# starts a whole stack), the other everything else; more would starve the stacks.
+TEST_WORKERS ?= 2
 
 test: venv
 	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup

@@ -68,14 +68,13 @@ def unique() -> str:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test`), end-to-end tests run in two queues, each
-    on one worker: each test starts a whole stack of processes, and more at once
-    on two cores would slow each other past their deadlines. The closed-loop runs
-    (the longest) take one queue, every other end-to-end test the other.
-    Everything else spreads over the workers. They also get a longer timeout."""
+    """Under pytest-xdist (`make test`), end-to-end tests run one after another on
+    one worker: each starts a whole stack of processes, and two stacks at once on
+    two cores starve each other (the feature store falls seconds behind, the
+    closed loop's accuracy collapses, health checks time out). Everything else
+    spreads over the other workers. They also get a longer timeout."""
     for item in items:
         if item.get_closest_marker("e2e"):
-            queue = "e2e-loop" if item.path.name == "test_loop.py" else "e2e"
-            item.add_marker(pytest.mark.xdist_group(queue))
+            item.add_marker(pytest.mark.xdist_group("e2e"))
             if not item.get_closest_marker("timeout"):
                 item.add_marker(pytest.mark.timeout(300))
