@@ -69,13 +69,14 @@ WATCHED_TOPICS = (
 #   the bootstrap request before it may ask for a retrain.
 # - On two busy cores, scikit-learn's OpenMP threads in the trainer fight every
 #   other process: a search measured at 1.4 s alone took 30 s that way.
-# The trainer refuses a training set under 400 rows: on a busy machine the
+# The trainer refuses a training set under 300 rows: on a busy machine the
 # offline log can trail the labels drift has counted, and a bootstrap model fitted
 # on the few rows already there is weak and has noisy reference bins (PSI false
 # alarms). The refusal is a TrainingFailed; drift asks again after its cooldown.
+# Drift waits for 400 post-drift labels, leaving the log 100 rows of slack.
 DEMO_SERVICE_ENV: dict[str, dict[str, str]] = {
     "drift": {"DRIFTLOOP_DRIFT_COOLDOWN_S": "10", "DRIFTLOOP_DRIFT_MIN_POST_DRIFT_ROWS": "400"},
-    "trainer": {"OMP_NUM_THREADS": "1", "DRIFTLOOP_TRAINER_MIN_ROWS": "400"},
+    "trainer": {"OMP_NUM_THREADS": "1", "DRIFTLOOP_TRAINER_MIN_ROWS": "300"},
 }
 # How long the stream keeps the stack after the last event, so the last labels
 # reach the drift detectors before the run is judged.
