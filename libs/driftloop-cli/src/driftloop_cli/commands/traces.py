@@ -32,18 +32,17 @@ LOOP_END = "inference.model_swap"
 
 
 def connected(spans: list[SpanRecord], trace_id: str) -> list[SpanRecord]:
-    """The spans of ``trace_id`` and of every trace linked to or from it, transitively."""
-    links: dict[str, set[str]] = defaultdict(set)
+    """The spans of ``trace_id`` and of every trace linked to or from it directly.
+
+    One hop only: a consumer batch links to many traces, and following links
+    further would pull in every event the batch held."""
+    seen = {trace_id}
     for span in spans:
         for link in span["links"]:
-            links[span["trace_id"]].add(link["trace_id"])
-            links[link["trace_id"]].add(span["trace_id"])
-    seen = {trace_id}
-    pending = [trace_id]
-    while pending:
-        for other in links[pending.pop()] - seen:
-            seen.add(other)
-            pending.append(other)
+            if span["trace_id"] == trace_id:
+                seen.add(link["trace_id"])
+            elif link["trace_id"] == trace_id:
+                seen.add(span["trace_id"])
     return [span for span in spans if span["trace_id"] in seen]
 
 

@@ -29,8 +29,9 @@ from driftloop_core.kafka.deadletter import DeadLetterWriter
 from driftloop_core.kafka.topics import kind_of_message, kind_of_type
 from driftloop_core.logging import get_logger
 from google.protobuf.message import DecodeError, Message
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
 from driftloop_drift import metrics
 from driftloop_drift.adapters.registry import (
@@ -45,6 +46,25 @@ from driftloop_drift.handlers import DriftEngine
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("driftloop.drift")
+# A batch's consume span links to the traces of its first records, not all of them.
+MAX_LINKS = 32
+
+
+def _links(messages: list[Any]) -> list[trace.Link]:
+    """Links from a batch's process span to the traces its records carry."""
+    links = []
+    for message in messages[:MAX_LINKS]:
+        carrier = {
+            key: value.decode("utf-8", "replace")
+            for key, value in message.headers or ()
+            if key in ("traceparent", "tracestate") and value is not None
+        }
+        if carrier:
+            context = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+            if context.is_valid:
+                links.append(trace.Link(context))
+    return links
+
 
 OBSERVED = "driftloop.v1.Observation"
 LABELLED = "driftloop.v1.Label"
@@ -163,10 +183,22 @@ class DriftConsumer:
             batches = await self._consumer.getmany(timeout_ms=200, max_records=1000)
             out: list[Message] = []
             for tp, messages in batches.items():
-                for message in messages:
-                    out.extend(await self._handle(message))
-                    self._positions[(tp.topic, tp.partition)] = message.offset + 1
-                    self._dirty = True
+                with _tracer.start_as_current_span(
+                    f"process {tp.topic}",
+                    kind=SpanKind.CONSUMER,
+                    links=_links(messages),
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.destination.name": tp.topic,
+                        "messaging.destination.partition.id": str(tp.partition),
+                        "messaging.operation.type": "process",
+                        "messaging.batch.message_count": len(messages),
+                    },
+                ):
+                    for message in messages:
+                        out.extend(await self._handle(message))
+                        self._positions[(tp.topic, tp.partition)] = message.offset + 1
+                        self._dirty = True
             if batches:
                 self.engine.expire(self.engine.clock_ms)
             if out:
