@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import grpc
 from driftloop_core.broker import broker_ready
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -27,8 +28,10 @@ class ServiceStatus:
     metrics: str | None = None  # the Prometheus /metrics URL, for services
 
 
-async def grpc_serving(endpoint: str, timeout_s: float = 1.0) -> bool:
-    async with grpc.aio.insecure_channel(endpoint) as channel:
+async def grpc_serving(endpoint: str, settings: Settings, timeout_s: float = 1.0) -> bool:
+    """Whether the server at ``endpoint`` reports SERVING, asked over TLS when the
+    settings configure it."""
+    async with open_channel(endpoint, settings) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
@@ -48,9 +51,9 @@ async def collect(settings: Settings) -> list[ServiceStatus]:
         pid = pid if isinstance(pid, int) else None
         endpoint = str(entry["endpoint"])
         if entry.get("kind") == "kafka":
-            ready = await broker_ready(endpoint, timeout_s=2.0)
+            ready = await broker_ready(endpoint, timeout_s=2.0, kafka=settings.kafka)
         else:
-            ready = pid_alive(pid) and await grpc_serving(endpoint)
+            ready = pid_alive(pid) and await grpc_serving(endpoint, settings)
         name = str(entry["name"])
         port = settings.metrics_port_for(name) if entry.get("kind") != "kafka" else 0
         metrics = f"http://127.0.0.1:{port}/metrics" if port else None

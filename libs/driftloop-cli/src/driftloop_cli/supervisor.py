@@ -132,7 +132,7 @@ class Supervisor:
 
     async def _start_broker(self) -> None:
         if not self._settings.embedded_broker:
-            if not await broker_ready(self._bootstrap, timeout_s=10):
+            if not await broker_ready(self._bootstrap, timeout_s=10, kafka=self._settings.kafka):
                 raise RuntimeError(f"the Kafka broker at {self._bootstrap} does not answer")
             self._say("supervisor", f"using the external broker at {self._bootstrap}")
             return

@@ -7,6 +7,10 @@ Uploads are verified the same way: `put` reads the object back from the store.
 The same code runs on a local folder (the embedded default) and on an
 S3-compatible store (`DRIFTLOOP_ARTIFACTS_URL=s3://bucket/prefix`, with s3fs;
 `DRIFTLOOP_ARTIFACTS_ENDPOINT_URL` for one that is not AWS).
+
+Sizes are bounded (`DRIFTLOOP_ARTIFACTS_MAX_BYTES`): `put` refuses larger bytes,
+and `get` asks the store for the object's size before reading it, so an
+oversized object is refused without being loaded into memory.
 """
 
 from __future__ import annotations
@@ -32,6 +36,17 @@ class ArtifactDigestError(ValueError):
     """The bytes read do not have the digest they were stored under."""
 
 
+class ArtifactTooLargeError(ValueError):
+    """An artifact larger than the configured `DRIFTLOOP_ARTIFACTS_MAX_BYTES`."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} is {size} bytes, more than the {limit} allowed (DRIFTLOOP_ARTIFACTS_MAX_BYTES)"
+        )
+        self.size = size
+        self.limit = limit
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -40,9 +55,13 @@ class ArtifactStore:
     """`put` bytes, get an `Artifact` (uri, sha256, size); `get` verifies the digest.
 
     `storage_options` go to fsspec as they are (s3fs: `endpoint_url`, `key`,
-    `secret`, `client_kwargs`...)."""
+    `secret`, `client_kwargs`...). `max_bytes` bounds what is stored and read
+    (None: no bound)."""
 
-    def __init__(self, location: str, **storage_options: Any) -> None:
+    def __init__(
+        self, location: str, *, max_bytes: int | None = None, **storage_options: Any
+    ) -> None:
+        self.max_bytes = max_bytes
         self._fs, self._root = fsspec.core.url_to_fs(location, **storage_options)
         self._protocol = (
             self._fs.protocol if isinstance(self._fs.protocol, str) else self._fs.protocol[0]
@@ -51,7 +70,11 @@ class ArtifactStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> ArtifactStore:
         """The store `DRIFTLOOP_ARTIFACTS_*` describe."""
-        return cls(settings.artifacts_location, **settings.artifacts_storage_options)
+        return cls(
+            settings.artifacts_location,
+            max_bytes=settings.artifacts_max_bytes,
+            **settings.artifacts_storage_options,
+        )
 
     @property
     def _local(self) -> bool:
@@ -66,7 +89,8 @@ class ArtifactStore:
     def put(self, data: bytes, media_type: str = ONNX_MEDIA_TYPE) -> common_pb2.Artifact:
         """Store `data` under its digest, unless the store already holds exactly
         these bytes there; raises ArtifactDigestError when the store does not give
-        back what was uploaded."""
+        back what was uploaded, ArtifactTooLargeError when `data` is over the limit."""
+        self._check_size("artifact", len(data))
         digest = sha256_hex(data)
         path = self._path(digest)
         if self._fs.exists(path):
@@ -105,8 +129,19 @@ class ArtifactStore:
             uri=self._uri(path), sha256=digest, size_bytes=len(data), media_type=media_type
         )
 
+    def _check_size(self, what: str, size: int) -> None:
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise ArtifactTooLargeError(what, size, self.max_bytes)
+
     def get_by_digest(self, sha256: str) -> bytes:
-        data: bytes = self._fs.cat_file(self._path(sha256))
+        """The bytes stored under `sha256`, verified; raises FileNotFoundError,
+        ArtifactTooLargeError (before reading them) or ArtifactDigestError."""
+        path = self._path(sha256)
+        if self.max_bytes is not None:
+            self._check_size(f"artifact {sha256}", int(self._fs.size(path)))
+        data: bytes = self._fs.cat_file(path)
+        # The object may have been replaced between the two calls.
+        self._check_size(f"artifact {sha256}", len(data))
         actual = sha256_hex(data)
         if actual != sha256:
             raise ArtifactDigestError(

@@ -15,11 +15,14 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import structlog
 from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
+
+if TYPE_CHECKING:
+    from driftloop_core.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
 
@@ -68,9 +71,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-async def broker_ready(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True when a metadata request to `bootstrap` succeeds."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+async def broker_ready(
+    bootstrap: str, timeout_s: float = 2.0, kafka: KafkaSettings | None = None
+) -> bool:
+    """True when a metadata request to `bootstrap` succeeds; `kafka` gives the
+    security settings (SSL, SASL) an external broker wants."""
+    options = kafka.client_options() if kafka is not None else {}
+    options.update(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    client = AIOKafkaClient(**options)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout_s)
         return True

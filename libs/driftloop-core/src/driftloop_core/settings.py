@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -108,12 +108,43 @@ class Endpoints(BaseModel):
 
 
 class GrpcSettings(BaseModel):
+    """Limits and transport security of every gRPC server and client.
+
+    TLS is on when a CA or a certificate is given (`DRIFTLOOP_GRPC__TLS_CA_FILE`,
+    `__TLS_CERT_FILE`, `__TLS_KEY_FILE`, PEM files). One certificate serves both
+    ways: servers present it, and clients present it to servers that require a
+    client certificate (mutual TLS, the default when TLS is on). The CA verifies
+    the other side: servers' certificates for clients, clients' for servers.
+    """
+
     # Interface servers listen on instead of their endpoint's host, e.g. 0.0.0.0
     # in a container, where the endpoint names the service for its clients.
     bind_host: str | None = None
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_concurrent_rpcs: int = Field(default=1024, ge=1)
     grace_period_s: float = 5.0
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Servers refuse a client without a certificate signed by the CA.
+    tls_require_client_cert: bool = True
+    # The name clients check the server certificate against instead of the host
+    # they dial, e.g. when a health probe dials 127.0.0.1 but the certificate
+    # names the service.
+    tls_server_name: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether servers and clients speak TLS."""
+        return self.tls_ca_file is not None or self.tls_cert_file is not None
+
+    @model_validator(mode="after")
+    def _certificate_with_its_key(self) -> GrpcSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "grpc.tls_cert_file and grpc.tls_key_file go together: set both or neither"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -130,7 +161,11 @@ class Settings(BaseSettings):
     service_version: str = "0.1.0"
     environment: str = "dev"
     log_level: str = "INFO"
+    # Bearer token the registry requires on Promote and Rollback when set.
     admin_token: SecretStr | None = None
+    # Bearer token ingestion requires on Ingest and IngestStream when set
+    # (DRIFTLOOP_INGEST_TOKEN); `driftloop ingest` sends it.
+    ingest_token: SecretStr | None = None
     # Where model artifacts live, content-addressed by sha256: a local folder
     # (default: DRIFTLOOP_HOME/artifacts) or any fsspec URL (s3://bucket/prefix).
     artifacts_url: str | None = None
@@ -140,6 +175,9 @@ class Settings(BaseSettings):
     # Any other fsspec storage options for artifacts_url, as a JSON object:
     # DRIFTLOOP_ARTIFACTS_OPTIONS='{"client_kwargs": {"region_name": "eu-west-1"}}'.
     artifacts_options: dict[str, Any] = Field(default_factory=dict)
+    # The largest model artifact stored, registered or downloaded; larger ones
+    # are refused before they are read whole into memory.
+    artifacts_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     # Set to false to require an external broker instead of the embedded one.
     embedded_broker: bool = True
     # One /metrics port for this process, overriding endpoints.metrics: in a

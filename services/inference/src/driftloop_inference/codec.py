@@ -4,7 +4,11 @@ Inputs come either as typed `contents` or as `raw_input_contents` (little-endian
 bytes, BYTES elements as a 4-byte little-endian length then the bytes, as Triton
 and tritonclient write them); raw bytes are read with `numpy.frombuffer`, no copy.
 Every refusal is an `InvalidTensor` whose message names the tensor, what was
-expected and what came; the servicer turns it into INVALID_ARGUMENT.
+expected and what came; the servicer turns it into INVALID_ARGUMENT. Nothing a
+request says makes decoding allocate or loop beyond the bytes it carries: shapes
+numpy cannot represent are refused, BYTES elements are read only up to the count
+the shape allows, and typed values outside a narrow type's range are refused
+instead of wrapping around.
 """
 
 from __future__ import annotations
@@ -77,6 +81,13 @@ _WIDE_ENOUGH = frozenset({"BOOL", "UINT32", "UINT64", "INT32", "INT64", "FP32", 
 _FROMITER_MAX = 64
 # Distinct request shapes remembered as valid per input (batch sizes, mostly).
 _SHAPES_REMEMBERED = 256
+# What numpy can represent: its most dimensions, and the largest byte extent of an
+# array (numpy refuses a shape whose non-zero dimensions multiply beyond it, even
+# when another dimension is 0 and the array is empty).
+_MAX_DIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+_MAX_EXTENT = int(np.iinfo(np.intp).max)
+# Typed contents fields wider than the datatype they carry: values are range-checked.
+_NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 
 
 class InvalidTensor(ValueError):
@@ -110,6 +121,7 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
             if got < 0 or (want != -1 and want != got):
                 break
         else:
+            _check_extent(spec, shape)
             return
     if len(shape) != len(expected) or any(
         want != -1 and want != got for want, got in zip(expected, shape, strict=True)
@@ -123,13 +135,35 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     )
 
 
+def _check_extent(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    if len(shape) > _MAX_DIMS:
+        raise InvalidTensor(
+            f"input '{spec.name}': {len(shape)} dimensions, more than the {_MAX_DIMS} supported"
+        )
+    extent = spec.dtype.itemsize
+    for dim in shape:
+        extent *= max(dim, 1)
+    if extent > _MAX_EXTENT:
+        raise InvalidTensor(
+            f"input '{spec.name}': shape {format_shape(shape)} is too large to represent"
+        )
+
+
 def decode_bytes_tensor(name: str, data: bytes, count: int) -> Array:
-    """Length-prefixed elements (4-byte little-endian length, then the bytes) as str."""
+    """Length-prefixed elements (4-byte little-endian length, then the bytes) as str.
+
+    Reads at most `count` elements: bytes left after them are refused unread.
+    """
     items: list[Any] = []
     view = memoryview(data)
     offset = 0
     end = len(data)
     while offset < end:
+        if len(items) == count:
+            raise InvalidTensor(
+                f"input '{name}': expected {count} BYTES elements for its shape, got more: "
+                f"{end - offset} bytes follow element {count}"
+            )
         if offset + 4 > end:
             raise InvalidTensor(
                 f"input '{name}': raw BYTES contents end inside a length prefix at byte {offset}"
@@ -312,7 +346,24 @@ def _typed(
         array = np.empty(count, dtype=object)
         array[:] = [_text(value) for value in values]
         return array
+    if spec.datatype in _NARROW:
+        return _narrowed(name, spec, values)
     return np.array(values, dtype=spec.dtype)
+
+
+def _narrowed(name: str, spec: TensorSpec, values: Sequence[int]) -> Array:
+    """int_contents / uint_contents (32 bits) as a narrower type, range-checked:
+    numpy would wrap 300 into a UINT8 as 44."""
+    wide = np.array(values, dtype=np.int64)
+    limits = np.iinfo(spec.dtype)
+    outside = np.flatnonzero((wide < limits.min) | (wide > limits.max))
+    if outside.size:
+        index = int(outside[0])
+        raise InvalidTensor(
+            f"input '{name}': value {int(wide[index])} at index {index} is out of range for "
+            f"{spec.datatype} [{limits.min}, {limits.max}]"
+        )
+    return wide.astype(spec.dtype)
 
 
 def add_output(

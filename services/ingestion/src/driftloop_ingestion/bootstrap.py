@@ -189,7 +189,7 @@ def build(
     producer = build_producer(settings, config)
     publisher = Publisher(settings, producer=producer)
     ingestor = Ingestor(
-        Validator(featureset, clock=clock),
+        Validator(featureset, clock=clock, max_event_bytes=config.max_event_bytes),
         index,
         KafkaEventSink(publisher),
         dedup_window=config.dedup_window,
@@ -201,6 +201,7 @@ def build(
         ingestor,
         batch_size=config.stream_batch_size,
         flush_interval_s=config.stream_flush_interval / timedelta(seconds=1),
+        token=settings.ingest_token.get_secret_value() if settings.ingest_token else None,
     )
     server = build_server(
         settings,

@@ -17,6 +17,8 @@ from driftloop_core.settings import Settings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from driftloop_ingestion.validation import DEFAULT_MAX_EVENT_BYTES
+
 
 class IngestionSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_INGESTION_", extra="ignore")
@@ -45,6 +47,11 @@ class IngestionSettings(BaseSettings):
     # published together, and the longest an event waits for its batch to fill.
     stream_batch_size: int = Field(default=1000, ge=1)
     stream_flush_interval: Duration = timedelta(milliseconds=200)
+    # The longest raw event accepted, as JSON text on events.raw or in a gRPC
+    # request's `json` field (a structured `RawEvent` is bounded by the gRPC
+    # message size); a longer one is rejected with rule "size", and on
+    # events.raw dead-lettered cut to this length.
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=64)
 
     def index_path(self, settings: Settings) -> Path:
         """Where the event index lives: it must survive restarts, so not ephemeral."""

@@ -11,6 +11,8 @@ problem names the field and the rule that failed, in the vocabulary of
 `DeadLetter.rule`:
 
     json            not a JSON object (or not JSON at all); field is empty
+    size            JSON text longer than the configured limit
+                    (`DRIFTLOOP_INGESTION_MAX_EVENT_BYTES`); field is empty
     required        a required field is missing, null or empty
     unknown_field   a key the feature set does not declare
     type            a value of the wrong JSON type (float takes ints, not
@@ -43,6 +45,7 @@ import orjson
 from driftloop_core.featureset import FeatureSet, FieldSpec
 
 RULE_JSON: Final = "json"
+RULE_SIZE: Final = "size"
 RULE_REQUIRED: Final = "required"
 RULE_UNKNOWN_FIELD: Final = "unknown_field"
 RULE_TYPE: Final = "type"
@@ -61,6 +64,10 @@ EARLIEST_EVENT_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
 DEFAULT_MAX_FUTURE: Final = timedelta(days=1)
 # A reason lists this many problems at most, then how many more there were.
 MAX_PROBLEMS: Final = 10
+# The longest JSON text taken for one event. Events are a few hundred bytes; the
+# limit keeps one huge record from costing a parse, and keeps its dead letter
+# within the producer's 1 MiB request size.
+DEFAULT_MAX_EVENT_BYTES: Final = 256 * 1024
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -104,6 +111,16 @@ class Rejection:
     def describe(self) -> str:
         """The reasons with their rules, for callers who see only a message (gRPC)."""
         return _join([f"{problem.reason} (rule: {problem.rule})" for problem in self.problems])
+
+
+def _utf8_size(payload: bytes | str, limit: int) -> int:
+    """The payload's size in UTF-8 bytes; for a str too short to exceed `limit`
+    even at 4 bytes a character, its length (a lower bound) without encoding it."""
+    if isinstance(payload, bytes):
+        return len(payload)
+    if len(payload) * 4 <= limit:
+        return len(payload)
+    return len(payload.encode("utf-8", errors="surrogatepass"))
 
 
 def _join(parts: list[str]) -> str:
@@ -285,7 +302,8 @@ class Validator:
     """Checks raw events against one feature set.
 
     `clock` returns the current epoch time in seconds; it bounds how far in the
-    future an event time may lie.
+    future an event time may lie. JSON texts longer than `max_event_bytes` are
+    refused unread.
     """
 
     def __init__(
@@ -294,8 +312,10 @@ class Validator:
         *,
         clock: Callable[[], float] = time.time,
         max_future: timedelta = DEFAULT_MAX_FUTURE,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.featureset = featureset
+        self.max_event_bytes = max_event_bytes
         self._clock = clock
         self._max_future_ms = int(max_future / timedelta(milliseconds=1))
         self._earliest_ms = int((EARLIEST_EVENT_TIME - _EPOCH) / timedelta(milliseconds=1))
@@ -314,7 +334,19 @@ class Validator:
     # ----------------------------------------------------------------- parsing
 
     def parse(self, payload: bytes | str) -> dict[str, Any] | Rejection:
-        """The JSON object in `payload`, or a `json` rejection."""
+        """The JSON object in `payload`, or a `size` or `json` rejection."""
+        size = _utf8_size(payload, self.max_event_bytes)
+        if size > self.max_event_bytes:
+            return Rejection(
+                (
+                    Problem(
+                        "",
+                        RULE_SIZE,
+                        f"event is {size} bytes of JSON, more than the {self.max_event_bytes} "
+                        "allowed (DRIFTLOOP_INGESTION_MAX_EVENT_BYTES)",
+                    ),
+                )
+            )
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as error:

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import grpc
 import typer
 from driftloop.v1 import features_pb2, features_pb2_grpc
-from driftloop_core.settings import load_settings
+from driftloop_core.grpc.client import open_channel
+from driftloop_core.settings import Settings, load_settings
 from rich.console import Console
 from rich.table import Table
 
@@ -28,8 +29,10 @@ def _value(value: Any) -> Any:
     return getattr(value, kind) if kind else None
 
 
-async def _lookup(endpoint: str, entity: str, names: list[str]) -> features_pb2.EntityFeatures:
-    async with grpc.aio.insecure_channel(endpoint) as channel:
+async def _lookup(
+    settings: Settings, endpoint: str, entity: str, names: list[str]
+) -> features_pb2.EntityFeatures:
+    async with open_channel(endpoint, settings) as channel:
         stub = features_pb2_grpc.FeatureServiceStub(channel)
         reply = await stub.GetOnlineFeatures(
             features_pb2.GetOnlineFeaturesRequest(entity_ids=[entity], feature_names=names),
@@ -50,10 +53,11 @@ def get(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the entity's online features, their status and last update (event time)."""
-    target = endpoint or load_settings().endpoints.features
+    settings = load_settings()
+    target = endpoint or settings.endpoints.features
     names = [n.strip() for n in features.split(",") if n.strip()]
     try:
-        found = asyncio.run(_lookup(target, entity, names))
+        found = asyncio.run(_lookup(settings, target, entity, names))
     except grpc.aio.AioRpcError as error:
         console.print(f"[red]{error.code().name}[/]: {error.details()}")
         raise typer.Exit(1) from None

@@ -3,6 +3,8 @@
 The file is streamed, never loaded whole, with a progress bar on stderr; the
 server validates every line exactly as it validates `events.raw`. Blank lines
 are skipped; every rejection is reported with its line number in the file.
+With `DRIFTLOOP_INGEST_TOKEN` set, the stream carries `authorization: Bearer
+<token>`, which ingestion then requires.
 
 Exit codes: 0 when the stream completed, even if some lines were rejected
 (they are printed, and `--json` lists them); 1 when it could not complete
@@ -24,7 +26,8 @@ import grpc
 import grpc.aio
 import typer
 from driftloop.v1 import ingest_pb2, ingest_pb2_grpc
-from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.grpc.auth import bearer_metadata
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings, load_settings
 from rich.console import Console
 from rich.markup import escape
@@ -60,9 +63,12 @@ async def _stream(
         for line in lines:
             yield ingest_pb2.IngestStreamRequest(json=line)
 
-    async with insecure_channel(endpoint, settings) as channel:
+    async with open_channel(endpoint, settings) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
-        response: ingest_pb2.IngestStreamResponse = await stub.IngestStream(requests())
+        token = settings.ingest_token.get_secret_value() if settings.ingest_token else None
+        response: ingest_pb2.IngestStreamResponse = await stub.IngestStream(
+            requests(), metadata=bearer_metadata(token)
+        )
         return response
 
 

@@ -21,7 +21,8 @@ import grpc
 import grpc.aio
 import typer
 from driftloop.v1 import common_pb2, events_pb2, registry_pb2, registry_pb2_grpc
-from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.grpc.auth import bearer_metadata
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import load_settings
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -118,7 +119,7 @@ def _call(endpoint: str | None, call: Callable[[Any], Awaitable[T]]) -> T:
     target = endpoint or settings.endpoints.registry
 
     async def run() -> T:
-        async with insecure_channel(target, settings) as channel:
+        async with open_channel(target, settings) as channel:
             return await call(registry_pb2_grpc.RegistryServiceStub(channel))
 
     try:
@@ -126,10 +127,6 @@ def _call(endpoint: str | None, call: Callable[[Any], Awaitable[T]]) -> T:
     except grpc.aio.AioRpcError as error:
         err.print(f"[red]{error.code().name}[/]: {escape(error.details() or '')}")
         raise typer.Exit(1) from None
-
-
-def _admin(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 @app.command("list")
@@ -265,7 +262,9 @@ def promote(
     request = registry_pb2.PromoteRequest(
         model=name, version=version, reason=reason, actor=actor or os.environ.get("USER", "")
     )
-    reply = _call(endpoint, lambda stub: stub.Promote(request, metadata=_admin(token), timeout=30))
+    reply = _call(
+        endpoint, lambda stub: stub.Promote(request, metadata=bearer_metadata(token), timeout=30)
+    )
     _print_change(reply.promotion, as_json)
 
 
@@ -282,7 +281,9 @@ def rollback(
     request = registry_pb2.RollbackRequest(
         model=name, reason=reason, actor=actor or os.environ.get("USER", "")
     )
-    reply = _call(endpoint, lambda stub: stub.Rollback(request, metadata=_admin(token), timeout=30))
+    reply = _call(
+        endpoint, lambda stub: stub.Rollback(request, metadata=bearer_metadata(token), timeout=30)
+    )
     _print_change(reply.promotion, as_json)
 
 

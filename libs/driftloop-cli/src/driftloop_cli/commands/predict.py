@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 import typer
 from driftloop.v1 import common_pb2, predictor_pb2, predictor_pb2_grpc
-from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import load_settings
 from rich.console import Console
 from rich.markup import escape
@@ -102,7 +102,7 @@ def predict(
     target = endpoint or settings.endpoints.inference
 
     async def call() -> predictor_pb2.PredictResponse:
-        async with insecure_channel(target, settings) as channel:
+        async with open_channel(target, settings) as channel:
             reply: predictor_pb2.PredictResponse = await predictor_pb2_grpc.PredictorStub(
                 channel
             ).Predict(request, timeout=10)

@@ -35,6 +35,7 @@ import grpc
 import grpc.aio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from driftloop.v1 import common_pb2, events_pb2, predictor_pb2, predictor_pb2_grpc
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.kafka.topics import Topics
 from driftloop_core.services import ServiceSpec, discover_services
 from driftloop_core.settings import Settings
@@ -331,7 +332,7 @@ class DemoRun:
         )
         await producer.start()
         watcher = await self._watcher()
-        channel = grpc.aio.insecure_channel(self.settings.endpoints.inference)
+        channel = open_channel(self.settings.endpoints.inference, self.settings)
         tasks: list[asyncio.Task[None]] = []
         try:
             stub = predictor_pb2_grpc.PredictorStub(channel)

@@ -1,11 +1,12 @@
 """gRPC plumbing shared by every Driftloop service: one way to serve, one way to call.
 
 Servers get health, reflection, tracing, metrics, error mapping, size and
-concurrency limits and a graceful stop from :func:`build_server`; clients get the
-same message limits and trace propagation from :func:`insecure_channel`.
+concurrency limits, (when configured) mutual TLS and a graceful stop from
+:func:`build_server`; clients get the same message limits, trace propagation
+and (when configured) mutual TLS from :func:`open_channel`.
 """
 
-from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.grpc.client import insecure_channel, open_channel, open_sync_channel
 from driftloop_core.grpc.interceptors import (
     ObservedInterceptor,
     default_server_interceptors,
@@ -19,4 +20,6 @@ __all__ = [
     "build_server",
     "default_server_interceptors",
     "insecure_channel",
+    "open_channel",
+    "open_sync_channel",
 ]

@@ -5,7 +5,10 @@ needs and nothing it must remember: the standard health service and server
 reflection (so ``grpcurl``, Kubernetes probes and ``driftloop status`` work
 without our protos), the tracing/metrics/errors interceptors, message size
 limits, and a cap on concurrent RPCs beyond which callers get
-``RESOURCE_EXHAUSTED`` instead of an ever longer queue.
+``RESOURCE_EXHAUSTED`` instead of an ever longer queue. When the ``grpc``
+settings name certificates the port speaks TLS, and with
+``tls_require_client_cert`` (the default) refuses clients without a certificate
+signed by the configured CA.
 
 Stopping is graceful: health turns ``NOT_SERVING`` first so load balancers and
 probes stop sending work, new calls are still accepted for a short drain delay
@@ -32,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
 from driftloop_core.grpc.interceptors import default_server_interceptors
+from driftloop_core.grpc.tls import server_credentials
 from driftloop_core.logging import get_logger
 from driftloop_core.settings import Settings
 
@@ -59,6 +63,7 @@ class GrpcServer:
         address: str,
         grace_s: float,
         drain_s: float,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.server = server
         self.health = health
@@ -66,6 +71,7 @@ class GrpcServer:
         self.address = address
         self.grace_s = grace_s
         self.drain_s = drain_s
+        self.credentials = credentials
         self._port: int | None = None
         self._stop_task: asyncio.Task[None] | None = None
 
@@ -87,7 +93,11 @@ class GrpcServer:
         if self._port is not None:
             return self._port
         # Raises RuntimeError naming the address when it is taken.
-        port: int = self.server.add_insecure_port(self.address)
+        port: int = (
+            self.server.add_insecure_port(self.address)
+            if self.credentials is None
+            else self.server.add_secure_port(self.address, self.credentials)
+        )
         await self.server.start()
         self._port = port
         for name in ("", *self.service_names):
@@ -97,6 +107,7 @@ class GrpcServer:
             address=self.address,
             port=port,
             services=list(self.service_names),
+            tls=self.credentials is not None,
         )
         return port
 
@@ -190,8 +201,10 @@ def build_server(
     ``reuse_port`` lets several processes share the port (grpc's own default);
     it is off so that a second instance fails to bind instead of silently taking
     half of the traffic. ``untraced_roots`` names hot read methods that join a
-    caller's trace but never start one of their own.
+    caller's trace but never start one of their own. Raises ``TlsConfigError``
+    when TLS is configured but a certificate file is missing or unreadable.
     """
+    credentials = server_credentials(settings.grpc)
     if settings.grpc.bind_host:
         address = f"{settings.grpc.bind_host}:{address.rpartition(':')[2]}"
     if interceptors is None:
@@ -222,4 +235,5 @@ def build_server(
         address,
         grace_s=settings.grpc.grace_period_s,
         drain_s=drain_s,
+        credentials=credentials,
     )

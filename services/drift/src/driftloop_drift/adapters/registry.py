@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 from driftloop.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings
 
 
@@ -35,7 +35,7 @@ class RegistryReferences:
 
     async def lookup(self, model: str, version: int | None = None) -> ChampionReference | None:
         """That version (the champion when None) with its reference; None when absent."""
-        async with insecure_channel(self._target, self._settings) as channel:
+        async with open_channel(self._target, self._settings) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             try:
                 if version is None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import grpc.aio
 from driftloop.v1 import common_pb2, features_pb2, features_pb2_grpc
-from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -33,7 +33,7 @@ class FeatureClient:
     ) -> Mapping[str, common_pb2.FeatureValue]:
         """The entity's present values (raises AioRpcError, DEADLINE_EXCEEDED included)."""
         if self._stub is None:
-            self._channel = insecure_channel(self._target, self._settings)
+            self._channel = open_channel(self._target, self._settings)
             self._stub = features_pb2_grpc.FeatureServiceStub(self._channel)
         request = features_pb2.GetOnlineFeaturesRequest(entity_ids=[entity_id], feature_names=names)
         if as_of is not None:

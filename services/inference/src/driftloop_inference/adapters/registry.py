@@ -1,4 +1,9 @@
-"""The registry over gRPC: the champion's version and an artifact's verified bytes."""
+"""The registry over gRPC: the champion's version and an artifact's verified bytes.
+
+A download stops as soon as the registry announces, or streams, more bytes than
+`DRIFTLOOP_ARTIFACTS_MAX_BYTES`: an oversized artifact is refused without being
+held in memory, and the loaded model keeps serving.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import hashlib
 import grpc
 import grpc.aio
 from driftloop.v1 import registry_pb2, registry_pb2_grpc
-from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings
 
 from driftloop_inference.model import ModelLoadError
@@ -22,7 +27,7 @@ class RegistryClient:
 
     def _stub(self) -> registry_pb2_grpc.RegistryServiceAsyncStub:
         if self._channel is None:
-            self._channel = insecure_channel(self._target, self._settings)
+            self._channel = open_channel(self._target, self._settings)
         return registry_pb2_grpc.RegistryServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -45,8 +50,11 @@ class RegistryClient:
 
     async def download(self, model: str, version: int) -> tuple[bytes, str]:
         """The artifact's bytes and the digest the registry vouches for; raises
-        ModelLoadError when the download fails or the bytes do not match it."""
+        ModelLoadError when the download fails, is too large, or the bytes do not
+        match the digest."""
+        limit = self._settings.artifacts_max_bytes
         chunks: list[bytes] = []
+        received = 0
         digest = ""
         size = -1
         try:
@@ -57,6 +65,15 @@ class RegistryClient:
             async for chunk in stream:
                 digest = chunk.sha256 or digest
                 size = chunk.size_bytes
+                received += len(chunk.data)
+                if max(size, received) > limit:
+                    stream.cancel()
+                    raise ModelLoadError(
+                        "size",
+                        f"model {model} v{version}: the artifact is "
+                        f"{max(size, received)} bytes, more than the {limit} allowed "
+                        "(DRIFTLOOP_ARTIFACTS_MAX_BYTES)",
+                    )
                 chunks.append(chunk.data)
         except grpc.aio.AioRpcError as error:
             raise ModelLoadError(

@@ -9,7 +9,8 @@ instead and keeps the core consumer's guarantees:
   batch (deduplicated by event id) and never skips one;
 * each invalid record goes to the dead-letter topic with the reason, field and
   rule, its raw payload and its source topic/partition/offset (the core
-  `build_deadletter`), so no bad record blocks its partition;
+  `build_deadletter`), so no bad record blocks its partition; a payload over the
+  size limit is kept cut to the limit, so its dead letter fits a produce request;
 * if the dead-letter or valid-event write fails, nothing is committed and the
   error ends the loop: the process exits and is restarted to try again.
 
@@ -42,7 +43,7 @@ from opentelemetry.trace import Link, SpanKind
 
 from driftloop_ingestion.config import IngestionSettings
 from driftloop_ingestion.handlers import Incoming, Ingestor
-from driftloop_ingestion.validation import Rejection
+from driftloop_ingestion.validation import RULE_SIZE, Rejection
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("driftloop.ingestion")
@@ -205,13 +206,17 @@ class RawEventsConsumer:
     async def _deadletter(self, rejected: Sequence[tuple[Any, Rejection]]) -> None:
         service = self._settings.service_name
         letters: list[Outgoing] = []
+        limit = self._config.max_event_bytes
         for message, rejection in rejected:
+            value = message.value if message.value is not None else b""
+            if rejection.rule == RULE_SIZE:
+                value = value[:limit]
             record = Record(
                 topic=message.topic,
                 partition=message.partition,
                 offset=message.offset,
                 key=message.key,
-                value=message.value if message.value is not None else b"",
+                value=value,
                 headers=parse_headers(message.headers),
                 raw_headers=tuple(message.headers or ()),
                 timestamp_ms=message.timestamp,

@@ -3,18 +3,19 @@
 Registry errors map to status codes (NotFound -> NOT_FOUND, precondition ->
 FAILED_PRECONDITION, bad request -> INVALID_ARGUMENT) with the message naming
 what was wrong. Promote and Rollback check `authorization: Bearer <token>`
-against the admin token in constant time when one is configured.
+against the admin token in constant time when one is configured (the core
+`require_bearer`).
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
 from driftloop.v1 import registry_pb2, registry_pb2_grpc
-from driftloop_core.artifacts import ArtifactDigestError
+from driftloop_core.artifacts import ArtifactDigestError, ArtifactTooLargeError
+from driftloop_core.grpc.auth import require_bearer
 
 from driftloop_registry.domain import (
     InvalidRequestError,
@@ -32,6 +33,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (ArtifactDigestError, grpc.StatusCode.DATA_LOSS),
+    (ArtifactTooLargeError, grpc.StatusCode.FAILED_PRECONDITION),
     (RegistryError, grpc.StatusCode.DATA_LOSS),
 ]
 
@@ -63,18 +65,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def _authorize(self, context: Context) -> str:
         """Check the bearer token when one is configured; returns the caller's name
         for the alias history."""
-        if not self._token:
-            return "admin"
-        metadata = dict(context.invocation_metadata() or ())
-        header = metadata.get("authorization", "")
-        scheme, _, presented = header.partition(" ") if isinstance(header, str) else ("", "", "")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), self._token.encode()
-        ):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "authorization: a valid 'Bearer <DRIFTLOOP_ADMIN_TOKEN>' is required",
-            )
+        await require_bearer(context, self._token, "DRIFTLOOP_ADMIN_TOKEN")
         return "admin"
 
     async def ListModels(
@@ -151,7 +142,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         chunk = min(request.chunk_size or self._chunk_size, MAX_CHUNK)
         try:
             row, data = await self._registry.artifact_bytes(request.model, version, alias)
-        except (RegistryError, ArtifactDigestError) as error:
+        except (RegistryError, ArtifactDigestError, ArtifactTooLargeError) as error:
             await _abort(context, error)
         except FileNotFoundError:
             await context.abort(

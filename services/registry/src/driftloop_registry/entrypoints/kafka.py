@@ -2,15 +2,15 @@
 
 Runs inside the core `Consumer`, which commits offsets only after this handler
 returned or the record was dead-lettered. A record that does not decode, names
-no model or request, or whose artifact is missing, corrupt (digest mismatch)
-or not ONNX raises `PoisonMessage`: it goes to the dead-letter topic with the
-reason, and nothing is registered.
+no model or request, or whose artifact is missing, corrupt (digest mismatch),
+larger than `DRIFTLOOP_ARTIFACTS_MAX_BYTES` or not ONNX raises `PoisonMessage`:
+it goes to the dead-letter topic with the reason, and nothing is registered.
 """
 
 from __future__ import annotations
 
 from driftloop.v1 import events_pb2
-from driftloop_core.artifacts import ArtifactDigestError
+from driftloop_core.artifacts import ArtifactDigestError, ArtifactTooLargeError
 from driftloop_core.kafka import PoisonMessage, Record
 from google.protobuf.message import DecodeError
 
@@ -33,6 +33,10 @@ class TrainedHandler:
             ) from error
         try:
             await self._registry.register_trained(trained)
+        except ArtifactTooLargeError as error:
+            raise PoisonMessage(
+                str(error), field="artifact.size_bytes", rule="size", event_id=record.headers.id
+            ) from error
         except ArtifactDigestError as error:
             raise PoisonMessage(
                 str(error), field="artifact.sha256", rule="digest", event_id=record.headers.id

@@ -18,7 +18,7 @@ from driftloop.v1 import (
     registry_pb2_grpc,
 )
 from driftloop_core.artifacts import sha256_hex
-from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings
 
 from driftloop_trainer.ports import Champion, ChampionLookup, SourceError, TrainingSet
@@ -35,7 +35,7 @@ class FeatureServiceTrainingSets:
         self._timeout_s = timeout_s
 
     async def training_set(self, model: str, window: common_pb2.DataWindow) -> TrainingSet:
-        async with insecure_channel(self._target, self._settings) as channel:
+        async with open_channel(self._target, self._settings) as channel:
             stub = features_pb2_grpc.FeatureServiceStub(channel)
             try:
                 response: features_pb2.GetTrainingSetResponse = await stub.GetTrainingSet(
@@ -58,7 +58,7 @@ class RegistryChampions:
         self._timeout_s = timeout_s
 
     async def champion(self, model: str) -> ChampionLookup:
-        async with insecure_channel(self._target, self._settings) as channel:
+        async with open_channel(self._target, self._settings) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             try:
                 response: registry_pb2.GetChampionResponse = await stub.GetChampion(
