@@ -22,7 +22,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
 # Short enough for CI, long enough for bootstrap, drift, retrain and recovery.
-SHORT = ("--events", "3600", "--drift-at", "0.55", "--rate", "50", "--timeout", "120")
+# The drift run stops once recovered (about event 2,500); the stationary one
+# streams all 3,200 events (64 s).
+SHORT = ("--events", "3200", "--drift-at", "0.5", "--rate", "50", "--timeout", "120")
 
 
 def run_demo(tmp_path: Path, scenario: str) -> tuple[subprocess.CompletedProcess[str], Any]:
@@ -55,8 +57,10 @@ def test_drift_is_detected_retrained_and_recovered(tmp_path: Path) -> None:
     assert drift["detected_event"] is not None and drift["detected_event"] >= onset, drift
     assert drift["kind"] in ("performance", "data")
 
+    # The first retrain waits for post-drift rows and trains on them alone, so it is
+    # the version that recovers.
     new = report["post_drift_version"]
-    assert new is not None and new >= 2
+    assert new == 2, report["versions"]
     assert versions[new]["trigger"] == "drift"
     assert versions[new]["promoted_at"] is not None
     assert versions[new]["serving_from_event"] > drift["detected_event"]
@@ -64,12 +68,12 @@ def test_drift_is_detected_retrained_and_recovered(tmp_path: Path) -> None:
     series = report["accuracy"]["series"]
     assert series[-1]["version"] >= new, "the last predictions come from the retrained version"
 
-    # On a quiet machine the demo reaches 0.93-0.96 after recovery against 0.74-0.77
+    # On a quiet machine the demo reaches 0.95-0.97 after recovery against 0.74-0.78
     # during the drift; a machine busy with other tests slows the feature store,
     # whose lagging aggregates cost every version some accuracy, hence the margins.
     accuracy = report["accuracy"]
-    assert accuracy["after"] >= accuracy["during"] + 0.05, accuracy
-    assert accuracy["after"] >= 0.8, accuracy
+    assert accuracy["after"] >= accuracy["during"] + 0.08, accuracy
+    assert accuracy["after"] >= 0.9, accuracy
     assert report["recovery_seconds"] > 0
     assert report["retrain_trace_id"] and len(report["retrain_trace_id"]) == 32
 
@@ -110,5 +114,5 @@ def test_stationary_stream_triggers_no_retraining(tmp_path: Path) -> None:
     assert [v["version"] for v in report["versions"]] == [1], report["versions"]
     assert report["versions"][0]["trigger"] == "bootstrap"
     assert report["drift_retrains"] == 0, report["detections"]
-    assert report["predictions"]["events_sent"] == 3600
+    assert report["predictions"]["events_sent"] == 3200
     assert report["accuracy"]["before"] >= 0.8, report["accuracy"]

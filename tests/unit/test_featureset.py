@@ -127,7 +127,7 @@ def test_not_a_mapping(tmp_path: Path) -> None:
 def test_drift_section_defaults_when_absent(tmp_path: Path) -> None:
     featureset = load_featureset(write(tmp_path, GOOD))
     assert featureset.drift.performance.detector == "adwin"
-    assert featureset.drift.psi.threshold == 0.2
+    assert featureset.drift.psi.threshold == 0.25
     assert featureset.drift.kswin.window == 500
     assert featureset.drift_features == featureset.model.features
 

@@ -95,25 +95,74 @@ def test_feature_shift_is_data_drift_on_that_feature(kit: Any) -> None:
     data = [d for d in drifts(out) if d.kind == events_pb2.DRIFT_KIND_DATA]
     assert data and {d.feature for d in data} == {"amount"}
     psi = next(d for d in data if d.detector == "psi")
-    assert psi.statistic > psi.threshold == 0.2 and psi.window_size == 500
+    assert psi.statistic > psi.threshold == 0.25 and psi.window_size == 500
     assert psi.window_range.start.ToMilliseconds() < psi.window_range.end.ToMilliseconds()
 
 
-def test_post_drift_window_when_enough_labelled_events_else_last_n(kit: Any) -> None:
-    few = champion_engine(kit, min_post_drift_rows=100_000)
+def test_retrain_waits_for_post_drift_rows_and_trains_on_them_alone(kit: Any) -> None:
+    """The error rate rises at a known event: the request comes once enough labelled
+    events follow the change, and its window starts at the change, not at the
+    (earlier) start of the detector's window."""
+    engine = champion_engine(kit, min_post_drift_rows=300)
     stream = kit.Stream(seed=4)
-    feed(few, stream, 600, 0.1)
-    request = requests(feed(few, stream, 800, 0.1, amount_scale=90.0))[0]
-    assert request.window.last_n == 2000
+    feed(engine, stream, 2000, 0.05)
+    change_ms = kit.T0_MS + (stream.n + 1) * 100
+    out = feed(engine, stream, 1000, 0.3)
+    asked = requests(out)
+    assert len(asked) == 1, [(d.detector, d.feature) for d in drifts(out)]
+    request = asked[0]
+    drift = next(d for d in drifts(out) if d.drift_id == request.parent_drift_id)
+    start_ms = request.window.time_range.start.ToMilliseconds()
+    # Within 40 events of the true change, where the detector's window began far earlier.
+    assert abs(start_ms - change_ms) <= 40 * 100, (start_ms - change_ms) / 100
+    assert drift.window_range.start.ToMilliseconds() < change_ms - 40 * 100
+    # Asked for as soon as 300 labelled events (the one at the change point included)
+    # were there, give or take the estimate's refresh interval.
+    labelled_since = (request.requested_at.ToMilliseconds() - start_ms) // 100 + 1
+    assert 300 <= labelled_since <= 300 + 10
+    assert "from the error stream" in request.reason
 
-    enough = champion_engine(kit, min_post_drift_rows=100)
+
+def test_pure_data_drift_trains_from_where_the_feature_changed(kit: Any) -> None:
+    """The error rate stays put, so the change point comes from the PSI window's bins."""
+    engine = champion_engine(kit, min_post_drift_rows=100)
     stream = kit.Stream(seed=4)
-    feed(enough, stream, 600, 0.1)
-    out = feed(enough, stream, 800, 0.1, amount_scale=90.0)
+    feed(engine, stream, 600, 0.1)
+    shift_ms = kit.T0_MS + (stream.n + 1) * 100
+    out = feed(engine, stream, 800, 0.1, amount_scale=90.0)
     request = requests(out)[0]
     drift = next(d for d in drifts(out) if d.drift_id == request.parent_drift_id)
+    assert (drift.detector, drift.feature) == ("psi", "amount")
     assert request.window.WhichOneof("kind") == "time_range"
-    assert request.window.time_range.start == drift.window_range.start
+    start_ms = request.window.time_range.start.ToMilliseconds()
+    assert drift.window_range.start.ToMilliseconds() < start_ms
+    assert abs(start_ms - shift_ms) <= 60 * 100, (start_ms - shift_ms) / 100
+    assert "from the detector)" in request.reason
+
+
+def test_too_few_post_drift_rows_settles_for_the_last_n_after_the_wait(kit: Any) -> None:
+    engine = champion_engine(kit, min_post_drift_rows=100_000, post_drift_wait_ms=60_000)
+    stream = kit.Stream(seed=4)
+    feed(engine, stream, 600, 0.1)
+    out = feed(engine, stream, 700, 0.1, amount_scale=90.0)
+    assert drifts(out) and requests(out) == []
+    assert engine.policy.pending is not None
+    detected_ms = engine.policy.pending.since_ms
+    # 600 more events are 60 s of service time: the wait is over.
+    later = requests(feed(engine, stream, 600, 0.1, amount_scale=90.0))
+    assert len(later) == 1 and later[0].window.last_n == 2000
+    assert later[0].requested_at.ToMilliseconds() - detected_ms >= 60_000
+    assert engine.policy.pending is None
+
+
+def test_a_promotion_drops_the_pending_drift(kit: Any) -> None:
+    engine = champion_engine(kit, min_post_drift_rows=100_000)
+    stream = kit.Stream(seed=4)
+    feed(engine, stream, 600, 0.1)
+    assert drifts(feed(engine, stream, 700, 0.1, amount_scale=90.0))
+    assert engine.policy.pending is not None
+    engine.on_promoted(2, kit.reference(), stream.n * 100 + kit.T0_MS)
+    assert engine.policy.pending is None
 
 
 def test_cooldown_and_in_flight_hold_back_further_requests(kit: Any) -> None:

@@ -143,7 +143,7 @@ class PsiSpec(_Strict):
     """Population stability index of a sliding window against the reference bins."""
 
     enabled: bool = True
-    threshold: float = Field(default=0.2, gt=0)
+    threshold: float = Field(default=0.25, gt=0)
     window: int = Field(default=500, ge=20)
 
 
@@ -151,7 +151,7 @@ class KswinSpec(_Strict):
     """Kolmogorov-Smirnov windowed test on numeric features (river's KSWIN)."""
 
     enabled: bool = True
-    alpha: float = Field(default=0.0001, gt=0, lt=1)
+    alpha: float = Field(default=0.00001, gt=0, lt=1)
     window: int = Field(default=500, ge=10)
     stat_size: int = Field(default=100, ge=5)
     # Test every n-th value only: a KS test per event would cost about a millisecond.

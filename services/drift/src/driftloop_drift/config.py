@@ -40,6 +40,8 @@ class DriftSettings(BaseSettings):
     last_n: int = Field(default=2000, ge=1)
     # Labelled events since the change point needed to train on them alone.
     min_post_drift_rows: int = Field(default=300, ge=1)
+    # A drift waits this long for them, then asks for the last `last_n` rows instead.
+    post_drift_wait_s: float = Field(default=900.0, ge=0)
     # State is written at least this often while records flow (and before any publish).
     snapshot_interval_s: float = Field(default=1.0, gt=0)
     # SQLite file of the state; default DRIFTLOOP_HOME/ephemeral/drift/<model>.sqlite.
@@ -65,6 +67,7 @@ class DriftSettings(BaseSettings):
                 bootstrap_min_labels=self.bootstrap_min_labels,
                 last_n=self.last_n,
                 min_post_drift_rows=self.min_post_drift_rows,
+                post_drift_wait_ms=int(self.post_drift_wait_s * 1000),
             ),
             pending_ttl_ms=int(self.pending_ttl_s * 1000),
             max_pending=self.max_pending,

@@ -25,6 +25,7 @@ from driftloop_core.featureset import FeatureSet
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from driftloop_drift.domain.changepoint import rise_change_point
 from driftloop_drift.domain.detectors import (
     Alarm,
     KswinMonitor,
@@ -41,7 +42,9 @@ from driftloop_drift.domain.policy import (
     timestamp,
 )
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+# New error-stream values between two estimates of the change point.
+ESTIMATE_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class DriftEngine:
         self.suppressed: list[tuple[str, str]] = []  # (drift id, why no request) of the last call
         self._performance: PerformanceMonitor | None = None
         self._data: list[PsiMonitor | KswinMonitor] = []
+        # The champion's 0/1 error stream since its promotion, for the change point.
+        self._errors: list[Point] = []
+        self._errors_seen = 0
+        self._estimate: tuple[int, int | None] | None = None  # (errors seen, change point)
         self._reset_monitors()
 
     # ------------------------------------------------------------------ inputs
@@ -118,6 +125,7 @@ class DriftEngine:
         decision = self.policy.on_label(self.labels, self.champion is not None, now_ms)
         if decision.request is not None:
             out.append(decision.request)
+        out.extend(self._pending_request(now_ms))
         return out
 
     def on_promoted(
@@ -136,6 +144,8 @@ class DriftEngine:
         self.champion = version
         self.reference = dict(reference or {})
         self.policy.on_promoted()
+        self._errors = []
+        self._estimate = None
         self._reset_monitors()
 
     def on_outcome(self, model: str, request_id: str, now_ms: int) -> bool:
@@ -183,10 +193,30 @@ class DriftEngine:
                 self._data.append(KswinMonitor(feature, spec.kswin, limit))
 
     def _on_error(self, event_id: str, version: int, error: int, event_time_ms: int) -> list[Alarm]:
-        if self._performance is None or version != self.champion:
+        if version != self.champion:
             return []
-        alarm = self._performance.update(Point(event_id, event_time_ms, error))
+        point = Point(event_id, event_time_ms, error)
+        self._errors.append(point)
+        self._errors_seen += 1
+        if len(self._errors) > self._config.history_limit:
+            del self._errors[: len(self._errors) - self._config.history_limit // 2]
+        if self._performance is None:
+            return []
+        alarm = self._performance.update(point)
         return [] if alarm is None else [alarm]
+
+    def change_point_ms(self) -> int | None:
+        """Event time where the champion's error rate most likely rose, if it clearly did.
+
+        Estimated again after every `ESTIMATE_EVERY` new values of the error stream.
+        """
+        if self._estimate is not None and self._errors_seen - self._estimate[0] < ESTIMATE_EVERY:
+            return self._estimate[1]
+        ordered = sorted(self._errors, key=lambda p: p.event_time_ms)
+        found = rise_change_point([int(p.value) for p in ordered])
+        change = None if found is None else ordered[found.index].event_time_ms
+        self._estimate = (self._errors_seen, change)
+        return change
 
     def _raise(self, alarms: list[Alarm], now_ms: int) -> list[Message]:
         self.suppressed = []
@@ -194,12 +224,20 @@ class DriftEngine:
         for alarm in alarms:
             drift = self._drift_detected(alarm, now_ms)
             out.append(drift)
-            decision = self.policy.on_drift(drift, alarm.first.event_time_ms, self.labels, now_ms)
-            if decision.request is not None:
-                out.append(decision.request)
-            else:
+            change = alarm.change or alarm.first
+            decision = self.policy.on_drift(drift, change.event_time_ms, now_ms)
+            if decision.reason:
                 self.suppressed.append((drift.drift_id, decision.reason))
+        if alarms:
+            out.extend(self._pending_request(now_ms))
         return out
+
+    def _pending_request(self, now_ms: int) -> list[Message]:
+        """The pending drift's training request, once its post-drift rows are there."""
+        if self.policy.pending is None:
+            return []
+        decision = self.policy.on_pending(self.change_point_ms(), self.labels, now_ms)
+        return [] if decision.request is None else [decision.request]
 
     def _drift_detected(self, alarm: Alarm, now_ms: int) -> events_pb2.DriftDetected:
         version = self.champion or 0
@@ -243,6 +281,7 @@ class DriftEngine:
                 name: json_format.MessageToDict(ref) for name, ref in self.reference.items()
             },
             "performance": None if self._performance is None else self._performance.history(),
+            "errors": [point.to_json() for point in self._errors],
             "data": {
                 f"{monitor.detector}:{monitor.feature}": monitor.history() for monitor in self._data
             },
@@ -280,6 +319,7 @@ class DriftEngine:
                 monitor.replay(history)
             else:
                 monitor.replay(Point.from_json(item) for item in history)
+        engine._errors = [Point.from_json(item) for item in data["errors"]]
         engine.joiner.load(data["join"])
         engine.labels.load(data["labels"])
         engine.policy.load(data["policy"])

@@ -26,6 +26,8 @@ from driftloop_core.featureset import KswinSpec, PerformanceDriftSpec, PsiSpec
 from river import drift as river_drift
 from river.drift import binary as river_binary
 
+from driftloop_drift.domain.changepoint import categorical_change_point
+
 # Floor for a bin's share when computing PSI, so an empty bin costs a finite amount.
 PSI_EPSILON = 1e-4
 OTHER_CATEGORY = "\x00other"
@@ -63,6 +65,8 @@ class Alarm:
     size: int
     first: Point
     last: Point
+    # The detector's own estimate of where in its window the change began, if it has one.
+    change: Point | None = None
 
     @property
     def is_performance(self) -> bool:
@@ -226,6 +230,8 @@ class PsiMonitor:
         self._statistic = psi(self._binning.expected, self._counts)
         if self._statistic <= self._spec.threshold:
             return None
+        # Where in the window the bins' distribution changed, if it did within it.
+        split = categorical_change_point([index for _, index in self._window], self._binning.bins)
         alarm = Alarm(
             self.detector,
             self.feature,
@@ -234,6 +240,7 @@ class PsiMonitor:
             len(self._window),
             self._window[0][0],
             self._window[-1][0],
+            None if split is None else self._window[split.index][0],
         )
         self._window.clear()
         self._counts[:] = 0

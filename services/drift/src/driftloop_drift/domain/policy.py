@@ -2,12 +2,19 @@
 
 Per model: at most one request in flight, until its outcome (`ModelRegistered`
 or `TrainingFailed` with its request id), a promotion, or `in_flight_timeout`;
-and a cooldown after each request. A drift asks for the events since the
-detector's estimated change point when at least `min_post_drift_rows` labelled
-events fall in that range, else for the last `last_n` labelled rows. With no
-champion and `bootstrap_min_labels` labelled events, a `bootstrap` run is asked
-for. Request ids derive from the drift id (or the model's bootstrap attempt),
-so replaying the same inputs asks for the same run, which the trainer runs once.
+and a cooldown after each request.
+
+A drift does not ask for training at once: a model trained on the rows around
+the detection would mostly learn the old concept. It becomes the *pending*
+drift, and each new label checks it again: once `min_post_drift_rows` labelled
+events fall after the change point (which the engine re-estimates as labels
+arrive), the request asks for exactly those events. When that has not happened
+within `post_drift_wait`, it asks for the last `last_n` labelled rows instead.
+Further drifts while one is pending only add to the record. With no champion
+and `bootstrap_min_labels` labelled events, a `bootstrap` run is asked for.
+
+Request ids derive from the drift id (or the model's bootstrap attempt), so
+replaying the same inputs asks for the same run, which the trainer runs once.
 """
 
 from __future__ import annotations
@@ -43,6 +50,49 @@ class PolicyConfig:
     bootstrap_min_labels: int
     last_n: int
     min_post_drift_rows: int
+    # How long a drift may wait for its post-drift rows before settling for the last N.
+    post_drift_wait_ms: int = 15 * 60_000
+
+
+@dataclass
+class PendingDrift:
+    """A drift waiting for enough labelled events after its change point."""
+
+    drift_id: str
+    model_version: int
+    detector: str
+    feature: str
+    statistic: float
+    threshold: float
+    since_ms: int  # when it was detected
+    # The detector's own change point (its estimate, else its window's start),
+    # used while the error stream shows none.
+    detector_change_ms: int
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.drift_id,
+            self.model_version,
+            self.detector,
+            self.feature,
+            self.statistic,
+            self.threshold,
+            self.since_ms,
+            self.detector_change_ms,
+        ]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> PendingDrift:
+        return cls(
+            str(data[0]),
+            int(data[1]),
+            str(data[2]),
+            str(data[3]),
+            float(data[4]),
+            float(data[5]),
+            int(data[6]),
+            int(data[7]),
+        )
 
 
 @dataclass
@@ -109,6 +159,7 @@ class RetrainPolicy:
         self.model = model
         self._config = config
         self.in_flight: InFlight | None = None
+        self.pending: PendingDrift | None = None
         self.last_request_ms: int | None = None
         self.bootstrap_attempts = 0
 
@@ -124,39 +175,72 @@ class RetrainPolicy:
             return "cooling down after the last request"
         return ""
 
-    def on_drift(
-        self, drift: events_pb2.DriftDetected, change_ms: int, labels: LabelLedger, now_ms: int
-    ) -> Decision:
+    def on_drift(self, drift: events_pb2.DriftDetected, change_ms: int, now_ms: int) -> Decision:
+        """Record a drift whose detector places the change at `change_ms`; the request
+        waits for post-drift rows (see `on_pending`)."""
+        blocked = self._blocked(now_ms)
+        if self.in_flight is not None:
+            return Decision(None, blocked)
+        if self.pending is not None:
+            return Decision(
+                None, f"drift {self.pending.drift_id} already waits for post-drift rows"
+            )
+        self.pending = PendingDrift(
+            drift.drift_id,
+            drift.model_version,
+            drift.detector,
+            drift.feature,
+            drift.statistic,
+            drift.threshold,
+            now_ms,
+            change_ms,
+        )
+        return Decision(None, "")
+
+    def on_pending(self, change_ms: int | None, labels: LabelLedger, now_ms: int) -> Decision:
+        """The request of the pending drift, once its post-drift rows are there.
+
+        `change_ms` is the engine's estimate of the change point from the error
+        stream, None while it shows no change; the detector's window start stands in.
+        """
+        pending = self.pending
+        if pending is None:
+            return Decision(None, "no drift pending")
         blocked = self._blocked(now_ms)
         if blocked:
             return Decision(None, blocked)
-        window = common_pb2.DataWindow()
-        post_drift = labels.since(change_ms)
+        start_ms = pending.detector_change_ms if change_ms is None else change_ms
+        post_drift = labels.since(start_ms)
         latest = labels.latest_ms
+        window = common_pb2.DataWindow()
         if post_drift >= self._config.min_post_drift_rows and latest is not None:
-            window.time_range.start.CopyFrom(timestamp(change_ms))
+            window.time_range.start.CopyFrom(timestamp(start_ms))
             window.time_range.end.CopyFrom(timestamp(latest + 1))
-            what = f"{post_drift} labelled events since the change point"
-        else:
+            source = "the error stream" if change_ms is not None else "the detector"
+            what = f"{post_drift} labelled events since the change point (from {source})"
+        elif now_ms - pending.since_ms >= self._config.post_drift_wait_ms:
             window.last_n = self._config.last_n
             what = (
                 f"last {self._config.last_n} labelled rows "
                 f"(only {post_drift} since the change point)"
             )
-        feature = f" on {drift.feature}" if drift.feature else ""
+        else:
+            return Decision(None, f"{post_drift} labelled events since the change point so far")
+        feature = f" on {pending.feature}" if pending.feature else ""
         request = events_pb2.TrainingRequested(
-            request_id=derived_id(self.model, "drift", drift.drift_id),
+            request_id=derived_id(self.model, "drift", pending.drift_id),
             model=self.model,
             reason=(
-                f"{drift.detector}{feature}: {drift.statistic:.4g} crossed {drift.threshold:.4g} "
-                f"on v{drift.model_version}; training on {what}"
+                f"{pending.detector}{feature}: {pending.statistic:.4g} crossed "
+                f"{pending.threshold:.4g} on v{pending.model_version}; training on {what}"
             ),
             trigger=events_pb2.TRAINING_TRIGGER_DRIFT,
             window=window,
-            parent_drift_id=drift.drift_id,
+            parent_drift_id=pending.drift_id,
             requested_at=timestamp(now_ms),
             requested_by=REQUESTED_BY,
         )
+        self.pending = None
         return Decision(self._start(request, now_ms), "")
 
     def on_label(self, labels: LabelLedger, has_champion: bool, now_ms: int) -> Decision:
@@ -198,7 +282,9 @@ class RetrainPolicy:
         return False
 
     def on_promoted(self) -> None:
+        # A new champion: what was pending was about the old one.
         self.in_flight = None
+        self.pending = None
 
     def to_json(self) -> dict[str, Any]:
         flight = self.in_flight
@@ -206,6 +292,7 @@ class RetrainPolicy:
             "in_flight": None
             if flight is None
             else [flight.request_id, flight.trigger, flight.since_ms],
+            "pending": None if self.pending is None else self.pending.to_json(),
             "last_request_ms": self.last_request_ms,
             "bootstrap_attempts": self.bootstrap_attempts,
         }
@@ -213,5 +300,7 @@ class RetrainPolicy:
     def load(self, data: dict[str, Any]) -> None:
         flight = data["in_flight"]
         self.in_flight = None if flight is None else InFlight(flight[0], flight[1], flight[2])
+        pending = data["pending"]
+        self.pending = None if pending is None else PendingDrift.from_json(pending)
         self.last_request_ms = data["last_request_ms"]
         self.bootstrap_attempts = int(data["bootstrap_attempts"])

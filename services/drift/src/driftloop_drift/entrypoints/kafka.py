@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -46,6 +47,9 @@ from driftloop_drift.handlers import DriftEngine
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("driftloop.drift")
+# Span contexts of recent detections, for the request one of them causes later.
+# Kept in memory: after a restart in between, the request starts its own trace.
+DETECTIONS_REMEMBERED = 256
 # A batch's consume span links to the traces of its first records, not all of them.
 MAX_LINKS = 32
 
@@ -131,6 +135,7 @@ class DriftConsumer:
         self._dirty = False
         self._saved_at = 0.0
         self._reference_tried_at = 0.0
+        self._detections: OrderedDict[str, trace.SpanContext] = OrderedDict()
         self.engine: DriftEngine | None = None
 
     async def start(self) -> None:
@@ -405,7 +410,8 @@ class DriftConsumer:
         if not events:
             return
         # A detection starts the retrain loop's trace; the request it causes is
-        # published inside it, so the whole loop reads as one trace.
+        # published inside it (in the same batch or, once its post-drift rows are
+        # there, a later one), so the whole loop reads as one trace.
         loops: dict[str, trace.Span] = {}
         try:
             for event in events:
@@ -423,10 +429,10 @@ class DriftConsumer:
                 span.end()
         await asyncio.to_thread(self._store.published, [event.event_id for event in events])
 
-    @staticmethod
-    def _loop_span(event: OutboxEvent, loops: dict[str, trace.Span]) -> trace.Span:
+    def _loop_span(self, event: OutboxEvent, loops: dict[str, trace.Span]) -> trace.Span:
         """The span a drift event is published in: a new `drift.detected` root for a
-        detection, that detection's span for the request it caused, else none."""
+        detection; for the request it causes, that detection's span, or a
+        `drift.retrain_requested` child of it when the request comes later."""
         if event.message == events_pb2.DriftDetected.DESCRIPTOR.full_name:
             detected = events_pb2.DriftDetected.FromString(event.payload)
             span = _tracer.start_span(
@@ -441,11 +447,27 @@ class DriftConsumer:
                 },
             )
             loops[detected.drift_id] = span
+            self._detections[detected.drift_id] = span.get_span_context()
+            while len(self._detections) > DETECTIONS_REMEMBERED:
+                self._detections.popitem(last=False)
             return span
         if event.message == events_pb2.TrainingRequested.DESCRIPTOR.full_name:
             requested = events_pb2.TrainingRequested.FromString(event.payload)
-            if requested.parent_drift_id in loops:
-                return loops[requested.parent_drift_id]
+            drift_id = requested.parent_drift_id
+            if drift_id in loops:
+                return loops[drift_id]
+            detection = self._detections.get(drift_id)
+            if detection is not None:
+                span = _tracer.start_span(
+                    "drift.retrain_requested",
+                    context=trace.set_span_in_context(trace.NonRecordingSpan(detection)),
+                    attributes={
+                        "driftloop.model": requested.model,
+                        "driftloop.request_id": requested.request_id,
+                    },
+                )
+                loops[f"request:{requested.request_id}"] = span
+                return span
         return trace.INVALID_SPAN
 
 
