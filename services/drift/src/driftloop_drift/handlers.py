@@ -224,8 +224,13 @@ class DriftEngine:
         for alarm in alarms:
             drift = self._drift_detected(alarm, now_ms)
             out.append(drift)
-            change = alarm.change or alarm.first
-            decision = self.policy.on_drift(drift, change.event_time_ms, now_ms)
+            # Without an estimate of its own, the detection itself: rows after it
+            # are surely after the change (the error stream usually places it
+            # earlier while the request waits).
+            change = alarm.change or alarm.last
+            decision = self.policy.on_drift(
+                drift, change.event_time_ms, alarm.last.event_time_ms, now_ms
+            )
             if decision.reason:
                 self.suppressed.append((drift.drift_id, decision.reason))
         if alarms:

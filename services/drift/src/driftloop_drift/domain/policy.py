@@ -6,10 +6,12 @@ and a cooldown after each request.
 
 A drift does not ask for training at once: a model trained on the rows around
 the detection would mostly learn the old concept. It becomes the *pending*
-drift, and each new label checks it again: once `min_post_drift_rows` labelled
-events fall after the change point (which the engine re-estimates as labels
-arrive), the request asks for exactly those events. When that has not happened
-within `post_drift_wait`, it asks for the last `last_n` labelled rows instead.
+drift, and each new label checks it again: once the labels have reached the
+events the detector saw (before, the error stream cannot show the change) and
+`min_post_drift_rows` labelled events fall after the change point (which the
+engine re-estimates as labels arrive), the request asks for exactly those
+events. When that has not happened within `post_drift_wait`, it asks for the
+last `last_n` labelled rows instead.
 Further drifts while one is pending only add to the record. With no champion
 and `bootstrap_min_labels` labelled events, a `bootstrap` run is asked for.
 
@@ -65,9 +67,12 @@ class PendingDrift:
     statistic: float
     threshold: float
     since_ms: int  # when it was detected
-    # The detector's own change point (its estimate, else its window's start),
-    # used while the error stream shows none.
+    # The detector's own change point (its estimate, else the detection), used
+    # while the error stream shows none.
     detector_change_ms: int
+    # Event time of the last value the detector saw: no decision before the
+    # labels reach it, since until then the error stream cannot show the change.
+    detected_event_ms: int
 
     def to_json(self) -> list[Any]:
         return [
@@ -79,6 +84,7 @@ class PendingDrift:
             self.threshold,
             self.since_ms,
             self.detector_change_ms,
+            self.detected_event_ms,
         ]
 
     @classmethod
@@ -92,6 +98,7 @@ class PendingDrift:
             float(data[5]),
             int(data[6]),
             int(data[7]),
+            int(data[8]),
         )
 
 
@@ -175,9 +182,12 @@ class RetrainPolicy:
             return "cooling down after the last request"
         return ""
 
-    def on_drift(self, drift: events_pb2.DriftDetected, change_ms: int, now_ms: int) -> Decision:
-        """Record a drift whose detector places the change at `change_ms`; the request
-        waits for post-drift rows (see `on_pending`)."""
+    def on_drift(
+        self, drift: events_pb2.DriftDetected, change_ms: int, detected_ms: int, now_ms: int
+    ) -> Decision:
+        """Record a drift whose detector places the change at `change_ms` and saw
+        values up to `detected_ms`; the request waits for post-drift rows (see
+        `on_pending`)."""
         blocked = self._blocked(now_ms)
         if self.in_flight is not None:
             return Decision(None, blocked)
@@ -194,6 +204,7 @@ class RetrainPolicy:
             drift.threshold,
             now_ms,
             change_ms,
+            detected_ms,
         )
         return Decision(None, "")
 
@@ -212,8 +223,9 @@ class RetrainPolicy:
         start_ms = pending.detector_change_ms if change_ms is None else change_ms
         post_drift = labels.since(start_ms)
         latest = labels.latest_ms
+        caught_up = latest is not None and latest >= pending.detected_event_ms
         window = common_pb2.DataWindow()
-        if post_drift >= self._config.min_post_drift_rows and latest is not None:
+        if caught_up and post_drift >= self._config.min_post_drift_rows and latest is not None:
             window.time_range.start.CopyFrom(timestamp(start_ms))
             window.time_range.end.CopyFrom(timestamp(latest + 1))
             source = "the error stream" if change_ms is not None else "the detector"
@@ -224,6 +236,8 @@ class RetrainPolicy:
                 f"last {self._config.last_n} labelled rows "
                 f"(only {post_drift} since the change point)"
             )
+        elif not caught_up:
+            return Decision(None, "the labels have not reached the detection yet")
         else:
             return Decision(None, f"{post_drift} labelled events since the change point so far")
         feature = f" on {pending.feature}" if pending.feature else ""
