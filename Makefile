@@ -8,11 +8,12 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --locked --no-sync
 export UV_PYTHON_DOWNLOADS ?= never
 
-.PHONY: help venv test test-unit test-integration lint protos protos-check demo up status clean
+.PHONY: help venv test test-unit test-integration faults lint protos protos-check demo up status clean
 
 help:
 	@echo "make demo   - run the whole loop on the embedded defaults"
 	@echo "make test   - unit, integration and end-to-end tests (what CI runs)"
+	@echo "make faults - the fault suite alone, with its figures"
 	@echo "make lint   - ruff and mypy over libs and services"
 	@echo "make protos - regenerate the committed stubs in libs/driftloop-protos"
 
@@ -35,6 +36,10 @@ test-unit: venv
 
 test-integration: venv
 	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup -m "integration or e2e"
+
+# The fault suite alone (also part of `make test`), its figures printed at the end.
+faults: venv
+	FAULTS_SUMMARY=1 $(RUN) pytest tests/faults -p no:xdist
 
 lint: venv
 	$(RUN) ruff check libs services tests loadtests scripts

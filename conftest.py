@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from driftloop_core.broker import EmbeddedBroker, free_port
@@ -66,6 +67,10 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
+# Where the end-to-end tests live (each is also marked `e2e`).
+E2E_DIRS = ("tests/e2e/", "tests/faults/")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test`), end-to-end tests run one after another on
@@ -75,9 +80,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     spreads over the other workers. They also get a longer timeout."""
     for item in items:
         if item.get_closest_marker("e2e"):
+            if not item.nodeid.startswith(E2E_DIRS):
+                raise pytest.UsageError(
+                    f"{item.nodeid}: end-to-end tests live under {' or '.join(E2E_DIRS)}"
+                )
             item.add_marker(pytest.mark.xdist_group("e2e"))
             if not item.get_closest_marker("timeout"):
                 item.add_marker(pytest.mark.timeout(300))
     # The closed-loop runs go last, when the other worker has most likely
     # finished: their accuracy depends on the feature store keeping up.
     items.sort(key=lambda item: item.path.name == "test_loop.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` with the end-to-end tests as one group, in collection order.
+
+    pytest-xdist 3.8 learns an item's `xdist_group` from a suffix it appends to
+    the node id on the worker, which pytest 9 no longer lets it change
+    (pytest-dev/pytest-xdist#1386): without this the marker is silently ignored
+    and end-to-end tests spread over every worker. The scheduler only sees node
+    ids, so the group follows the folder (`E2E_DIRS`, checked against the marker
+    at collection).
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class EndToEndGroup(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(E2E_DIRS):
+                return "e2e"
+            return str(super()._split_scope(nodeid))
+
+    return EndToEndGroup(config, log)

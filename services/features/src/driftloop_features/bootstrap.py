@@ -40,6 +40,7 @@ class FeatureStore:
     server: GrpcServer = field(init=False)
     sink: OfflineSink = field(init=False)
     publisher: Publisher = field(init=False)
+    recovered: bool = field(default=False, init=False)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -62,7 +63,10 @@ class FeatureStore:
         self.publisher = Publisher(self.settings)
         self.sink = OfflineSink(self.settings, self.featureset, publisher=self.publisher)
         servicer = FeatureServicer(
-            math, self._state_of, OfflineStore(self.settings, self.featureset)
+            math,
+            self._state_of,
+            OfflineStore(self.settings, self.featureset),
+            ready=lambda: self.recovered,
         )
         self.server = build_server(
             self.settings,
@@ -95,13 +99,14 @@ class FeatureStore:
         await tables.recovery.completed.wait()
         # Lookups are served from memory: load every recovered entity once
         # (the stream writes through from here on), so no lookup waits on the
-        # table store, and none sees a state cached before recovery finished.
-        self.handler.cache.clear()
+        # table store. The stream resumed when recovery completed: what it has
+        # cached since is newer than the table and stays.
         loaded = self.handler.load_all()
         # What is loaded now lives as long as the process: keep the cyclic
         # garbage collector from walking it again and again (p99 pauses).
         gc.freeze()
         log.info("features_states_loaded", entities=loaded)
+        self.recovered = True
         await self.server.set_serving(SERVICE_NAME, True)
         await self.server.set_serving("", True)
         log.info("features_ready", endpoint=self.server.endpoint)

@@ -109,9 +109,13 @@ class StreamHandler:
         return cached
 
     def load_all(self) -> int:
-        """Decode every entity of the table into the in-memory cache."""
+        """Decode every entity of the table into the in-memory cache, except those
+        the stream already holds: an event being applied (suspended while its row
+        is sent) updates the cached state, which a fresh copy of the table row
+        would silently replace."""
         for entity_id, data in self._table.items():
-            self.cache[entity_id] = EntityState.from_json(data)
+            if entity_id not in self.cache:
+                self.cache[entity_id] = EntityState.from_json(data)
         return len(self.cache)
 
     async def handle(self, record: Record) -> None:

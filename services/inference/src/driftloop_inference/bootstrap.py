@@ -19,7 +19,8 @@ import structlog
 from aiokafka.errors import KafkaError
 from driftloop.v1 import events_pb2, predictor_pb2_grpc
 from driftloop_core.grpc.server import GrpcServer, build_server
-from driftloop_core.kafka import Publisher, TopicSpec, ensure_topics
+from driftloop_core.kafka import Publisher, Topics, TopicSpec, ensure_topics
+from driftloop_core.kafka.deadletter import DeadLetterWriter
 from driftloop_core.runtime import featureset_for, serve_until_signal
 from driftloop_core.settings import Settings
 from inference import grpc_service_pb2_grpc as oip_grpc
@@ -136,6 +137,9 @@ class InferenceService:
                 self.model_name,
                 self.config.group_prefix,
                 self._promoted,
+                DeadLetterWriter(self.publisher, Topics.DEADLETTER, self.settings.service_name)
+                if self.publisher is not None
+                else None,
             )
             await self.listener.start()
             self._tasks.append(asyncio.create_task(self.listener.run(), name="promotions"))

@@ -39,16 +39,24 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         math: FeatureMath,
         state_of: Callable[[str], EntityState | None],
         offline: OfflineStore,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._math = math
         self._state_of = state_of
         self._offline = offline
+        self._ready = ready
 
     async def GetOnlineFeatures(
         self,
         request: features_pb2.GetOnlineFeaturesRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> features_pb2.GetOnlineFeaturesResponse:
+        if not self._ready():
+            # Until the table is recovered every entity would look unknown, and a
+            # caller applying defaults for "not found" would predict on them.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the feature store is recovering its entity table"
+            )
         if not request.entity_ids:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "entity_ids: must not be empty")
         if len(request.entity_ids) > MAX_ENTITIES:

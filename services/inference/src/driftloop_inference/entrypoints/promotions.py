@@ -3,7 +3,9 @@
 A group consumer whose group id is unique to this process, starting from the
 latest offsets: what happened before the process started is covered by the
 registry's GetChampion at start, which runs only once this consumer holds its
-partitions and knows its positions, so no promotion falls in between.
+partitions and knows its positions, so no promotion falls in between. A record
+that does not decode is dead-lettered with its source position (by every
+replica, each naming itself) and the listener moves on.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer
 from driftloop.v1 import events_pb2
-from driftloop_core.kafka.consumer import group_consumer
+from driftloop_core.kafka.consumer import PoisonMessage, Record, group_consumer
+from driftloop_core.kafka.deadletter import DeadLetterWriter
+from driftloop_core.kafka.headers import parse_headers
 from driftloop_core.settings import Settings
 from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
@@ -29,11 +34,18 @@ OnPromoted = Callable[[events_pb2.ModelPromoted], Awaitable[None]]
 
 class PromotionListener:
     def __init__(
-        self, settings: Settings, topic: str, model: str, group_prefix: str, on_promoted: OnPromoted
+        self,
+        settings: Settings,
+        topic: str,
+        model: str,
+        group_prefix: str,
+        on_promoted: OnPromoted,
+        deadletters: DeadLetterWriter | None = None,
     ) -> None:
         self._model = model
         self._topic = topic
         self._on_promoted = on_promoted
+        self._deadletters = deadletters
         self.group_id = f"{group_prefix}-{uuid.uuid4().hex[:12]}"
         self._consumer: AIOKafkaConsumer = group_consumer(
             settings,
@@ -62,15 +74,33 @@ class PromotionListener:
             batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    await self._handle(record.key, record.value, record.headers)
+                    await self._handle(record)
 
-    async def _handle(
-        self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
-    ) -> None:
+    async def _handle(self, record: Any) -> None:
+        headers: Sequence[tuple[str, bytes]] = record.headers or ()
         try:
-            promoted = events_pb2.ModelPromoted.FromString(value or b"")
+            promoted = events_pb2.ModelPromoted.FromString(record.value or b"")
         except DecodeError as error:
-            log.warning("promotion_undecodable", error=str(error))
+            log.warning(
+                "promotion_undecodable",
+                partition=record.partition,
+                offset=record.offset,
+                error=str(error),
+            )
+            if self._deadletters is not None:
+                await self._deadletters.write(
+                    Record(
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        key=record.key,
+                        value=record.value or b"",
+                        headers=parse_headers(headers),
+                        raw_headers=tuple(headers),
+                        timestamp_ms=record.timestamp,
+                    ),
+                    PoisonMessage(f"value is not a ModelPromoted: {error}", rule="decode"),
+                )
             return
         if promoted.model != self._model:
             return
