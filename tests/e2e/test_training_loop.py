@@ -12,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
 from aiokafka import AIOKafkaProducer
+from driftloop.v1 import features_pb2, features_pb2_grpc
 from support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
@@ -69,11 +71,28 @@ async def produce(bootstrap: str, events: list[dict[str, object]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
+        # Keyed by customer, as a producer keeps one entity's events in order: the
+        # events span ten minutes, and unkeyed ones could reach the feature store
+        # more than its five-minute grace apart, to be dead-lettered as late.
         for event in events:
-            await producer.send("events.raw", json.dumps(event).encode())
+            key = str(event["customer_id"]).encode()
+            await producer.send("events.raw", json.dumps(event).encode(), key=key)
         await producer.flush()
     finally:
         await producer.stop()
+
+
+def training_rows(target: str) -> int:
+    """Labelled rows the feature store would train on now (0 while it does not answer)."""
+    with grpc.insecure_channel(target) as channel:
+        stub = features_pb2_grpc.FeatureServiceStub(channel)
+        try:
+            reply = stub.GetTrainingSet(
+                features_pb2.GetTrainingSetRequest(model="payments"), timeout=10
+            )
+        except grpc.RpcError:
+            return 0
+    return int(reply.dataset.row_count)
 
 
 def test_labelled_events_become_a_registered_champion(tmp_path: Path) -> None:
@@ -102,7 +121,20 @@ def test_labelled_events_become_a_registered_champion(tmp_path: Path) -> None:
             )
 
         wait_until(applied, 60, "the feature store to apply the events")
-        time.sleep(2.5)  # the offline sink flushes every second
+        # The offline sink is a consumer group of its own: on a busy machine it
+        # joins seconds after the online state is there.
+        rows: list[int] = []
+        try:
+            wait_until(
+                lambda: (
+                    rows.append(training_rows(env["DRIFTLOOP_ENDPOINTS__FEATURES"]))
+                    or rows[-1] >= len(events)
+                ),
+                60,
+                "every labelled event in the offline log",
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}; rows seen {rows[-5:]}") from None
 
         trained = run(
             env, "train", "payments", "--reason", "e2e", "--json", "--timeout", "150", timeout=200
