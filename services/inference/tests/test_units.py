@@ -6,9 +6,11 @@ import asyncio
 import struct
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from driftloop_inference.batching import Batcher, Overloaded
 from driftloop_inference.codec import (
@@ -48,6 +50,45 @@ def test_raw_and_typed_decode_agree() -> None:
     typed.inputs[0].shape[1] = 3
     with pytest.raises(InvalidTensor, match=r"'x': expected shape \[-1, 2\], got \[2, 3\]"):
         decode_inputs(typed, specs)
+
+
+def _external(tensor: onnx.TensorProto, location: str) -> None:
+    tensor.ClearField("raw_data")
+    tensor.ClearField("double_data")
+    tensor.ClearField("int64_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+
+
+def test_load_model_refuses_tensors_kept_in_external_files(
+    generic_model: bytes, tmp_path: Path
+) -> None:
+    """A tensor whose data lives outside the artifact (here outside any folder of
+    the model's) is refused by name, in an initializer or a node's attribute."""
+    (tmp_path / "outside.bin").write_bytes(np.float64(7.0).tobytes())
+    location = str(tmp_path / "outside.bin")
+
+    model = onnx.ModelProto.FromString(generic_model)
+    _external(model.graph.initializer[0], location)
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("m", 3, model.SerializeToString(), None)
+    assert caught.value.stage == "external_data"
+    assert repr(model.graph.initializer[0].name) in str(caught.value)
+    assert location in str(caught.value)
+
+    constant = onnx.helper.make_node(
+        "Constant",
+        [],
+        ["c"],
+        value=onnx.helper.make_tensor("c", onnx.TensorProto.DOUBLE, [1], [1.0]),
+    )
+    model = onnx.ModelProto.FromString(generic_model)
+    model.graph.node.append(constant)
+    _external(model.graph.node[-1].attribute[0].t, "../../etc/passwd")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("m", 4, model.SerializeToString(), None)
+    assert caught.value.stage == "external_data" and "../../etc/passwd" in str(caught.value)
 
 
 def test_load_model_refuses_bad_digest_and_bad_bytes(generic_model: bytes) -> None:

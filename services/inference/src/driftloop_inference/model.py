@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from driftloop_inference.codec import CONTENTS_FIELDS, ORT_TYPES, Array, InputDecoder, TensorSpec
@@ -145,6 +148,47 @@ def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Session
     return options
 
 
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds, its subgraphs' (If, Loop, Scan bodies) included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
+def refuse_external_data(name: str, version: int, data: bytes) -> None:
+    """Raise ModelLoadError when a tensor keeps its data in a file beside the model.
+
+    An artifact must be self-contained: its digest covers every byte that is run,
+    and a location such as `../../etc/x` must never be read. onnxruntime itself
+    refuses external data in a model given as bytes, but that is its behaviour
+    today, not a promise; this check states the rule and names the tensor.
+    """
+    try:
+        proto = onnx.ModelProto.FromString(data)
+    except DecodeError as error:
+        raise ModelLoadError(
+            "onnx", f"model {name} v{version}: not an ONNX model: {str(error)[:300]}"
+        ) from error
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise ModelLoadError(
+                "external_data",
+                f"model {name} v{version}: tensor {tensor.name!r} keeps its data in an "
+                f"external file ({where!r}); a served model must be self-contained",
+            )
+
+
 def load_model(
     name: str,
     version: int,
@@ -167,6 +211,7 @@ def load_model(
             f"model {name} v{version}: artifact sha256 {digest} does not match the expected "
             f"{expected_sha256}",
         )
+    refuse_external_data(name, version, data)
     try:
         session = ort.InferenceSession(
             data,
