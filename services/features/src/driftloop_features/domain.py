@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,6 +27,10 @@ from typing import Any
 from driftloop_core.featureset import Aggregation, FeatureSet
 
 Value = float | int | str | bool
+
+# Events are ordered by (time, id); searching by time alone finds the same
+# boundaries as a probe event with the smallest id, without building one.
+_EVENT_TIME = operator.attrgetter("event_time_ms")
 
 
 class Outcome(Enum):
@@ -83,6 +88,9 @@ class FeatureMath:
         self.retention_ms = int(longest.total_seconds() * 1000) + self.grace_ms
         self.staleness_ms = int(featureset.staleness.total_seconds() * 1000)
         self.feature_names = featureset.feature_names
+        self._feature_names = frozenset(self.feature_names)
+        # Precomputed once: (aggregation, its window in ms) in declaration order.
+        self._windows = tuple((a, int(a.window.total_seconds() * 1000)) for a in self.aggregations)
 
     def horizon_ms(self, state: EntityState) -> int:
         """Events older than this cannot be counted any more."""
@@ -112,22 +120,27 @@ class FeatureMath:
         An aggregation with no event in its window is absent, except `count`,
         which is 0.
         """
-        end = bisect.bisect_left(state.events, StoredEvent(as_of_ms, "", {}))
+        events = state.events
+        end = bisect.bisect_left(events, as_of_ms, key=_EVENT_TIME)
+        starts: dict[int, int] = {}
         result: dict[str, Value] = {}
-        for aggregation in self.aggregations:
-            value = self._aggregate(aggregation, state.events, end, as_of_ms)
+        for aggregation, window_ms in self._windows:
+            # Aggregations over the same window share one search.
+            start = starts.get(window_ms)
+            if start is None:
+                start = starts[window_ms] = bisect.bisect_left(
+                    events, as_of_ms - window_ms, hi=end, key=_EVENT_TIME
+                )
+            value = self._aggregate(aggregation, events, start, end)
             if value is not None:
                 result[aggregation.name] = value
         return result
 
     def _aggregate(
-        self, aggregation: Aggregation, events: list[StoredEvent], end: int, as_of_ms: int
+        self, aggregation: Aggregation, events: list[StoredEvent], start: int, end: int
     ) -> Value | None:
-        start_ms = as_of_ms - int(aggregation.window.total_seconds() * 1000)
-        start = bisect.bisect_left(events, StoredEvent(start_ms, "", {}), hi=end)
-        window = [
-            e.values[aggregation.field] for e in events[start:end] if aggregation.field in e.values
-        ]
+        name = aggregation.field
+        window = [e.values[name] for e in events[start:end] if name in e.values]
         fn = aggregation.fn
         if fn == "count":
             return len(window)
@@ -168,21 +181,35 @@ class FeatureMath:
         Without `as_of`, every event seen so far counts: the window ends just
         after the latest event or now, whichever is later.
         """
+        values, status = self.lookup(state, names, as_of_ms=as_of_ms, now_ms=now_ms)
+        statuses = {name: status if name in values else FeatureStatus.NOT_FOUND for name in names}
+        return values, statuses
+
+    def lookup(
+        self,
+        state: EntityState,
+        names: Iterable[str],
+        *,
+        as_of_ms: int | None,
+        now_ms: int,
+    ) -> tuple[dict[str, Value], FeatureStatus]:
+        """`online` for the serving path: the values of the requested features that
+        have one, and the status they share (PRESENT or STALE); every other
+        requested feature is NOT_FOUND."""
         reference = as_of_ms if as_of_ms is not None else max(now_ms, state.latest_time_ms + 1)
         aggregates = self.aggregates_as_of(state, reference)
         stale = not state.events or reference - state.latest_time_ms > self.staleness_ms
+        latest = state.latest
+        fields = self.featureset.fields
+        known = self._feature_names
         values: dict[str, Value] = {}
-        statuses: dict[str, FeatureStatus] = {}
         for name in names:
-            value = state.latest.get(name) if name in self.featureset.fields else None
+            value = latest.get(name) if name in fields else None
             if value is None:
                 value = aggregates.get(name)
-            if value is None or name not in self.feature_names:
-                statuses[name] = FeatureStatus.NOT_FOUND
-                continue
-            values[name] = value
-            statuses[name] = FeatureStatus.STALE if stale else FeatureStatus.PRESENT
-        return values, statuses
+            if value is not None and name in known:
+                values[name] = value
+        return values, FeatureStatus.STALE if stale else FeatureStatus.PRESENT
 
 
 class FeatureStatus(Enum):

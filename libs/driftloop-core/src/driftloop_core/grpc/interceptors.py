@@ -21,6 +21,7 @@ Handlers may be coroutines, async generators, or coroutines that stream with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -60,6 +61,7 @@ GRPC_SERVER_HANDLING_SECONDS = Histogram(
 )
 
 _log = get_logger(__name__)
+_NO_SPAN = contextlib.nullcontext()
 
 Continuation = Callable[
     [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
@@ -186,9 +188,10 @@ class _Observed:
         self._handled: dict[str, Any] = {}
 
     def start_span(self, context: Any) -> trace.Span:
-        carrier = {key: value for key, value in context.invocation_metadata() or ()}
-        if not self.trace_roots and "traceparent" not in carrier:
+        metadata = context.invocation_metadata() or ()
+        if not self.trace_roots and not any(key == "traceparent" for key, _ in metadata):
             return trace.INVALID_SPAN
+        carrier = {key: value for key, value in metadata}
         return self.tracer.start_span(
             self.span_name,
             context=propagate.extract(carrier),
@@ -219,7 +222,12 @@ class _Observed:
             span = self.start_span(context)
             error: BaseException | None = None
             try:
-                with trace.use_span(span, end_on_exit=False, record_exception=False):
+                # An untraced call has no span to make current: skip the context switch.
+                with (
+                    _NO_SPAN
+                    if span is trace.INVALID_SPAN
+                    else trace.use_span(span, end_on_exit=False, record_exception=False)
+                ):
                     try:
                         return await _settle(behavior(request, context))
                     except grpc.aio.AbortError:

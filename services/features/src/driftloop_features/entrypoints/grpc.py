@@ -31,6 +31,8 @@ _STATUS = {
     FeatureStatus.STALE: features_pb2.FEATURE_STATUS_STALE,
 }
 MAX_ENTITIES = 1000
+# Validated feature-name lists, by what callers send (most send the same few).
+MAX_CACHED_NAME_LISTS = 256
 
 
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
@@ -45,6 +47,21 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         self._state_of = state_of
         self._offline = offline
         self._ready = ready
+        self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._known = frozenset(math.feature_names)
+
+    def _valid_names(self, requested: tuple[str, ...]) -> tuple[str, ...] | list[str]:
+        """The names to serve, or the unknown ones (a list) when any is unknown."""
+        names = self._names.get(requested)
+        if names is not None:
+            return names
+        unknown = [n for n in requested if n not in self._known]
+        if unknown:
+            return unknown
+        names = requested or tuple(self._math.feature_names)
+        if len(self._names) < MAX_CACHED_NAME_LISTS:
+            self._names[requested] = names
+        return names
 
     async def GetOnlineFeatures(
         self,
@@ -64,29 +81,35 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"entity_ids: at most {MAX_ENTITIES} per call, got {len(request.entity_ids)}",
             )
-        names = list(request.feature_names) or list(self._math.feature_names)
-        unknown = [n for n in names if n not in self._math.feature_names]
-        if unknown:
+        names = self._valid_names(tuple(request.feature_names))
+        if isinstance(names, list):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"feature_names: unknown feature(s) {', '.join(unknown)}; "
+                f"feature_names: unknown feature(s) {', '.join(names)}; "
                 f"known: {', '.join(self._math.feature_names)}",
             )
         as_of = request.as_of.ToMilliseconds() if request.HasField("as_of") else None
         now_ms = int(time.time() * 1000)
+        not_found = features_pb2.FEATURE_STATUS_NOT_FOUND
         response = features_pb2.GetOnlineFeaturesResponse()
         for entity_id in request.entity_ids:
             entry = response.entities.add(entity_id=entity_id)
+            statuses = entry.statuses
             state = self._state_of(entity_id)
             if state is None or not state.events:
                 for name in names:
-                    entry.statuses[name] = features_pb2.FEATURE_STATUS_NOT_FOUND
+                    statuses[name] = not_found
                 continue
-            values, statuses = self._math.online(state, names, as_of_ms=as_of, now_ms=now_ms)
-            for name, value in values.items():
-                set_feature_value(entry.values[name], value)
-            for name, status in statuses.items():
-                entry.statuses[name] = _STATUS[status]
+            values, status = self._math.lookup(state, names, as_of_ms=as_of, now_ms=now_ms)
+            found = _STATUS[status]
+            entry_values = entry.values
+            for name in names:
+                value = values.get(name)
+                if value is None:
+                    statuses[name] = not_found
+                else:
+                    set_feature_value(entry_values[name], value)
+                    statuses[name] = found
             entry.updated_at.FromMilliseconds(state.latest_time_ms)
         return response
 
