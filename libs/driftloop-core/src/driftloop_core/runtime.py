@@ -10,7 +10,12 @@ from typing import Any
 
 import structlog
 
-from driftloop_core.featureset import FeatureSet, default_featureset_path, load_featureset
+from driftloop_core.featureset import (
+    FeatureSet,
+    FeatureSetError,
+    default_featureset_path,
+    load_featureset,
+)
 from driftloop_core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -19,6 +24,16 @@ log = structlog.get_logger(__name__)
 def featureset_for(settings: Settings) -> FeatureSet:
     """The feature set named by `DRIFTLOOP_FEATURESET`, else the built-in payments set."""
     return load_featureset(settings.featureset or default_featureset_path())
+
+
+def featureset_or_none(settings: Settings) -> FeatureSet | None:
+    """The feature set, or None once every problem with it is logged (by file,
+    key and rule): the service then exits 2, as for any invalid setting."""
+    try:
+        return featureset_for(settings)
+    except FeatureSetError as error:
+        log.error("featureset_invalid", path=error.path, problems=error.problems)
+        return None
 
 
 async def serve_until_signal(

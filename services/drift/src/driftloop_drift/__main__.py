@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from driftloop_core.featureset import FeatureSetError
 from driftloop_core.logging import get_logger
-from driftloop_core.runtime import featureset_for
+from driftloop_core.runtime import featureset_or_none
 from driftloop_core.settings import load_settings
 from driftloop_core.telemetry import init_telemetry, serve_metrics
 from pydantic import ValidationError
@@ -28,10 +27,8 @@ def main() -> int:
     settings = load_settings().for_service("drift")
     telemetry = init_telemetry(settings)
     serve_metrics(settings)
-    try:
-        featureset = featureset_for(settings)
-    except FeatureSetError as error:
-        log.error("featureset_invalid", path=error.path, problems=error.problems)
+    featureset = featureset_or_none(settings)
+    if featureset is None:
         return 2
     try:
         config = load_drift_settings()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from driftloop_core.featureset import FeatureSet, FeatureSetError
+from driftloop_core.featureset import FeatureSet
 from driftloop_core.logging import get_logger
-from driftloop_core.runtime import featureset_for
+from driftloop_core.runtime import featureset_or_none
 from driftloop_core.settings import Settings, load_settings
 from driftloop_core.telemetry import init_telemetry, serve_metrics
 
@@ -33,10 +33,8 @@ def main() -> int:
     settings = load_settings().for_service("ingestion")
     telemetry = init_telemetry(settings)
     serve_metrics(settings)
-    try:
-        featureset = featureset_for(settings)
-    except FeatureSetError as error:
-        log.error("featureset_invalid", path=error.path, problems=error.problems)
+    featureset = featureset_or_none(settings)
+    if featureset is None:
         return 2
     config = load_ingestion_settings()
     try:
