@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 from driftloop.v1 import common_pb2
 from driftloop_core.featureset import FeatureSet, default_featureset_path, load_featureset
+from driftloop_drift.config import DriftSettings
 from driftloop_drift.domain.join import LabelSeen, PredictionSeen
 from driftloop_drift.domain.policy import PolicyConfig
 from driftloop_drift.handlers import EngineConfig
@@ -105,6 +107,24 @@ def with_version(prediction: PredictionSeen, version: int) -> PredictionSeen:
     return replace(prediction, version=version)
 
 
+def drift_settings(unique: str, **overrides: Any) -> DriftSettings:
+    """The service's settings on source topics of one test's own, with a fast policy."""
+    values: dict[str, Any] = {
+        "predictions_topic": f"predictions-{unique}",
+        "labels_topic": f"valid-{unique}",
+        "promoted_topic": f"promoted-{unique}",
+        "registered_topic": f"registered-{unique}",
+        "failed_topic": f"failed-{unique}",
+        "bootstrap_min_labels": 50,
+        "cooldown_s": 0,
+        "min_post_drift_rows": 50,
+        "last_n": 500,
+        "registry_timeout_s": 1.0,
+        "snapshot_interval_s": 0.2,
+    }
+    return DriftSettings(**(values | overrides))
+
+
 class Kit:
     """The helpers above, handed to tests as a fixture (conftest modules are not importable)."""
 
@@ -115,6 +135,7 @@ class Kit:
     engine_config = staticmethod(engine_config)
     Stream = Stream
     with_version = staticmethod(with_version)
+    drift_settings = staticmethod(drift_settings)
 
 
 @pytest.fixture

@@ -75,20 +75,8 @@ class Outputs:
 
 
 @pytest.fixture
-def config(unique: str) -> DriftSettings:
-    return DriftSettings(
-        predictions_topic=f"predictions-{unique}",
-        labels_topic=f"valid-{unique}",
-        promoted_topic=f"promoted-{unique}",
-        registered_topic=f"registered-{unique}",
-        failed_topic=f"failed-{unique}",
-        bootstrap_min_labels=50,
-        cooldown_s=0,
-        min_post_drift_rows=50,
-        last_n=500,
-        registry_timeout_s=1.0,
-        snapshot_interval_s=0.2,
-    )
+def config(unique: str, kit: Any) -> DriftSettings:
+    return kit.drift_settings(unique)
 
 
 @pytest.fixture
