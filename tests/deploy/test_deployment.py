@@ -5,6 +5,7 @@ Kubernetes manifests against the API schemas, and what each must provide."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import subprocess
@@ -17,11 +18,15 @@ import pytest
 import yaml
 from driftloop_core.featureset import default_featureset_path
 from driftloop_core.kafka import Topics
-from driftloop_core.settings import Endpoints, KafkaSettings
+from driftloop_core.settings import Endpoints, KafkaSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = sorted(p.parent.name for p in ROOT.glob("services/*/pyproject.toml"))
 KUBERNETES_VERSION = "1.33"
+PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+HEALTH_PROBE = ["python", "-m", "driftloop_core.grpc.health_probe"]
+# The Secret the mtls component (k8s/components/mtls) mounts: CA, certificate, key.
+TLS_SECRET = "driftloop-grpc-tls"
 
 
 def test_every_service_is_deployable() -> None:
@@ -131,13 +136,53 @@ def rendered(overlay: str) -> list[dict[str, Any]]:
     ]
     overlay_dir = ROOT / "k8s" / "overlays" / overlay
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    for patch in yaml.safe_load((overlay_dir / "kustomization.yaml").read_text()).get(
-        "patches", []
-    ):
-        for doc in yaml.safe_load_all((overlay_dir / patch["path"]).read_text()):
-            if isinstance(doc, dict) and "kind" in doc:
-                assert (doc["kind"], doc["metadata"]["name"]) in names, patch
+    overlay_kustomization = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    # Every patch of the overlay and of its components names a resource of the base.
+    for folder in [
+        overlay_dir,
+        *(overlay_dir / c for c in overlay_kustomization.get("components", [])),
+    ]:
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        for patch in kustomization.get("patches", []):
+            for doc in yaml.safe_load_all((folder / patch["path"]).read_text()):
+                if isinstance(doc, dict) and "kind" in doc:
+                    assert (doc["kind"], doc["metadata"]["name"]) in names, patch
     return docs
+
+
+def without_handler(probe: dict[str, Any]) -> dict[str, Any]:
+    """A probe's timings and thresholds, whatever it runs."""
+    return {key: value for key, value in probe.items() if key not in ("grpc", "exec")}
+
+
+def kustomized(overlay: str) -> list[dict[str, Any]]:
+    """The overlay with its patches and components applied: only kustomize does
+    that, so without kubectl the test is skipped."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("needs kubectl kustomize to apply the overlay's patches and components")
+    return rendered(overlay)
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc in docs:
+        found.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    return found
+
+
+def service_port(name: str) -> int:
+    return int(getattr(Endpoints(), name).rpartition(":")[2])
+
+
+def container_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The variables a container gets from its ConfigMaps and its own `env`."""
+    config_maps = by_kind(docs).get("ConfigMap", {})
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_maps[source["configMapRef"]["name"]]["data"])
+    env.update({var["name"]: var["value"] for var in container.get("env", []) if "value" in var})
+    return env
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
@@ -149,28 +194,90 @@ def test_manifests_are_valid_kubernetes(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
-def test_each_service_is_deployed_hardened_and_probed_over_grpc(overlay: str) -> None:
-    docs = rendered(overlay)
-    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
-    for doc in docs:
-        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+def test_each_service_is_deployed_hardened_and_probed(overlay: str) -> None:
+    found = by_kind(rendered(overlay))
     for name in SERVICES:
-        port = int(getattr(Endpoints(), name).rpartition(":")[2])
-        pod = by_kind["Deployment"][name]["spec"]["template"]["spec"]
+        pod = found["Deployment"][name]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         [container] = pod["containers"]
-        assert container["readinessProbe"]["grpc"]["port"] == port
-        assert container["livenessProbe"]["grpc"]["port"] == port
+        # Room for an exec probe, which starts Python (about 0.5 s) before it dials.
+        for kind in PROBES:
+            assert container[kind]["timeoutSeconds"] >= 3, (name, kind)
         assert container["resources"]["requests"] and container["resources"]["limits"]
         hardened = container["securityContext"]
         assert hardened["readOnlyRootFilesystem"] is True
         assert hardened["allowPrivilegeEscalation"] is False
         assert hardened["capabilities"]["drop"] == ["ALL"]
-        assert by_kind["Service"][name]["spec"]["ports"][0]["port"] == port
-        assert name in by_kind["PodDisruptionBudget"]
-    assert by_kind["HorizontalPodAutoscaler"]["inference"]["spec"]["scaleTargetRef"]["name"] == (
+        assert found["Service"][name]["spec"]["ports"][0]["port"] == service_port(name)
+        assert name in found["PodDisruptionBudget"]
+    assert found["HorizontalPodAutoscaler"]["inference"]["spec"]["scaleTargetRef"]["name"] == (
         "inference"
     )
+
+
+def test_dev_stays_plaintext_with_native_grpc_probes() -> None:
+    docs = rendered("dev")
+    for name in SERVICES:
+        pod = by_kind(docs)["Deployment"][name]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        for kind in PROBES:
+            assert container[kind]["grpc"] == {"port": service_port(name)}, (name, kind)
+            assert "exec" not in container[kind]
+        assert not any(
+            var.startswith("DRIFTLOOP_GRPC__TLS_") for var in container_env(container, docs)
+        )
+        assert not any(volume.get("secret") for volume in pod["volumes"])
+
+
+def test_prod_probes_every_service_with_the_health_probe_and_the_base_timings() -> None:
+    prod, dev = by_kind(kustomized("prod")), by_kind(kustomized("dev"))
+    compose_services = compose()["services"]
+    for deployment in prod["Deployment"].values():
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            for kind in PROBES:
+                assert "grpc" not in container.get(kind, {}), "native gRPC probes cannot do TLS"
+    for name in SERVICES:
+        [container] = prod["Deployment"][name]["spec"]["template"]["spec"]["containers"]
+        [plain] = dev["Deployment"][name]["spec"]["template"]["spec"]["containers"]
+        for kind in PROBES:
+            command = container[kind]["exec"]["command"]
+            assert command == [*HEALTH_PROBE, f"127.0.0.1:{service_port(name)}"], (name, kind)
+            # The same check Compose and the image's HEALTHCHECK run.
+            assert command == compose_services[name]["healthcheck"]["test"][1:]
+            assert without_handler(container[kind]) == without_handler(plain[kind]), (name, kind)
+
+
+def test_prod_mounts_the_tls_secret_and_turns_mutual_tls_on_in_every_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = kustomized("prod")
+    for name in SERVICES:
+        pod = by_kind(docs)["Deployment"][name]["spec"]["template"]["spec"]
+        [volume] = [
+            v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == TLS_SECRET
+        ]
+        [container] = pod["containers"]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        # What the service and its exec probes read: the environment the manifests give.
+        for var in [v for v in os.environ if v.startswith("DRIFTLOOP_")]:
+            monkeypatch.delenv(var)
+        for var, value in container_env(container, docs).items():
+            monkeypatch.setenv(var, value)
+        tls = load_settings().grpc
+        assert tls.tls and tls.tls_require_client_cert, name
+        secret = Path(mount["mountPath"])
+        assert (tls.tls_ca_file, tls.tls_cert_file, tls.tls_key_file) == (
+            secret / "ca.crt",
+            secret / "tls.crt",
+            secret / "tls.key",
+        ), name
+    # The README's command makes the Secret with the keys the services read.
+    readme = (ROOT / "README.md").read_text()
+    assert f"kubectl create secret generic {TLS_SECRET}" in readme
+    for key in ("ca.crt", "tls.crt", "tls.key"):
+        assert f"--from-file={key}=" in readme
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
