@@ -172,3 +172,86 @@ async def test_predict_merges_features_publishes_and_refuses_missing(
         assert list(found["e2"].defaults_applied)
     finally:
         await consumer.stop()
+
+
+async def test_predict_while_the_feature_store_is_down_follows_the_lookup_failure_policy(
+    settings: Settings, unique: str, tmp_path: Path, payments_v1: bytes
+) -> None:
+    """A stopped feature store: UNAVAILABLE naming it by default; with
+    `on_lookup_failure=defaults` an answer on the request's own features, the
+    aggregates named in `defaults_applied`; with `missing_features=fail` as well,
+    FAILED_PRECONDITION naming them."""
+    online = OnlineFeatures({"c7": {"amount_mean_1h": fv(55.0), "txn_count_10m": fv(3.0)}})
+    features_server, features_address = await _features_server(online)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(payments_v1)
+    services: list[InferenceService] = []
+
+    async def serve(**config: Any) -> InferenceService:
+        service = InferenceService(
+            settings.for_service("inference"),
+            InferenceSettings(
+                model_file=path,
+                model_file_version=2,
+                predictions_topic=f"t.predictions.{unique}",
+                follow_promotions=False,
+                **config,
+            ),
+            "127.0.0.1:0",
+            features_address=features_address,
+            model_name="payments",
+        )
+        await service.start()
+        await service.wait_ready(30)
+        services.append(service)
+        return service
+
+    request = predictor_pb2.PredictRequest(
+        event_id="down-1",
+        entity_id="c7",
+        features={"amount": fv(120.0), "channel": fv("web"), "hour": fv(3.0)},
+    )
+    try:
+        strict, lenient, refusing = (
+            await serve(),
+            await serve(on_lookup_failure="defaults"),
+            await serve(on_lookup_failure="defaults", missing_features="fail"),
+        )
+        async with grpc.aio.insecure_channel(lenient.endpoint) as channel:
+            # While the store answers, the aggregates come from it.
+            reply = await predictor_pb2_grpc.PredictorStub(channel).Predict(request, timeout=10)
+            assert list(reply.defaults_applied) == []
+            assert reply.features_used["amount_mean_1h"].float_value == 55.0
+        await features_server.stop(0)
+
+        async with grpc.aio.insecure_channel(strict.endpoint) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await predictor_pb2_grpc.PredictorStub(channel).Predict(request, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert features_address in (caught.value.details() or "")
+
+        async with grpc.aio.insecure_channel(lenient.endpoint) as channel:
+            reply = await predictor_pb2_grpc.PredictorStub(channel).Predict(request, timeout=10)
+        assert sorted(reply.defaults_applied) == ["amount_mean_1h", "txn_count_10m"]
+        assert reply.features_used["amount"].float_value == 120.0
+        assert math.isnan(reply.features_used["amount_mean_1h"].float_value)
+        feeds = {
+            "amount": np.array([[120.0]], np.float32),
+            "channel": np.array([["web"]], object),
+            "hour": np.array([[3.0]], np.float32),
+            "amount_mean_1h": np.array([[math.nan]], np.float32),
+            "txn_count_10m": np.array([[math.nan]], np.float32),
+        }
+        doubled = {k: np.concatenate((v, v)) for k, v in feeds.items()}
+        _, probs = ort.InferenceSession(payments_v1).run(None, doubled)
+        assert reply.probability == float(probs[0, 1])
+
+        async with grpc.aio.insecure_channel(refusing.endpoint) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await predictor_pb2_grpc.PredictorStub(channel).Predict(request, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "amount_mean_1h" in (caught.value.details() or "")
+    finally:
+        for service in services:
+            await service.stop()
+        await features_server.stop(0)

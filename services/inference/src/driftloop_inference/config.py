@@ -14,6 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MissingPolicy = Literal["default", "fail"]
+LookupFailurePolicy = Literal["unavailable", "defaults"]
 
 
 class InferenceSettings(BaseSettings):
@@ -45,6 +46,11 @@ class InferenceSettings(BaseSettings):
     # Predict: feature store lookup deadline and the missing-feature policy.
     feature_lookup_timeout_s: float = Field(default=0.25, gt=0)
     missing_features: MissingPolicy = "default"
+    # When the lookup itself fails (feature store down, deadline passed):
+    # `unavailable` fails the call with UNAVAILABLE; `defaults` treats the entity's
+    # online features as missing, so `missing_features` decides, and the response
+    # names them in `defaults_applied`.
+    on_lookup_failure: LookupFailurePolicy = "unavailable"
     # Per-feature defaults (JSON object in the environment); a feature without one
     # takes NaN (numbers) or "" (categories), what the trainer writes for a missing value.
     feature_defaults: dict[str, float | str] = Field(default_factory=dict)

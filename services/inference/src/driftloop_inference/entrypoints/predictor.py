@@ -5,7 +5,9 @@ from the request's own features first, then from the entity's online features,
 looked up as of the event time within a deadline. What is still missing takes
 its configured default (NaN / "" by default, as the trainer encodes a missing
 value) or, with the `fail` policy, fails the call with FAILED_PRECONDITION
-naming the features. The prediction is offered to the predictions buffer,
+naming the features. When the lookup itself fails, the call answers UNAVAILABLE,
+or, with `on_lookup_failure=defaults`, goes on as if the entity had no online
+features. The prediction is offered to the predictions buffer,
 which never blocks the call.
 """
 
@@ -21,6 +23,7 @@ import grpc.aio
 import numpy as np
 from driftloop.v1 import common_pb2, events_pb2, predictor_pb2, predictor_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
 
 from driftloop_inference.adapters.features import FeatureClient
 from driftloop_inference.batching import Batcher
@@ -109,6 +112,11 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             )
         except grpc.aio.AioRpcError as error:
             FEATURE_LOOKUP_FAILURES.labels(error.code().name).inc()
+            if self._config.on_lookup_failure == "defaults":
+                span = trace.get_current_span()
+                if span.is_recording():
+                    span.set_attribute("driftloop.feature_lookup_failed", error.code().name)
+                return {}
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"online features of entity '{request.entity_id}' from the feature store at "
