@@ -2,7 +2,9 @@
 
 Docker's HEALTHCHECK runs a command, and the images carry no grpc_health_probe
 binary, so `python -m driftloop_core.grpc.health_probe HOST:PORT [SERVICE]` asks
-the standard grpc.health.v1 service instead. Kubernetes uses its native gRPC probe in plaintext overlays and this module as an exec probe under mutual TLS.
+the standard grpc.health.v1 service instead. Kubernetes uses its native gRPC
+probe in plaintext overlays and this module as an exec probe under mutual TLS
+(k8s/components/mtls).
 
 The probe reads the same `DRIFTLOOP_GRPC__TLS_*` variables as the service it
 checks, so with mutual TLS it presents the service's own certificate; set
