@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from driftloop_cli.status import ServiceStatus, collect
+from driftloop_cli.supervisor import read_state
 from driftloop_core.settings import Endpoints, Settings, load_settings
 from rich.console import Console
 from rich.table import Table
@@ -222,6 +223,20 @@ class Stack:
         pid = await self.pid(service)
         os.kill(pid, signum)
         return Kill(service, pid, signum, time.monotonic())
+
+    def broker_pid(self) -> int:
+        """The embedded broker's pid, as the supervisor's state file names it."""
+        state = read_state(self.settings)
+        assert state is not None, "no supervisor state file"
+        pid = next(entry["pid"] for entry in state["services"] if entry["name"] == "broker")
+        assert isinstance(pid, int), state
+        return pid
+
+    def kill_broker(self) -> Kill:
+        """SIGKILL the embedded broker: everything it held in memory is gone."""
+        pid = self.broker_pid()
+        os.kill(pid, signal.SIGKILL)
+        return Kill("broker", pid, signal.SIGKILL, time.monotonic())
 
     async def healthy_again(self, kill: Kill, timeout_s: float = 90.0) -> float:
         """Seconds from the kill until a new process of the service reports SERVING."""

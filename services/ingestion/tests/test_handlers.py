@@ -232,6 +232,37 @@ async def test_concurrent_batches_sharing_an_id_publish_it_once(
     assert sorted(p.event_id for p in sink.published) == ["e1", "e2", "e3"]
 
 
+async def test_after_a_new_broker_a_replayed_event_is_published_again_once(
+    ingestor: Ingestor, sink: Sink, clock: Clock
+) -> None:
+    """The embedded broker restarted empty: what the index saw before is no longer
+    on the broker, so a replay publishes it (and its late label) again, once;
+    the index still joins a late label to its observation's entity."""
+    await ingestor.ingest([obs("e1", "c1"), obs("e2", "c2"), obs("e3", "c3")])
+    await ingestor.ingest([label("e1")])
+    clock.ms += 60_000
+    ingestor.published_since_ms = clock.ms
+    clock.ms += 1_000
+
+    replayed = await ingestor.ingest([obs("e1", "c1"), label("e1"), obs("e2", "c2")])
+    assert replayed == [
+        Accepted("e1", OBSERVATION, False, "c1"),
+        Accepted("e1", LABEL, False, "c1"),
+        Accepted("e2", OBSERVATION, False, "c2"),
+    ]
+    # On the new broker now: the same again is a duplicate.
+    again = await ingestor.ingest([obs("e1", "c1"), label("e1"), obs("e2", "c2")])
+    assert all(isinstance(o, Accepted) and o.duplicate for o in again), again
+    # e3 was not replayed: a late label still finds its entity, and goes out.
+    assert await ingestor.ingest([label("e3")]) == [Accepted("e3", LABEL, False, "c3")]
+    assert [(p.kind, p.event_id) for p in sink.published[4:]] == [
+        (OBSERVATION, "e1"),
+        (LABEL, "e1:label"),
+        (OBSERVATION, "e2"),
+        (LABEL, "e3:label"),
+    ]
+
+
 async def test_raw_mappings_are_validated_like_json(ingestor: Ingestor) -> None:
     outcomes = await ingestor.ingest(
         [
@@ -272,4 +303,20 @@ def test_sqlite_index_survives_reopening_and_prunes_old_rows(tmp_path: Path) -> 
     reopened.record(many, [])
     found = reopened.lookup([f"e{i}" for i in range(2500)] + ["new"])
     assert len(found) == 2501 and found["new"].seen_at_ms == START_MS + 5
+    reopened.close()
+
+
+def test_sqlite_index_names_its_broker_and_when_it_changed(tmp_path: Path) -> None:
+    path = tmp_path / "ingestion" / "events.db"
+    index = SqliteEventIndex(path, retention=timedelta(hours=2))
+    # The first broker holds everything indexed so far; so does a broker with no id.
+    assert index.use_broker("driftloop-a", START_MS) == 0
+    assert index.use_broker("driftloop-a", START_MS + 1) == 0
+    assert index.use_broker("", START_MS + 2) == 0
+    # Another broker holds nothing indexed before it was met, across reopening too.
+    assert index.use_broker("driftloop-b", START_MS + 3) == START_MS + 3
+    index.close()
+    reopened = SqliteEventIndex(path, retention=timedelta(hours=2))
+    assert reopened.use_broker("driftloop-b", START_MS + 4) == START_MS + 3
+    assert reopened.use_broker("driftloop-c", START_MS + 5) == START_MS + 5
     reopened.close()

@@ -6,6 +6,19 @@ service name, restarts a service that died with exponential backoff, and on
 Ctrl-C or SIGTERM stops the services (SIGTERM, then SIGKILL after a grace
 period) before the broker. A state file under `DRIFTLOOP_HOME/run/` tells
 `driftloop status` what is running and where.
+
+The embedded broker is watched too, and it keeps everything in memory: when
+it dies, every topic, offset and consumer group goes with it. The services
+whose own state mirrors the broker (`ServiceSpec.restart_with_broker`: the
+feature store's table, drift's saved positions, ingestion's record of what it
+published) are stopped at once, before anything reaches a new broker; the
+broker is started again on the same port with the same backoff as a service,
+its topics created, `DRIFTLOOP_HOME/ephemeral` cleared as at start-up, and
+those services started again. The others (registry, trainer, inference) keep
+running: their Kafka clients reconnect and rejoin their groups, and their state
+(registry database, artifacts, trainer ledger, the loaded model) is not in the
+broker. What the lost broker held comes back when producers replay their
+events; every consumer drops what it already counted by event id.
 """
 
 from __future__ import annotations
@@ -23,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from driftloop_core.broker import EmbeddedBroker, broker_ready
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from driftloop_core.broker import BrokerStartError, EmbeddedBroker, broker_ready
 from driftloop_core.kafka.topics import default_topic_specs, ensure_topics
 from driftloop_core.services import ServiceSpec
 from driftloop_core.settings import Settings
@@ -37,6 +51,10 @@ BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 30.0
 # A service that stayed up this long gets its backoff reset.
 STABLE_AFTER_S = 60.0
+# How long a service whose state mirrors a lost broker gets to stop before it is
+# killed: what it holds is dropped anyway. Ingestion and drift stop well within
+# it; the feature store's Faust app waits for the broker and is killed.
+BROKER_LOSS_GRACE_S = 2.0
 
 
 def state_path(settings: Settings) -> Path:
@@ -74,6 +92,10 @@ class _Child:
     started_at: float = 0.0
     pump: asyncio.Task[None] | None = None
     history: list[int] = field(default_factory=list)
+    # Stopped by the supervisor while the broker restarts; `released` is set
+    # once it runs again, so its watcher does not restart it meanwhile.
+    held: bool = False
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor:
@@ -93,6 +115,7 @@ class Supervisor:
             for i, spec in enumerate(specs)
         ]
         self._broker: EmbeddedBroker | None = None
+        self._broker_restarts = 0
         self._stopping = asyncio.Event()
         self._bootstrap = settings.kafka.bootstrap_servers
 
@@ -113,6 +136,8 @@ class Supervisor:
                 await self._spawn(child)
             self._write_state()
             watchers = [asyncio.create_task(self._watch(child)) for child in self._children]
+            if self._broker is not None:
+                watchers.append(asyncio.create_task(self._watch_broker(self._broker)))
             await self._stopping.wait()
             for watcher in watchers:
                 watcher.cancel()
@@ -142,7 +167,7 @@ class Supervisor:
         )
         # The embedded broker keeps nothing across restarts, so local caches of
         # its topics (table stores) would disagree with it: start them empty.
-        shutil.rmtree(self._settings.ephemeral_dir, ignore_errors=True)
+        self._clear_ephemeral()
         self._broker.start()
         self._write_state()
         await self._broker.wait_ready()
@@ -191,6 +216,10 @@ class Supervisor:
                 await child.pump
             if self._stopping.is_set():
                 return
+            if child.held:
+                # Stopped on purpose while the broker restarts, which starts it again.
+                await child.released.wait()
+                continue
             uptime = time.monotonic() - child.started_at
             if uptime >= STABLE_AFTER_S:
                 backoff = BACKOFF_INITIAL_S
@@ -204,14 +233,125 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             if self._stopping.is_set():
                 return
+            if child.held or child.process.returncode is None:
+                # A broker restart began during the backoff; it starts the service.
+                continue
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             child.restarts += 1
             await self._spawn(child)
             self._write_state()
 
-    async def _shutdown(self) -> None:
-        grace = self._settings.grpc.grace_period_s + 5
-        running = [c for c in self._children if c.process and c.process.returncode is None]
+    async def _watch_broker(self, broker: EmbeddedBroker) -> None:
+        """Start the embedded broker again whenever it exits, and with it the
+        services whose state mirrors it (see the module docstring)."""
+        backoff = BACKOFF_INITIAL_S
+        while not self._stopping.is_set():
+            code = await broker.exited()
+            if self._stopping.is_set():
+                return
+            lost_at = time.monotonic()
+            uptime = lost_at - broker.started_at
+            if uptime >= STABLE_AFTER_S:
+                backoff = BACKOFF_INITIAL_S
+            self._say(
+                "broker",
+                f"[bold red]exited with code {code}[/] after {uptime:.1f}s; it kept everything "
+                "in memory, so every topic, offset and consumer group is gone",
+            )
+            mirrors = [c for c in self._children if c.spec.restart_with_broker]
+            if mirrors:
+                names = ", ".join(c.spec.name for c in mirrors)
+                self._say(
+                    "broker",
+                    f"stopping {names}: their state mirrors the lost broker; they start again "
+                    "on the new one, the others reconnect",
+                )
+                for child in mirrors:
+                    child.held = True
+                    child.released.clear()
+                await self._terminate(mirrors, BROKER_LOSS_GRACE_S, "stopped for the new broker")
+            backoff = await self._start_broker_again(broker, lost_at, backoff)
+            if self._stopping.is_set():
+                return
+            self._broker_restarts += 1
+            # Table stores and saved positions of the old broker: start them empty.
+            self._clear_ephemeral()
+            for child in mirrors:
+                child.restarts += 1
+                await self._spawn(child)
+                child.held = False
+                child.released.set()
+            self._write_state()
+            self._say(
+                "broker",
+                f"back after {time.monotonic() - lost_at:.1f}s, empty: replay what producers "
+                "sent before the restart; events already counted are dropped by event id",
+            )
+
+    async def _start_broker_again(
+        self, broker: EmbeddedBroker, since: float, backoff: float
+    ) -> float:
+        """Start the broker on its port after `backoff` seconds from `since`, trying
+        again with a longer backoff until it answers; return the next backoff."""
+        delay = max(backoff - (time.monotonic() - since), 0.0)
+        while not self._stopping.is_set():
+            self._say("broker", f"restarting in {delay:.0f}s on {self._bootstrap}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                break
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            try:
+                broker.start()
+                self._write_state()
+                created = await self._topics_first(broker)
+            except BrokerStartError as error:
+                broker.stop()
+                self._say("broker", f"[bold red]did not start[/]: {escape(str(error))}")
+                delay = backoff
+                continue
+            except (KafkaError, RuntimeError) as error:
+                created = None
+                self._say("broker", f"[bold red]topics not created again[/]: {escape(str(error))}")
+            self._say(
+                "broker",
+                f"ready again on {self._bootstrap} (pid {broker.pid}, cluster id "
+                f"{broker.cluster_id})"
+                + ("" if created is None else f", {len(created)} topics created"),
+            )
+            break
+        return backoff
+
+    async def _topics_first(self, broker: EmbeddedBroker, timeout_s: float = 20.0) -> list[str]:
+        """Create the topics on a restarted broker the moment it listens.
+
+        The services that kept running reconnect within milliseconds, with the
+        old broker's metadata, and produce to topics the new broker does not
+        know. Tansu (0.6) acknowledges those records but serves none of them
+        until the topic is created, and once it is, answers one produce
+        request per batch written before with UnknownError: seen here as ten
+        seconds of failed prediction logs when the topics came 100 ms late.
+        Created as soon as the port answers, they are there before any client.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not broker.running():
+                raise BrokerStartError("the embedded broker exited before it was ready")
+            try:
+                return await ensure_topics(
+                    self._settings.kafka, default_topic_specs(self._settings.kafka)
+                )
+            except KafkaConnectionError as error:
+                if time.monotonic() > deadline:
+                    raise BrokerStartError(
+                        f"the embedded broker did not answer on {self._bootstrap} "
+                        f"within {timeout_s:.0f}s"
+                    ) from error
+                await asyncio.sleep(0.005)
+
+    async def _terminate(self, children: list[_Child], grace: float, done: str) -> None:
+        """SIGTERM each running child, SIGKILL those still running after `grace`."""
+        running = [c for c in children if c.process and c.process.returncode is None]
         for child in running:
             assert child.process is not None
             with contextlib.suppress(ProcessLookupError):
@@ -219,13 +359,19 @@ class Supervisor:
         for child in running:
             assert child.process is not None
             try:
-                await asyncio.wait_for(child.process.wait(), grace)
-                self._say(child.spec.name, "stopped")
+                code = await asyncio.wait_for(child.process.wait(), grace)
+                self._say(child.spec.name, done if code == 0 else f"{done} (exit code {code})")
             except TimeoutError:
                 self._say(child.spec.name, f"did not stop within {grace:.0f}s; killed")
                 with contextlib.suppress(ProcessLookupError):
                     child.process.kill()
                 await child.process.wait()
+
+    def _clear_ephemeral(self) -> None:
+        shutil.rmtree(self._settings.ephemeral_dir, ignore_errors=True)
+
+    async def _shutdown(self) -> None:
+        await self._terminate(self._children, self._settings.grpc.grace_period_s + 5, "stopped")
         for child in self._children:
             if child.pump is not None:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -243,6 +389,8 @@ class Supervisor:
                 "pid": self._broker.pid if self._broker else None,
                 "endpoint": self._bootstrap,
                 "kind": "kafka",
+                "restarts": self._broker_restarts,
+                "cluster_id": self._broker.cluster_id if self._broker else None,
             }
         ]
         services += [

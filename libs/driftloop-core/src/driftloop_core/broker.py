@@ -3,6 +3,11 @@
 `make demo` and the tests run on a real broker without Docker or a JVM. Tansu
 keeps everything in memory, so a restart starts empty; it refuses idempotent
 producers and transactions, which Driftloop never needs.
+
+Each start gets a cluster id of its own (`driftloop-<random>`, in every
+metadata answer): a client that kept state derived from the broker's topics
+(ingestion's event index) tells a restarted, empty broker from the one it
+wrote to by comparing `cluster_id` with the id it stored.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
 import structlog
 from aiokafka import AIOKafkaClient
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 if TYPE_CHECKING:
@@ -88,6 +95,21 @@ async def broker_ready(
         await client.close()
 
 
+async def cluster_id(kafka: KafkaSettings, timeout_s: float = 10.0) -> str:
+    """The id the broker gives its cluster in a metadata answer.
+
+    A Kafka cluster keeps it for its life; the embedded broker takes a new one
+    at every start, when it also starts empty.
+    """
+    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="driftloop-cluster-id")
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        described = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+    finally:
+        await admin.close()
+    return str(described.get("cluster_id") or "")
+
+
 class EmbeddedBroker:
     """One Tansu process on loopback, started and stopped by its owner."""
 
@@ -103,6 +125,8 @@ class EmbeddedBroker:
         self._log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
+        self.cluster_id = ""
+        self.started_at = 0.0  # time.monotonic() of the latest start
 
     @property
     def bootstrap(self) -> str:
@@ -124,8 +148,12 @@ class EmbeddedBroker:
                 f"cannot start the embedded broker: {self.bootstrap} is already in use"
             )
         url = f"tcp://{self.host}:{self.port}"
+        self.cluster_id = f"driftloop-{uuid.uuid4().hex[:12]}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env["RUST_LOG"] = env.get("DRIFTLOOP_BROKER_LOG", "warn")
+        if self._log_handle is not None:  # the log of a start before this one
+            self._log_handle.close()
+            self._log_handle = None
         if self._log_file is not None:
             self._log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = self._log_file.open("ab")
@@ -139,6 +167,8 @@ class EmbeddedBroker:
                 url,
                 "--storage-engine",
                 "memory://tansu/",
+                "--cluster-id",
+                self.cluster_id,
             ],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -146,7 +176,22 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT if self._log_handle else subprocess.DEVNULL,
             start_new_session=True,
         )
-        log.info("broker_starting", pid=self._process.pid, bootstrap=self.bootstrap)
+        self.started_at = time.monotonic()
+        log.info(
+            "broker_starting",
+            pid=self._process.pid,
+            bootstrap=self.bootstrap,
+            cluster_id=self.cluster_id,
+        )
+
+    async def exited(self) -> int:
+        """Wait until the process ends and return its exit code (negative: the
+        signal that ended it). The process is not a child the event loop
+        watches, so a worker thread waits for it."""
+        process = self._process
+        if process is None:
+            raise RuntimeError("the embedded broker was not started")
+        return await asyncio.to_thread(process.wait)
 
     async def wait_ready(self, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s

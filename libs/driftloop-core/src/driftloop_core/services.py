@@ -28,6 +28,10 @@ class ServiceSpec:
     endpoint_key: str = ""  # field of Settings.endpoints; defaults to the name
     order: int = 100  # start order; lower starts first
     env: dict[str, str] = field(default_factory=dict)
+    # The service keeps state derived from the broker's topics (a table store, a
+    # saved position, the ids it published): when the embedded broker restarts
+    # empty, `driftloop up` stops it first and starts it again on the new broker.
+    restart_with_broker: bool = False
 
     def endpoint(self, settings: Settings) -> str:
         address: str = getattr(settings.endpoints, self.endpoint_key or self.name)

@@ -23,6 +23,7 @@ from datetime import timedelta
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from driftloop.v1 import ingest_pb2_grpc
+from driftloop_core.broker import cluster_id
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.grpc.server import GrpcServer, build_server
 from driftloop_core.kafka.publisher import Publisher
@@ -89,6 +90,7 @@ class IngestionService:
         ingestor: Ingestor,
         consumer: RawEventsConsumer | None,
         server: GrpcServer,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -98,6 +100,7 @@ class IngestionService:
         self.consumer = consumer
         self.server = server
         self._producer = producer
+        self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
@@ -107,6 +110,7 @@ class IngestionService:
         return self.server.endpoint
 
     async def start(self) -> None:
+        await self._use_broker()
         await self._producer.start()
         if self.consumer is not None:
             await self.consumer.start()
@@ -122,6 +126,23 @@ class IngestionService:
             dedup_window_s=self.config.dedup_window.total_seconds(),
             label_horizon_s=self.config.label_horizon.total_seconds(),
         )
+
+    async def _use_broker(self) -> None:
+        """Learn which broker this run publishes to; after the embedded broker
+        restarted empty, events the index saw before are published again when
+        replayed (see `SqliteEventIndex.use_broker`)."""
+        cluster = await cluster_id(self.settings.kafka)
+        now_ms = int(self._clock() * 1000)
+        since_ms = self.index.use_broker(cluster, now_ms)
+        self.ingestor.published_since_ms = since_ms
+        if since_ms == now_ms:
+            log.warning(
+                "broker_replaced",
+                cluster_id=cluster,
+                indexed_events=self.index.count(),
+                meaning="the events indexed so far were published to a broker that is gone: "
+                "each is published again when a producer replays it",
+            )
 
     async def stop(self) -> None:
         if self._stopped:
@@ -217,4 +238,5 @@ def build(
         ingestor=ingestor,
         consumer=consumer,
         server=server,
+        clock=clock,
     )

@@ -14,6 +14,13 @@ again, which downstream consumers drop by event id; it can never lose one.
 Two batches in flight at once (a gRPC stream beside the Kafka loop) that share
 an event id are serialised on that id, so an event is published once even when
 it arrives both ways at the same moment.
+
+A duplicate is an event the broker already holds. When the broker is replaced
+by an empty one (the embedded broker restarted), `published_since_ms` moves to
+that moment: an id the index saw before it is published again when a producer
+replays it, since only the lost broker had it, and still names the entity of
+its late label. Such a label goes out each time it is sent until its
+observation is replayed; consumers drop the repeats by event id.
 """
 
 from __future__ import annotations
@@ -141,7 +148,11 @@ class Ingestor:
         dedup_window: timedelta,
         label_horizon: timedelta,
         clock: Callable[[], float] = time.time,
+        published_since_ms: int = 0,
     ) -> None:
+        # Index entries seen before this time were published to a broker that is
+        # gone (see the module docstring); 0 while the first broker serves.
+        self.published_since_ms = published_since_ms
         self._validator = validator
         self._index = index
         self._sink = sink
@@ -209,7 +220,8 @@ class Ingestor:
 
     async def _resolve(self, checked: list[Validated], ids: set[str]) -> list[Outcome]:
         now_ms = int(self._clock() * 1000)
-        dedup_after = now_ms - self._dedup_window_ms
+        on_broker_after = self.published_since_ms
+        dedup_after = max(now_ms - self._dedup_window_ms, on_broker_after)
         join_after = now_ms - self._label_horizon_ms
         known = self._index.lookup(ids) if ids else {}
         accepted: dict[str, IndexEntry] = {}  # observations accepted in this batch
@@ -252,7 +264,7 @@ class Ingestor:
             if entry is None or entry.seen_at_ms < join_after:
                 outcomes.append(self._unknown_event(event_id))
                 continue
-            if entry.labelled or event_id in labelled:
+            if (entry.labelled and entry.seen_at_ms >= on_broker_after) or event_id in labelled:
                 outcomes.append(Accepted(event_id, LABEL, True, entry.entity_id))
                 continue
             if event_id in accepted:

@@ -7,6 +7,11 @@ signals bad data with `PoisonMessage` (dead-lettered at once) and a passing
 outage with `TransientError` (retried with backoff, dead-lettered when retries
 run out). If the dead-letter write itself fails, nothing is committed and the
 error propagates: a record is never skipped without a trace.
+
+A commit the group refuses (it rebalanced without this member, or the embedded
+broker restarted empty and knows no group) is logged and skipped, and the loop
+goes on: aiokafka rejoins, whoever owns the partitions then reads those records
+again, and every handler is idempotent.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Gauge
@@ -158,8 +164,22 @@ class Consumer:
                 if self._stopping.is_set():
                     break
             if done:
-                await self._consumer.commit(done)
-                self._record_lag(done)
+                await self._commit(done)
+
+    async def _commit(self, done: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(done)
+        except (CommitFailedError, IllegalStateError) as error:
+            log.warning(
+                "commit_refused",
+                group=self._group,
+                partitions=sorted(str(tp) for tp in done),
+                error=type(error).__name__,
+                meaning="the group moved on without this member: its records are read again",
+            )
+            return
+        self._record_lag(done)
 
     async def _process(self, message: Any) -> None:
         headers = parse_headers(message.headers)

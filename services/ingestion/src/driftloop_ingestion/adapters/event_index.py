@@ -10,6 +10,12 @@ run; each batch is one transaction.
 is safe by construction: events are recorded here only after they were
 published, so a forgotten id is at worst published again and dropped by event
 id downstream.
+
+The index also names the broker its ids were published to (by the cluster id
+of its metadata answers). A broker with another id holds none of them: the
+embedded broker, restarted, starts empty under a new id. `use_broker` then
+returns the moment of the change, before which an entry no longer makes an
+event a duplicate (`Ingestor.published_since_ms`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ CREATE TABLE IF NOT EXISTS events (
     labelled      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_seen_at ON events (seen_at_ms);
+CREATE TABLE IF NOT EXISTS broker (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    cluster_id TEXT NOT NULL,
+    since_ms   INTEGER NOT NULL
+);
 """
 
 _UPSERT = """
@@ -102,6 +113,26 @@ class SqliteEventIndex:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def use_broker(self, cluster_id: str, now_ms: int) -> int:
+        """Publish to the broker named `cluster_id` from now on; return the time
+        (ms) from which entries describe events that broker holds.
+
+        0 for the first broker the index meets (and for a broker that names no
+        cluster): it holds everything recorded so far. `now_ms` when the broker
+        differs from the one before, which the index then remembers.
+        """
+        row = self._db.execute("SELECT cluster_id, since_ms FROM broker WHERE id = 1").fetchone()
+        if not cluster_id:
+            return 0 if row is None else int(row[1])
+        if row is not None and row[0] == cluster_id:
+            return int(row[1])
+        since_ms = 0 if row is None else now_ms
+        self._db.execute(
+            "INSERT OR REPLACE INTO broker (id, cluster_id, since_ms) VALUES (1, ?, ?)",
+            (cluster_id, since_ms),
+        )
+        return since_ms
 
     def prune(self, limit: int = 10_000) -> int:
         """Forget up to `limit` rows older than the retention; return how many went.
