@@ -66,6 +66,11 @@ clean:
 
 # Inference speed against MLServer 1.7.1 (kept in its own venv, .bench/mlserver-venv,
 # made on first use). BENCH_ARGS passes options, e.g. BENCH_ARGS="--seconds 5".
+# h2load (Debian nghttp2-client) is the second client; installed here when apt can.
 .PHONY: bench-inference
 bench-inference: venv
+	@command -v h2load >/dev/null || ! command -v apt-get >/dev/null || \
+		apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || \
+		(apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nghttp2-client >/dev/null 2>&1) || \
+		echo "h2load could not be installed (needs root): its cells will be skipped"
 	$(RUN) python loadtests/inference_benchmark.py $(BENCH_ARGS)

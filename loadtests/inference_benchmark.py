@@ -43,6 +43,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,7 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
+H2LOAD = shutil.which("h2load")
 MLSERVER_DIR = Path(__file__).resolve().parent / "mlserver"
 DEFAULT_MLSERVER_VENV = ROOT / ".bench" / "mlserver-venv"
 
@@ -109,15 +111,32 @@ ENRICHMENT_EVENTS = 3_000
 REQUEST_POOL = 1_000
 CALL_TIMEOUT_S = 5.0
 
+PYTHON_CLIENT = "python grpc.aio"
+H2LOAD_CLIENT = "h2load"
+# gRPC paths h2load posts to, by kind (Predict is not driven by h2load: each
+# prediction must carry its own event id).
+GRPC_PATHS: dict[Kind, str] = {
+    "mlserver": "/inference.GRPCInferenceService/ModelInfer",
+    "oip": "/inference.GRPCInferenceService/ModelInfer",
+    "bare": "/inference.GRPCInferenceService/ModelInfer",
+}
+
 TARGET_RATIO = 4.0
 TARGET_P99_MS = 10.0
 TARGET_CONCURRENCY = 16
 
-Kind = Literal["mlserver", "oip", "predict"]
+Kind = Literal["mlserver", "oip", "predict", "bare"]
 LABELS: dict[Kind, str] = {
     "mlserver": "MLServer 1.7.1 ModelInfer",
     "oip": "Driftloop ModelInfer",
     "predict": "Driftloop Predict (enriched)",
+    "bare": "bare grpc.aio + ORT (ceiling)",
+}
+SERVERS: dict[Kind, str] = {
+    "mlserver": "MLServer 1.7.1",
+    "oip": "Driftloop",
+    "predict": "Driftloop",
+    "bare": "bare grpc.aio",
 }
 
 # Wide enough for the table when the output goes to a file or a pipe.
@@ -292,6 +311,8 @@ class Workload:
     measure_from: float
     stop_at: float
     seed: int = 0
+    # Client connections (channels) this process opens; its loops take turns.
+    connections: int = 1
 
 
 @dataclass
@@ -322,14 +343,24 @@ def _answered(kind: Kind, reply: Any) -> bool:
     return len(reply.outputs) > 0
 
 
+# Without it, channels to one target share one connection (the global subchannel pool).
+_OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
+
+
 async def _drive(work: Workload) -> Sample:
     sample = Sample()
-    async with grpc.aio.insecure_channel(work.endpoint) as channel:
-        call, parse = _call_for(work.kind, channel)
+    channels = [
+        grpc.aio.insecure_channel(work.endpoint, options=_OWN_CONNECTION)
+        for _ in range(max(1, work.connections))
+    ]
+    try:
+        calls = [_call_for(work.kind, channel) for channel in channels]
+        parse = calls[0][1]
         requests = [parse(payload) for payload in work.payloads]
         await asyncio.sleep(max(0.0, work.start_at - time.monotonic()))
 
         async def loop(index: int) -> None:
+            call = calls[index % len(calls)][0]
             n = (work.seed * 7919 + index * 104_729) % len(requests)
             while time.monotonic() < work.stop_at:
                 request = requests[n % len(requests)]
@@ -361,6 +392,8 @@ async def _drive(work: Workload) -> Sample:
         await asyncio.gather(*(loop(i) for i in range(work.loops)))
         sample.cpu_s = time.process_time() - cpu_started
         sample.wall_s = time.monotonic() - wall_started
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
     return sample
 
 
@@ -379,8 +412,10 @@ def drive(work: Workload) -> Sample:
 class Cell:
     server: str
     kind: Kind
+    client: str
     concurrency: int
     client_processes: int
+    connections: int
     seconds: float
     requests: int
     requests_per_s: float
@@ -403,16 +438,19 @@ def run_cell(
     seconds: float,
     warmup: float,
     processes: int,
+    connections: int,
     pool: concurrent.futures.ProcessPoolExecutor | None,
 ) -> Cell:
     processes = max(1, min(processes, concurrency))
+    connections = max(processes, min(connections, concurrency))
     # Time for the pool's processes to receive their share and build their requests.
     start_at = time.monotonic() + (2.0 if processes > 1 else 0.05)
     measure_from = start_at + warmup
     stop_at = measure_from + seconds
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    links = [connections // processes + (i < connections % processes) for i in range(processes)]
     works = [
-        Workload(kind, endpoint, payloads, loops, start_at, measure_from, stop_at, seed=i)
+        Workload(kind, endpoint, payloads, loops, start_at, measure_from, stop_at, i, links[i])
         for i, loops in enumerate(shares)
     ]
     samples = list(pool.map(drive, works)) if pool and processes > 1 else [drive(works[0])]
@@ -423,10 +461,12 @@ def run_cell(
     first_error = next((s.first_error for s in samples if s.first_error), "")
     count = int(latencies.size)
     return Cell(
-        server="MLServer 1.7.1" if kind == "mlserver" else "Driftloop",
+        server=SERVERS[kind],
         kind=kind,
+        client=PYTHON_CLIENT,
         concurrency=concurrency,
         client_processes=processes,
+        connections=connections,
         seconds=seconds,
         requests=count,
         requests_per_s=count / seconds,
@@ -540,6 +580,10 @@ def prepare_mlserver(venv: Path, rows_path: Path, repository: Path) -> dict[str,
     return ports
 
 
+def inference_workers() -> int:
+    return int(os.environ.get("DRIFTLOOP_INFERENCE_WORKERS") or os.cpu_count() or 1)
+
+
 def private_stack(home: Path, featureset: Path) -> tuple[dict[str, str], Settings]:
     """The environment of a private stack (free ports for the broker and every
     service, state under `home`) from tests/e2e/support/stack.py, the one place
@@ -548,6 +592,8 @@ def private_stack(home: Path, featureset: Path) -> tuple[dict[str, str], Setting
     stack_env: Callable[..., dict[str, str]] = importlib.import_module("support.stack").stack_env
     # The inference service's own knobs (DRIFTLOOP_INFERENCE_*) pass through to tune it.
     knobs = {k: v for k, v in os.environ.items() if k.startswith("DRIFTLOOP_INFERENCE_")}
+    # One server process per core, sharing the port (SO_REUSEPORT), unless set.
+    knobs.setdefault("DRIFTLOOP_INFERENCE_WORKERS", str(inference_workers()))
     env = stack_env(
         home, DRIFTLOOP_FEATURESET=str(featureset), DRIFTLOOP_LOG_LEVEL="WARNING", **knobs
     )
@@ -628,8 +674,118 @@ class Options:
     warmup: float
     concurrency: tuple[int, ...]
     client_processes: int
+    connections: int
+    h2load: bool
     mlserver_venv: Path
     home: Path
+
+
+def _grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message: uncompressed flag, big-endian length, bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+async def _reply_bytes(endpoint: str, path: str, payload: bytes) -> bytes:
+    """One call's serialized reply, to know what every successful reply weighs."""
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        # No (de)serializers: bytes in, bytes out.
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
+        reply: bytes = await call(payload, timeout=CALL_TIMEOUT_S)
+        return reply
+
+
+def _h2load_figure(pattern: str, text: str) -> int:
+    found = re.search(pattern, text)
+    if found is None:
+        raise RuntimeError(f"h2load output without {pattern!r}:\n{text[-2000:]}")
+    return int(found.group(1))
+
+
+def h2load_cell(
+    kind: Kind, endpoint: str, payload: bytes, concurrency: int, options: Options
+) -> Cell:
+    """One cell driven by h2load (nghttp2's C load generator) posting the same gRPC
+    request over `min(concurrency, 16)` connections.
+
+    h2load knows HTTP/2, not gRPC: a failed call is still HTTP 200 with an error
+    in its trailers and no message. So every reply is checked by weight: the
+    DATA bytes received must be exactly the number of calls times the size of
+    the framed reply one real call returned; anything else counts as errors.
+    """
+    assert H2LOAD is not None
+    path = GRPC_PATHS[kind]
+    expected = len(_grpc_frame(asyncio.run(_reply_bytes(endpoint, path, payload))))
+    connections = min(concurrency, 16)
+    streams = max(1, concurrency // connections)
+    body = options.home / f"h2load-{kind}.bin"
+    body.write_bytes(_grpc_frame(payload))
+    log_path = options.home / f"h2load-{kind}-{concurrency}.tsv"
+
+    def run(seconds: float, log: Path | None) -> subprocess.CompletedProcess[str]:
+        assert H2LOAD is not None
+        argv = [
+            H2LOAD,
+            f"--clients={connections}",
+            f"--max-concurrent-streams={streams}",
+            "--threads=1",
+            f"--duration={seconds:g}",
+            f"--data={body}",
+            "--header=content-type: application/grpc",
+            "--header=te: trailers",
+            *([f"--log-file={log}"] if log else []),
+            f"http://{endpoint}{path}",
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"h2load exited {done.returncode}:\n{done.stderr[-2000:]}")
+        return done
+
+    # A warm-up run of its own: h2load's --warm-up-time leaves the warm-up's bytes
+    # in the traffic figures, and the reply check below needs them exact.
+    if options.warmup > 0:
+        run(options.warmup, None)
+    cpu_before = os.times()
+    done = run(options.seconds, log_path)
+    cpu_after = os.times()
+    out = done.stdout
+    calls = _h2load_figure(r"requests: \d+ total, \d+ started, (\d+) done", out)
+    succeeded = _h2load_figure(r"(\d+) succeeded", out)
+    data = _h2load_figure(r"\(([0-9]+)\) data", out)
+    errors = calls - succeeded
+    if data != calls * expected:
+        # Replies that are not the one expected (an error status has no message).
+        errors = max(errors, calls - data // expected, 1)
+    durations = np.loadtxt(log_path, usecols=2, ndmin=1, dtype=np.float64) / 1e6
+    count = int(durations.size)
+    client_cpu = (cpu_after.children_user - cpu_before.children_user) + (
+        cpu_after.children_system - cpu_before.children_system
+    )
+    return Cell(
+        server=SERVERS[kind],
+        kind=kind,
+        client=H2LOAD_CLIENT,
+        concurrency=concurrency,
+        client_processes=1,
+        connections=connections,
+        seconds=options.seconds,
+        requests=count,
+        requests_per_s=count / options.seconds,
+        p50_ms=float(np.percentile(durations, 50) * 1000) if count else math.nan,
+        p99_ms=float(np.percentile(durations, 99) * 1000) if count else math.nan,
+        errors=errors,
+        client_cpu_percent=100 * client_cpu / options.seconds,
+        error_codes={"WRONG_REPLY": errors} if errors else {},
+        first_error="" if not errors else f"{errors} replies were not the expected message",
+    )
+
+
+def _print_cell(cell: Cell) -> None:
+    console.print(
+        f"  {LABELS[cell.kind]:<30} {cell.client:<16} c={cell.concurrency:<3}"
+        f" {cell.requests_per_s:>8.0f} req/s  p50 {cell.p50_ms:6.2f} ms"
+        f"  p99 {cell.p99_ms:6.2f} ms  errors {cell.errors}"
+        f"  client CPU {cell.client_cpu_percent:.0f}%"
+    )
 
 
 def measure(
@@ -649,14 +805,16 @@ def measure(
             seconds=options.seconds,
             warmup=options.warmup,
             processes=options.client_processes,
+            connections=options.connections,
             pool=pool,
         )
-        console.print(
-            f"  {LABELS[kind]:<30} c={concurrency:<3} {cell.requests_per_s:>8.0f} req/s"
-            f"  p50 {cell.p50_ms:6.2f} ms  p99 {cell.p99_ms:6.2f} ms  errors {cell.errors}"
-            f"  client CPU {cell.client_cpu_percent:.0f}%"
-        )
+        _print_cell(cell)
         cells.append(cell)
+    if H2LOAD is not None and options.h2load and kind in GRPC_PATHS:
+        for concurrency in options.concurrency:
+            cell = h2load_cell(kind, endpoint, payloads[0], concurrency, options)
+            _print_cell(cell)
+            cells.append(cell)
     return cells
 
 
@@ -683,15 +841,37 @@ def bench_mlserver(
         return measure("mlserver", endpoint, mlserver_requests(rows, REQUEST_POOL), options, pool)
 
 
+def bench_bare(
+    onnx_bytes: bytes,
+    rows: dict[str, npt.NDArray[Any]],
+    options: Options,
+    pool: concurrent.futures.ProcessPoolExecutor | None,
+) -> list[Cell]:
+    """The same ONNX model and requests behind loadtests/bare_oip_server.py."""
+    featureset = load_featureset(default_featureset_path())
+    model_path = options.home / "bare.onnx"
+    model_path.write_bytes(onnx_bytes)
+    port = free_port()
+    endpoint = f"127.0.0.1:{port}"
+    log_path = options.home / "bare.log"
+    script = Path(__file__).resolve().parent / "bare_oip_server.py"
+    console.print("[bold]bare grpc.aio + onnxruntime[/]: the ceiling, same model and requests")
+    with process([sys.executable, str(script), str(model_path), str(port)], log_path) as child:
+        asyncio.run(wait_model_ready(endpoint, child, log_path, "bare server", timeout_s=60))
+        return measure(
+            "bare", endpoint, oip_requests(rows, featureset, REQUEST_POOL), options, pool
+        )
+
+
 def bench_driftloop(
+    trained: events_pb2.ModelTrained,
+    onnx_bytes: bytes,
     rows: dict[str, npt.NDArray[Any]],
     options: Options,
     pool: concurrent.futures.ProcessPoolExecutor | None,
 ) -> list[Cell]:
     featureset_path = default_featureset_path()
     featureset = load_featureset(featureset_path)
-    console.print("[bold]Driftloop[/]: fitting and exporting the model with the trainer's code")
-    trained, onnx_bytes = fit_driftloop_model(rows, featureset)
     home = options.home / "driftloop"
     home.mkdir(parents=True, exist_ok=True)
     env, settings = private_stack(home, featureset_path)
@@ -747,12 +927,22 @@ async def check_enrichment(endpoint: str, payloads: list[bytes]) -> None:
 
 def report(cells: list[Cell], options: Options) -> dict[str, Any]:
     table = Table(title="One-row inference over gRPC, one machine, loopback")
-    columns = ("server / call", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors")
-    for column in (*columns, "client CPU %"):
-        table.add_column(column, justify="left" if column == "server / call" else "right")
+    columns = (
+        "server / call",
+        "client",
+        "concurrency",
+        "requests/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "client CPU %",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:2] else "right")
     for cell in cells:
         table.add_row(
             LABELS[cell.kind],
+            cell.client,
             str(cell.concurrency),
             f"{cell.requests_per_s:,.0f}",
             f"{cell.p50_ms:.2f}",
@@ -761,27 +951,41 @@ def report(cells: list[Cell], options: Options) -> dict[str, Any]:
             f"{cell.client_cpu_percent:.0f}",
         )
     console.print(table)
-    by_key = {(c.kind, c.concurrency): c for c in cells}
-    ours = by_key.get(("oip", TARGET_CONCURRENCY))
-    theirs = by_key.get(("mlserver", TARGET_CONCURRENCY))
+    by_key = {(c.kind, c.client, c.concurrency): c for c in cells}
+    verdicts: dict[str, Any] = {}
+    for client in (PYTHON_CLIENT, H2LOAD_CLIENT):
+        ours = by_key.get(("oip", client, TARGET_CONCURRENCY))
+        theirs = by_key.get(("mlserver", client, TARGET_CONCURRENCY))
+        ceiling = by_key.get(("bare", client, TARGET_CONCURRENCY))
+        if not (ours and theirs and theirs.requests_per_s > 0):
+            continue
+        ratio = ours.requests_per_s / theirs.requests_per_s
+        met = ratio >= TARGET_RATIO and ours.p99_ms <= TARGET_P99_MS and not ours.errors
+        verdicts[client] = {"ratio": round(ratio, 2), "p99_ms": round(ours.p99_ms, 3), "met": met}
+        bare = ""
+        if ceiling and theirs.requests_per_s > 0:
+            verdicts[client]["bare_ratio"] = round(
+                ceiling.requests_per_s / theirs.requests_per_s, 2
+            )
+            bare = f"; the bare grpc.aio ceiling is {verdicts[client]['bare_ratio']:.2f}x"
+        console.print(
+            f"target at c{TARGET_CONCURRENCY}, {client} client: Driftloop/MLServer = "
+            f"{ratio:.2f}x (needs >= {TARGET_RATIO:g}x), Driftloop p99 {ours.p99_ms:.2f} ms "
+            f"(needs <= {TARGET_P99_MS:g} ms): [bold]{'MET' if met else 'NOT MET'}[/]{bare}"
+        )
+    if not verdicts:
+        console.print("target: not evaluated (both servers need a concurrency-16 cell)")
     verdict: dict[str, Any] = {
         "target": f">= {TARGET_RATIO:g}x MLServer requests/s at concurrency "
         f"{TARGET_CONCURRENCY}, p99 <= {TARGET_P99_MS:g} ms",
+        "by_client": verdicts,
     }
-    if ours and theirs and theirs.requests_per_s > 0:
-        ratio = ours.requests_per_s / theirs.requests_per_s
-        met = ratio >= TARGET_RATIO and ours.p99_ms <= TARGET_P99_MS
-        verdict.update(ratio=round(ratio, 2), p99_ms=round(ours.p99_ms, 3), met=met)
-        console.print(
-            f"target at c{TARGET_CONCURRENCY}: Driftloop/MLServer = {ratio:.2f}x "
-            f"(needs >= {TARGET_RATIO:g}x), Driftloop p99 {ours.p99_ms:.2f} ms "
-            f"(needs <= {TARGET_P99_MS:g} ms): [bold]{'MET' if met else 'NOT MET'}[/]"
-        )
-    else:
-        console.print("target: not evaluated (both servers need a concurrency-16 cell)")
     sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on (every call traced)")
     console.print(
-        f"client: python grpc.aio, {options.client_processes} process(es); "
+        f"clients: python grpc.aio, {options.client_processes} process(es), "
+        f"{options.connections} connection(s)"
+        f"{'; h2load, up to 16 connections' if H2LOAD and options.h2load else ''}; "
+        f"Driftloop inference: {inference_workers()} process(es) sharing the port; "
         f"{options.warmup:g} s warm-up, {options.seconds:g} s per cell; "
         f"Driftloop tracing sampler: {sampler}; {os.cpu_count()} CPUs shared by all "
         f"(load average now {os.getloadavg()[0]:.1f})"
@@ -799,6 +1003,8 @@ def report(cells: list[Cell], options: Options) -> dict[str, Any]:
             "seconds": options.seconds,
             "warmup": options.warmup,
             "client_processes": options.client_processes,
+            "connections": options.connections,
+            "inference_workers": inference_workers(),
             "rows": ROWS,
             "model": {"kind": "HistGradientBoostingClassifier", **PARAMS},
             "tracing_sampler": sampler,
@@ -819,11 +1025,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--client-processes",
         type=int,
-        default=1,
+        default=2,
         help="spread the request loops over this many client processes",
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="client connections in all (at least one per process, at most one per loop)",
+    )
     parser.add_argument("--mlserver-venv", type=Path, default=DEFAULT_MLSERVER_VENV)
-    parser.add_argument("--only", choices=("mlserver", "driftloop"), help="one server only")
+    parser.add_argument("--only", choices=("mlserver", "driftloop", "bare"), help="one server only")
+    parser.add_argument(
+        "--no-h2load",
+        action="store_true",
+        help="skip the h2load cells (they run when h2load is installed)",
+    )
+    parser.add_argument(
+        "--no-bare", action="store_true", help="skip the bare grpc.aio reference server"
+    )
     parser.add_argument("--json-out", type=Path, help="write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     return parser.parse_args(argv)
@@ -843,12 +1063,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--seconds: must be > 0; --warmup: must be >= 0")
     if args.client_processes < 1:
         raise SystemExit(f"--client-processes: must be >= 1, got {args.client_processes}")
+    if args.connections < 1:
+        raise SystemExit(f"--connections: must be >= 1, got {args.connections}")
     home = Path(tempfile.mkdtemp(prefix="driftloop-inference-bench-"))
     options = Options(
         seconds=args.seconds,
         warmup=args.warmup,
         concurrency=concurrency,
         client_processes=args.client_processes,
+        connections=args.connections,
+        h2load=not args.no_h2load,
         mlserver_venv=args.mlserver_venv.resolve(),
         home=home,
     )
@@ -870,10 +1094,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = set(pool.map(_started, range(args.client_processes)))
             if len(started) != args.client_processes:
                 raise RuntimeError(f"{len(started)} of {args.client_processes} clients started")
+        if H2LOAD is None and not args.no_h2load:
+            console.print("h2load not found (Debian package nghttp2-client): its cells are skipped")
         if args.only in (None, "mlserver"):
             cells += bench_mlserver(rows_path, rows, options, pool)
-        if args.only in (None, "driftloop"):
-            cells += bench_driftloop(rows, options, pool)
+        if args.only in (None, "driftloop", "bare"):
+            console.print("fitting and exporting the model with the trainer's code")
+            trained, onnx_bytes = fit_driftloop_model(
+                rows, load_featureset(default_featureset_path())
+            )
+            if args.only in (None, "driftloop"):
+                cells += bench_driftloop(trained, onnx_bytes, rows, options, pool)
+            if args.only in (None, "bare") and not args.no_bare:
+                cells += bench_bare(onnx_bytes, rows, options, pool)
     finally:
         if pool is not None:
             pool.shutdown()
