@@ -31,6 +31,7 @@ from driftloop_inference.batching import Batcher
 from driftloop_inference.config import InferenceSettings
 from driftloop_inference.entrypoints import oip, predictor
 from driftloop_inference.entrypoints.promotions import PromotionListener
+from driftloop_inference.metrics import PROMOTION_CATCH_UPS
 from driftloop_inference.model import LoadedModel
 from driftloop_inference.predictions import PredictionSink
 from driftloop_inference.repository import ModelRepository
@@ -65,6 +66,8 @@ class InferenceService:
     features: FeatureClient = field(init=False)
     publisher: Publisher | None = field(default=None, init=False)
     listener: PromotionListener | None = field(default=None, init=False)
+    # Promotions received, so a catch-up after a rejoin knows one came after it.
+    _promotions_received: int = field(default=0, init=False)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -140,6 +143,9 @@ class InferenceService:
                 DeadLetterWriter(self.publisher, Topics.DEADLETTER, self.settings.service_name)
                 if self.publisher is not None
                 else None,
+                # A configured file is served until a promotion replaces it,
+                # whatever the registry's champion.
+                on_reassigned=self._reassigned if self.config.model_file is None else None,
             )
             await self.listener.start()
             self._tasks.append(asyncio.create_task(self.listener.run(), name="promotions"))
@@ -153,9 +159,59 @@ class InferenceService:
                 await self.server.set_serving(name, True)
 
     async def _promoted(self, promoted: events_pb2.ModelPromoted) -> None:
+        self._promotions_received += 1
         await self.repository.load_version(
             promoted.to_version, promoted.artifact.sha256, self.registry.download
         )
+
+    async def _reassigned(self) -> None:
+        """The promotions consumer rejoined its group and starts past whatever was
+        published while it was out: load the registry's champion if it is not the
+        served version, through the same verified path as a promotion.
+
+        A promotion received after the rejoin is at least as new as the
+        registry's answer and is followed by every later one, so it ends the
+        check (and its answer is not applied). Unreachable, the registry is
+        asked again every `retry_interval_s`; the served version keeps serving.
+        """
+        received = self._promotions_received
+        champion = None
+        while self._promotions_received == received:
+            try:
+                champion = await self.registry.champion(self.model_name)
+                break
+            except grpc.aio.AioRpcError as error:
+                PROMOTION_CATCH_UPS.labels(self.model_name, "registry_unavailable").inc()
+                log.warning(
+                    "promotion_catch_up_lookup_failed",
+                    model=self.model_name,
+                    code=error.code().name,
+                    details=error.details(),
+                    retry_in_s=self.config.retry_interval_s,
+                )
+            await asyncio.sleep(self.config.retry_interval_s)
+        if self._promotions_received != received:
+            PROMOTION_CATCH_UPS.labels(self.model_name, "superseded").inc()
+            return
+        if champion is None:
+            PROMOTION_CATCH_UPS.labels(self.model_name, "no_champion").inc()
+            return
+        serving = self.repository.current.version if self.repository.current else None
+        # No await between the check above and load_version queueing on the
+        # repository's lock: a promotion received later is applied after this.
+        loaded = await self.repository.load_version(
+            champion.version, champion.artifact.sha256, self.registry.download
+        )
+        outcome = "load_failed" if not loaded else "current"
+        if loaded and serving != champion.version:
+            outcome = "loaded"
+            log.info(
+                "promotion_caught_up",
+                model=self.model_name,
+                version=champion.version,
+                previous=serving,
+            )
+        PROMOTION_CATCH_UPS.labels(self.model_name, outcome).inc()
 
     async def _initial_load(self) -> None:
         """The configured file, else the registry's champion, retried until one loads."""

@@ -34,6 +34,13 @@ REJECTED = Counter(
     "Requests refused before running: queue full or deadline already past.",
     ["reason"],
 )
+PROMOTION_CATCH_UPS = Counter(
+    "driftloop_inference_promotion_catch_ups_total",
+    "Champion checks after the promotions consumer rejoined its group, by outcome: "
+    "loaded (a promotion it missed), current, superseded (a promotion arrived first), "
+    "no_champion, load_failed, registry_unavailable (asked again after retry_interval_s).",
+    ["model", "outcome"],
+)
 MODEL_VERSION = Gauge(
     "driftloop_inference_model_version_info",
     "1 for the version being served, 0 for one kept loaded for rollback.",
