@@ -54,6 +54,10 @@ PROVEN_ELSEWHERE = [
         "test_calls_beyond_max_concurrent_rpcs_get_resource_exhausted",
     ),
     (
+        "corrupt, truncated, wrong-digest and external-data ONNX refused under load",
+        "services/inference/tests/test_bad_artifacts.py",
+    ),
+    (
         "corrupt artifact refused, the old version keeps serving",
         "services/inference/tests/test_lifecycle.py::"
         "test_hot_swap_under_load_rollback_and_refused_artifact",
