@@ -6,9 +6,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_trainer.onnx_model import export_onnx
 from driftloop_trainer.training import build_pipeline
+from inference import grpc_service_pb2 as oip
 from onnx import TensorProto, helper
 
 FEATURES = ("amount", "channel", "hour", "amount_mean_1h", "txn_count_10m")
@@ -75,3 +77,53 @@ def generic_onnx() -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def model_trained(
+    model: str, artifact: common_pb2.Artifact, run: str, auc: float, **extra: Any
+) -> events_pb2.ModelTrained:
+    """A trainer's `ModelTrained` for `artifact`; `extra` sets further fields
+    (e.g. champion_metrics={"roc_auc": 0.8}, champion_version=1)."""
+    return events_pb2.ModelTrained(
+        request_id=run,
+        model=model,
+        artifact=artifact,
+        metrics={"roc_auc": auc},
+        dataset=common_pb2.Dataset(uri="/tmp/train.parquet", sha256="d" * 64, row_count=300),
+        code_version="test",
+        feature_names=list(FEATURES),
+        algorithm="logistic_regression",
+        eval_rows=100,
+        **extra,
+    )
+
+
+def typed_infer_request(
+    model: str, feeds: dict[str, np.ndarray[Any, Any]]
+) -> oip.ModelInferRequest:
+    """ModelInfer with typed contents: BYTES for object arrays, FP32 otherwise."""
+    request = oip.ModelInferRequest(model_name=model)
+    for name, array in feeds.items():
+        tensor = request.inputs.add(name=name, shape=array.shape)
+        if array.dtype == object:
+            tensor.datatype = "BYTES"
+            tensor.contents.bytes_contents.extend(str(v).encode() for v in array.ravel())
+        else:
+            tensor.datatype = "FP32"
+            tensor.contents.fp32_contents.extend(array.ravel().tolist())
+    return request
+
+
+def raw_infer_request(model: str, feeds: dict[str, np.ndarray[Any, Any]]) -> oip.ModelInferRequest:
+    """ModelInfer with raw_input_contents, as tritonclient sends it."""
+    request = oip.ModelInferRequest(model_name=model)
+    for name, array in feeds.items():
+        datatype = "BYTES" if array.dtype == object else "FP32"
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        if datatype == "BYTES":
+            request.raw_input_contents.append(
+                b"".join(len(s.encode()).to_bytes(4, "little") + s.encode() for s in array.ravel())
+            )
+        else:
+            request.raw_input_contents.append(np.ascontiguousarray(array, "<f4").tobytes())
+    return request

@@ -14,24 +14,10 @@ import numpy as np
 import onnx
 import pytest
 from driftloop_inference.metrics import MODEL_LOAD_FAILURES
-from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
-from models import payments_feeds
+from models import payments_feeds, typed_infer_request
 
 pytestmark = pytest.mark.integration
-
-
-def _request(feeds: dict[str, np.ndarray[Any, Any]]) -> oip.ModelInferRequest:
-    request = oip.ModelInferRequest(model_name="payments")
-    for name, array in feeds.items():
-        tensor = request.inputs.add(name=name, shape=array.shape)
-        if array.dtype == object:
-            tensor.datatype = "BYTES"
-            tensor.contents.bytes_contents.extend(str(v).encode() for v in array.ravel())
-        else:
-            tensor.datatype = "FP32"
-            tensor.contents.fp32_contents.extend(array.ravel().tolist())
-    return request
 
 
 def _with_external_weights(model_bytes: bytes, folder: Path) -> bytes:
@@ -63,7 +49,7 @@ async def test_bad_artifacts_are_refused_while_the_served_version_keeps_answerin
         "wrong digest": (good, "f" * 64, "digest"),
         "external data": (_with_external_weights(good, tmp_path), None, "external_data"),
     }
-    request = _request(payments_feeds(1))
+    request = typed_infer_request("payments", payments_feeds(1))
     answered: list[str] = []
     failures: list[str] = []
     stop = asyncio.Event()

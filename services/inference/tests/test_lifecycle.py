@@ -20,45 +20,10 @@ from driftloop_inference.config import InferenceSettings
 from driftloop_inference.metrics import MODEL_LOAD_FAILURES
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
-from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
-from models import FEATURES, payments_feeds
+from models import model_trained, payments_feeds, raw_infer_request
 
 pytestmark = pytest.mark.integration
-
-
-def trained(model: str, artifact: common_pb2.Artifact, run: str, auc: float, **extra: Any) -> Any:
-    message = events_pb2.ModelTrained(
-        request_id=run,
-        model=model,
-        artifact=artifact,
-        metrics={"roc_auc": auc},
-        dataset=common_pb2.Dataset(uri="/tmp/train.parquet", sha256="d" * 64, row_count=300),
-        code_version="test",
-        feature_names=list(FEATURES),
-        algorithm="logistic_regression",
-        eval_rows=100,
-    )
-    for key, value in extra.items():
-        if key == "champion_auc":
-            message.champion_metrics["roc_auc"] = value
-        else:
-            setattr(message, key, value)
-    return message
-
-
-def infer_request(model: str, feeds: dict[str, np.ndarray[Any, Any]]) -> oip.ModelInferRequest:
-    request = oip.ModelInferRequest(model_name=model)
-    for name, array in feeds.items():
-        datatype = "BYTES" if array.dtype == object else "FP32"
-        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
-        if datatype == "BYTES":
-            request.raw_input_contents.append(
-                b"".join(len(s.encode()).to_bytes(4, "little") + s.encode() for s in array.ravel())
-            )
-        else:
-            request.raw_input_contents.append(np.ascontiguousarray(array, "<f4").tobytes())
-    return request
 
 
 async def until(check: Any, within: float = 30.0) -> None:
@@ -89,7 +54,7 @@ async def test_hot_swap_under_load_rollback_and_refused_artifact(
     try:
         await publisher.publish(
             f"t.models.trained.{unique}",
-            trained(model, store.put(payments_v1), "run-1", 0.80).SerializeToString(),
+            model_trained(model, store.put(payments_v1), "run-1", 0.80).SerializeToString(),
             key=model,
             ce_type="driftloop.model.trained.v1",
         )
@@ -128,7 +93,7 @@ async def test_hot_swap_under_load_rollback_and_refused_artifact(
                 "1": ort.InferenceSession(payments_v1).run(None, doubled)[1][:1],
                 "2": ort.InferenceSession(payments_v2).run(None, doubled)[1][:1],
             }
-            request = infer_request(model, feeds)
+            request = raw_infer_request(model, feeds)
             seen: list[str] = []
             failures: list[str] = []
             stop = asyncio.Event()
@@ -151,12 +116,12 @@ async def test_hot_swap_under_load_rollback_and_refused_artifact(
                 # A better challenger: the registry promotes it, inference swaps.
                 await publisher.publish(
                     f"t.models.trained.{unique}",
-                    trained(
+                    model_trained(
                         model,
                         store.put(payments_v2),
                         "run-2",
                         0.90,
-                        champion_auc=0.80,
+                        champion_metrics={"roc_auc": 0.80},
                         champion_version=1,
                     ).SerializeToString(),
                     key=model,

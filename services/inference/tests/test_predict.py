@@ -60,6 +60,32 @@ async def _features_server(servicer: OnlineFeatures) -> tuple[grpc.aio.Server, s
     return server, f"127.0.0.1:{port}"
 
 
+async def _serve(
+    settings: Settings,
+    path: Path,
+    features_address: str,
+    topic: str,
+    running: list[InferenceService],
+    **config: Any,
+) -> InferenceService:
+    """Inference serving the ONNX file at `path` (version from `config`, default 4),
+    its lookups going to `features_address`; appended to `running` for the stop."""
+    config.setdefault("model_file_version", 4)
+    service = InferenceService(
+        settings.for_service("inference"),
+        InferenceSettings(
+            model_file=path, predictions_topic=topic, follow_promotions=False, **config
+        ),
+        "127.0.0.1:0",
+        features_address=features_address,
+        model_name="payments",
+    )
+    await service.start()
+    await service.wait_ready(30)
+    running.append(service)
+    return service
+
+
 async def test_predict_merges_features_publishes_and_refuses_missing(
     settings: Settings, unique: str, tmp_path: Path, payments_v1: bytes
 ) -> None:
@@ -73,23 +99,7 @@ async def test_predict_merges_features_publishes_and_refuses_missing(
     services: list[InferenceService] = []
 
     async def serve(**config: Any) -> InferenceService:
-        service = InferenceService(
-            settings.for_service("inference"),
-            InferenceSettings(
-                model_file=path,
-                model_file_version=4,
-                predictions_topic=topic,
-                follow_promotions=False,
-                **config,
-            ),
-            "127.0.0.1:0",
-            features_address=features_address,
-            model_name="payments",
-        )
-        await service.start()
-        await service.wait_ready(30)
-        services.append(service)
-        return service
+        return await _serve(settings, path, features_address, topic, services, **config)
 
     try:
         service = await serve()
@@ -188,23 +198,15 @@ async def test_predict_while_the_feature_store_is_down_follows_the_lookup_failur
     services: list[InferenceService] = []
 
     async def serve(**config: Any) -> InferenceService:
-        service = InferenceService(
-            settings.for_service("inference"),
-            InferenceSettings(
-                model_file=path,
-                model_file_version=2,
-                predictions_topic=f"t.predictions.{unique}",
-                follow_promotions=False,
-                **config,
-            ),
-            "127.0.0.1:0",
-            features_address=features_address,
-            model_name="payments",
+        return await _serve(
+            settings,
+            path,
+            features_address,
+            f"t.predictions.{unique}",
+            services,
+            model_file_version=2,
+            **config,
         )
-        await service.start()
-        await service.wait_ready(30)
-        services.append(service)
-        return service
 
     request = predictor_pb2.PredictRequest(
         event_id="down-1",

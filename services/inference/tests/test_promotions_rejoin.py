@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
-from driftloop.v1 import common_pb2, events_pb2, registry_pb2, registry_pb2_grpc
+from driftloop.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.broker import EmbeddedBroker, free_port
 from driftloop_core.kafka import Publisher, Topics, default_topic_specs, ensure_topics
@@ -30,9 +30,8 @@ from driftloop_inference.bootstrap import InferenceService
 from driftloop_inference.config import InferenceSettings
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
-from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
-from models import FEATURES, payments_feeds
+from models import model_trained, payments_feeds, raw_infer_request
 from prometheus_client import REGISTRY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -41,37 +40,11 @@ MODEL = "payments"
 
 
 def trained(artifact: common_pb2.Artifact, run: str, auc: float, **extra: Any) -> bytes:
-    message = events_pb2.ModelTrained(
-        request_id=run,
-        model=MODEL,
-        artifact=artifact,
-        metrics={"roc_auc": auc},
-        dataset=common_pb2.Dataset(uri="/tmp/train.parquet", sha256="d" * 64, row_count=300),
-        code_version="test",
-        feature_names=list(FEATURES),
-        algorithm="logistic_regression",
-        eval_rows=100,
-        **extra,
-    )
-    return message.SerializeToString()
-
-
-def infer_request() -> oip.ModelInferRequest:
-    request = oip.ModelInferRequest(model_name=MODEL)
-    for name, array in payments_feeds(1).items():
-        if array.dtype == object:
-            request.inputs.add(name=name, datatype="BYTES", shape=array.shape)
-            request.raw_input_contents.append(
-                b"".join(len(s.encode()).to_bytes(4, "little") + s.encode() for s in array.ravel())
-            )
-        else:
-            request.inputs.add(name=name, datatype="FP32", shape=array.shape)
-            request.raw_input_contents.append(array.astype("<f4").tobytes())
-    return request
+    return model_trained(MODEL, artifact, run, auc, **extra).SerializeToString()
 
 
 async def served_version(stub: oip_grpc.GRPCInferenceServiceStub) -> str:
-    reply = await stub.ModelInfer(infer_request(), timeout=5)
+    reply = await stub.ModelInfer(raw_infer_request(MODEL, payments_feeds(1)), timeout=5)
     return str(reply.model_version)
 
 

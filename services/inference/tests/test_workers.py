@@ -14,33 +14,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 from driftloop_core.broker import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
-from models import payments_feeds
+from models import payments_feeds, typed_infer_request
 
 pytestmark = pytest.mark.integration
 
 CONNECTIONS = 16
-
-
-def _request(feeds: dict[str, np.ndarray[Any, Any]]) -> oip.ModelInferRequest:
-    request = oip.ModelInferRequest(model_name="payments")
-    for name, array in feeds.items():
-        tensor = request.inputs.add(name=name, shape=array.shape)
-        if array.dtype == object:
-            tensor.datatype = "BYTES"
-            tensor.contents.bytes_contents.extend(str(v).encode() for v in array.ravel())
-        else:
-            tensor.datatype = "FP32"
-            tensor.contents.fp32_contents.extend(array.ravel().tolist())
-    return request
 
 
 def _children(pid: int) -> list[int]:
@@ -122,7 +106,9 @@ async def test_two_workers_share_the_port_and_both_answer(
 
         feeds = payments_feeds(CONNECTIONS)
         requests = [
-            _request({name: array[i : i + 1] for name, array in feeds.items()})
+            typed_infer_request(
+                "payments", {name: array[i : i + 1] for name, array in feeds.items()}
+            )
             for i in range(CONNECTIONS)
         ]
         # One channel per client: separate TCP connections, spread by the kernel.
