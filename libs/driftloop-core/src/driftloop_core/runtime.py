@@ -1,11 +1,12 @@
-"""What every service's `__main__` shares: its feature set, and serving until a signal."""
+"""What every service's `__main__` shares: telemetry and its feature set, and
+serving until a signal."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
 import structlog
@@ -17,6 +18,7 @@ from driftloop_core.featureset import (
     load_featureset,
 )
 from driftloop_core.settings import Settings
+from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +36,23 @@ def featureset_or_none(settings: Settings) -> FeatureSet | None:
     except FeatureSetError as error:
         log.error("featureset_invalid", path=error.path, problems=error.problems)
         return None
+
+
+def run_with_featureset(
+    settings: Settings, serve: Callable[[FeatureSet], Coroutine[Any, Any, int | None]]
+) -> int:
+    """A feature-set service's `main`: telemetry, /metrics, the feature set (exit 2
+    when invalid), then `serve(featureset)` to its end; its result is the exit
+    code (None: 0). Telemetry is flushed on the way out, whatever happens."""
+    telemetry = init_telemetry(settings)
+    serve_metrics(settings)
+    featureset = featureset_or_none(settings)
+    if featureset is None:
+        return 2
+    try:
+        return asyncio.run(serve(featureset)) or 0
+    finally:
+        telemetry.shutdown()
 
 
 async def serve_until_signal(

@@ -8,13 +8,12 @@ state and offsets.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
+from driftloop_core.featureset import FeatureSet
 from driftloop_core.logging import get_logger
-from driftloop_core.runtime import featureset_or_none
-from driftloop_core.settings import load_settings
-from driftloop_core.telemetry import init_telemetry, serve_metrics
+from driftloop_core.runtime import run_with_featureset
+from driftloop_core.settings import Settings, load_settings
 from pydantic import ValidationError
 
 from driftloop_drift.bootstrap import DriftService
@@ -23,23 +22,18 @@ from driftloop_drift.config import load_drift_settings
 log = get_logger("driftloop_drift")
 
 
-def main() -> int:
-    settings = load_settings().for_service("drift")
-    telemetry = init_telemetry(settings)
-    serve_metrics(settings)
-    featureset = featureset_or_none(settings)
-    if featureset is None:
-        return 2
+async def serve(settings: Settings, featureset: FeatureSet) -> int:
     try:
         config = load_drift_settings()
     except ValidationError as error:
         log.error("drift_settings_invalid", error=str(error))
         return 2
-    service = DriftService(settings, featureset, config)
-    try:
-        return asyncio.run(service.run_until_signal())
-    finally:
-        telemetry.shutdown()
+    return await DriftService(settings, featureset, config).run_until_signal()
+
+
+def main() -> int:
+    settings = load_settings().for_service("drift")
+    return run_with_featureset(settings, lambda featureset: serve(settings, featureset))
 
 
 if __name__ == "__main__":

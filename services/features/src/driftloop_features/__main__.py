@@ -10,9 +10,8 @@ import signal
 import sys
 
 from driftloop_core.featureset import FeatureSet
-from driftloop_core.runtime import featureset_or_none
+from driftloop_core.runtime import run_with_featureset
 from driftloop_core.settings import Settings, load_settings
-from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 from driftloop_features.bootstrap import FeatureStore
 
@@ -32,16 +31,7 @@ async def serve(settings: Settings, featureset: FeatureSet) -> None:
 
 def main() -> int:
     settings = load_settings().for_service("features")
-    telemetry = init_telemetry(settings)
-    serve_metrics(settings)
-    featureset = featureset_or_none(settings)
-    if featureset is None:
-        return 2
-    try:
-        asyncio.run(serve(settings, featureset))
-    finally:
-        telemetry.shutdown()
-    return 0
+    return run_with_featureset(settings, lambda featureset: serve(settings, featureset))
 
 
 if __name__ == "__main__":

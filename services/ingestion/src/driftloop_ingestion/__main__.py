@@ -8,14 +8,12 @@ up` restarts the process; the uncommitted batch is read again.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.logging import get_logger
-from driftloop_core.runtime import featureset_or_none
+from driftloop_core.runtime import run_with_featureset
 from driftloop_core.settings import Settings, load_settings
-from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 from driftloop_ingestion.bootstrap import build, tune_gc
 from driftloop_ingestion.config import IngestionSettings, load_ingestion_settings
@@ -31,16 +29,8 @@ async def serve(settings: Settings, featureset: FeatureSet, config: IngestionSet
 
 def main() -> int:
     settings = load_settings().for_service("ingestion")
-    telemetry = init_telemetry(settings)
-    serve_metrics(settings)
-    featureset = featureset_or_none(settings)
-    if featureset is None:
-        return 2
     config = load_ingestion_settings()
-    try:
-        return asyncio.run(serve(settings, featureset, config))
-    finally:
-        telemetry.shutdown()
+    return run_with_featureset(settings, lambda featureset: serve(settings, featureset, config))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ ledger of finished requests keeps it from training twice.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
+from driftloop_core.featureset import FeatureSet
 from driftloop_core.logging import get_logger
-from driftloop_core.runtime import featureset_or_none
-from driftloop_core.settings import load_settings
-from driftloop_core.telemetry import init_telemetry, serve_metrics
+from driftloop_core.runtime import run_with_featureset
+from driftloop_core.settings import Settings, load_settings
 
 from driftloop_trainer.bootstrap import build
 from driftloop_trainer.config import TrainerSettings
@@ -23,27 +22,18 @@ from driftloop_trainer.handlers import code_version
 log = get_logger("driftloop_trainer")
 
 
-def main() -> int:
-    settings = load_settings().for_service("trainer", code_version().rsplit(" ", 1)[-1])
-    telemetry = init_telemetry(settings)
-    serve_metrics(settings)
-    featureset = featureset_or_none(settings)
-    if featureset is None:
-        return 2
-
+async def serve(settings: Settings, featureset: FeatureSet) -> int:
     try:
         config = TrainerSettings().training_config()
     except ValueError as error:
         log.error("trainer_settings_invalid", error=str(error))
         return 2
+    return await build(settings, featureset, config=config).run_until_signal()
 
-    async def serve() -> int:
-        return await build(settings, featureset, config=config).run_until_signal()
 
-    try:
-        return asyncio.run(serve())
-    finally:
-        telemetry.shutdown()
+def main() -> int:
+    settings = load_settings().for_service("trainer", code_version().rsplit(" ", 1)[-1])
+    return run_with_featureset(settings, lambda featureset: serve(settings, featureset))
 
 
 if __name__ == "__main__":
