@@ -5,6 +5,7 @@ Kubernetes manifests against the API schemas, and what each must provide."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -72,8 +73,13 @@ def test_compose_runs_the_production_parts() -> None:
 @pytest.mark.parametrize("name", SERVICES)
 def test_compose_service_has_a_health_check_and_waits_for_its_topics(name: str) -> None:
     service = compose()["services"][name]
-    assert service["build"]["dockerfile"] == f"services/{name}/Dockerfile"
     port = getattr(Endpoints(), name).rpartition(":")[2]
+    # Every service is an image of the one root Dockerfile, named by its build arguments.
+    assert service["build"] == {
+        "context": ".",
+        "dockerfile": "Dockerfile",
+        "args": {"SERVICE": name, "PORT": port},
+    }
     assert service["healthcheck"]["test"][-1] == f"127.0.0.1:{port}"
     assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert service["environment"]["DRIFTLOOP_KAFKA_BOOTSTRAP"] == "kafka:9092"
@@ -101,16 +107,116 @@ def test_grafana_is_provisioned_with_both_data_sources_and_the_loop_dashboard() 
         assert topic in titles
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_dockerfile_is_multi_stage_non_root_frozen_and_health_checked(name: str) -> None:
-    text = (ROOT / "services" / name / "Dockerfile").read_text()
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def test_services_have_no_dockerfiles_of_their_own() -> None:
+    assert not list(ROOT.glob("services/*/Dockerfile")), "the root Dockerfile builds every service"
+
+
+def test_compose_topics_runs_in_the_ingestion_image() -> None:
+    services = compose()["services"]
+    assert services["topics"]["build"] == services["ingestion"]["build"]
+    assert services["topics"]["image"] == services["ingestion"]["image"]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for instruction, arguments in dockerfile_instructions():
+        if instruction == "FROM":
+            stages.append([])
+        assert stages, f"{instruction} before the first FROM"
+        stages[-1].append((instruction, arguments))
+    return stages
+
+
+def declared(stage: list[tuple[str, str]], kind: str) -> set[str]:
+    """The names a stage declares with ARG or ENV (``kind``)."""
+    names: set[str] = set()
+    for instruction, arguments in stage:
+        if instruction == kind:
+            names.update(re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?==|\s|$)", arguments))
+    return names
+
+
+def test_dockerfile_is_multi_stage_non_root_frozen_and_health_checked() -> None:
+    text = DOCKERFILE.read_text()
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2, "multi-stage"
     assert "uv sync --frozen" in text
+    assert '--package "driftloop-$SERVICE" --package driftloop-cli' in text
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and not user[-1].startswith(("root", "0")), "runs as a non-root user"
-    port = getattr(Endpoints(), name).rpartition(":")[2]
-    assert f'driftloop_core.grpc.health_probe", "127.0.0.1:{port}"' in text
-    assert f'ENTRYPOINT ["python", "-m", "driftloop_{name}"]' in text
+    assert re.search(r"^EXPOSE \$\{PORT\} 9464$", text, re.M)
+    instructions = dict(dockerfile_stages()[-1])
+    assert "--interval=" in instructions["HEALTHCHECK"]
+
+
+def test_dockerfile_stages_declare_the_build_arguments_they_use() -> None:
+    """An ARG is in scope only in the stage that declares it (after its FROM), so
+    each stage must re-declare SERVICE and PORT before using them."""
+    for stage in dockerfile_stages():
+        known = declared(stage, "ARG") | declared(stage, "ENV") | {"PATH"}
+        for instruction, arguments in stage:
+            if instruction in ("FROM", "HEALTHCHECK", "ENTRYPOINT", "CMD"):
+                continue
+            for used in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", arguments):
+                assert used in known, (instruction, arguments, used)
+    final = dockerfile_stages()[-1]
+    assert {"SERVICE", "PORT"} <= declared(final, "ARG")
+    env = dict(dockerfile_instructions())["ENV"]  # the last ENV: the final stage's
+    assert "DRIFTLOOP_SERVICE=${SERVICE}" in env.split()
+    assert "DRIFTLOOP_SERVICE_PORT=${PORT}" in env.split()
+    # Run time: the entrypoint and the health check read only variables the image sets.
+    for instruction in ("HEALTHCHECK", "ENTRYPOINT"):
+        for used in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", dict(final)[instruction]):
+            assert used in declared(final, "ENV"), (instruction, used)
+
+
+def run_in_image_shell(command: list[str], name: str, tmp_path: Path) -> list[str]:
+    """What ``command`` runs as the image would run it for service ``name``: a
+    stand-in ``python`` prints its arguments, one a line."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nfor arg in "$@"; do echo "$arg"; done\n')
+    fake.chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "DRIFTLOOP_SERVICE": name,
+        "DRIFTLOOP_SERVICE_PORT": str(service_port(name)),
+    }
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_dockerfile_runs_and_health_checks_the_service_it_was_built_for(
+    name: str, tmp_path: Path
+) -> None:
+    assert (ROOT / "services" / name / "src" / f"driftloop_{name}" / "__main__.py").is_file()
+    final = dict(dockerfile_stages()[-1])
+    # Exec form, which Docker only takes when the array is valid JSON (else it
+    # silently falls back to a shell), with `docker run` arguments passed on.
+    entrypoint = json.loads(final["ENTRYPOINT"])
+    assert run_in_image_shell([*entrypoint, "--flag"], name, tmp_path) == [
+        "-m",
+        f"driftloop_{name}",
+        "--flag",
+    ]
+    options, _, check = final["HEALTHCHECK"].partition(" CMD ")
+    assert "--timeout=" in options and not check.lstrip().startswith("[")
+    # The shell form runs as /bin/sh -c; the same probe Compose and Kubernetes run.
+    probe = run_in_image_shell(["/bin/sh", "-c", check], name, tmp_path)
+    assert ["python", *probe] == compose()["services"][name]["healthcheck"]["test"][1:]
 
 
 @functools.cache
