@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from driftloop_cli.demo.driver import DemoError, DemoOptions, DemoRun, demo_settings
-from driftloop_cli.demo.report import build_report, write_report
+from driftloop_cli.demo.report import build_report, summary_markdown, write_report
 from driftloop_cli.demo.scenario import ScenarioConfig, ScenarioError, build_scenario
 from driftloop_cli.demo.timeline import Timeline
 from driftloop_cli.demo.view import DemoView
@@ -79,6 +79,10 @@ def demo(
     ] = 170.0,
 ) -> None:
     """Run the closed loop on a built-in payments scenario and write a report."""
+    if out.exists() and not out.is_dir():
+        # Checked before minutes of streaming, not after.
+        err.print(f"[red]--out: {escape(str(out))} exists and is not a folder[/]")
+        raise typer.Exit(2)
     settings = demo_settings(load_settings().for_service("demo"))
     configure_logging("demo", "WARNING")
     # Connection refusals while the broker starts are expected; the demo reports
@@ -132,7 +136,7 @@ def demo(
     )
     paths = write_report(report, out)
     console.print(f"\nwrote {', '.join(str(p) for p in paths)}\n")
-    console.print((out / "summary.md").read_text(), markup=False, soft_wrap=True)
+    console.print(summary_markdown(report), markup=False, soft_wrap=True)
     ok = (
         report["outcome"] == "recovered"
         if built.onset is not None

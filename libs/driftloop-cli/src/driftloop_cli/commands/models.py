@@ -2,7 +2,8 @@
 
 Thin clients of `driftloop.v1.RegistryService`. `download` checks the sha256 and
 size of what it received before the file appears under its name, so a corrupt
-transfer never leaves a plausible-looking model behind. `promote` and
+transfer never leaves a plausible-looking model behind (`driftloop_cli.outputs`:
+a device, FIFO or `-` is written in place instead). `promote` and
 `rollback` send `authorization: Bearer <token>` from `--token` or
 `DRIFTLOOP_ADMIN_TOKEN`. Exit code 1 with the server's message when a call fails.
 """
@@ -13,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
@@ -29,6 +31,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from driftloop_cli.outputs import is_stdout, open_output
 
 app = typer.Typer(help="The model registry.", no_args_is_help=True)
 console = Console(highlight=False)
@@ -197,19 +201,25 @@ def _selector(request: Selectable, version: str) -> Selectable:
 def download(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="Version number, or 'champion'.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the ONNX file.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the ONNX file; '-' for standard output. A device or "
+            "FIFO is written in place, a file is replaced only once the download verified.",
+        ),
+    ],
     endpoint: Endpoint = None,
     as_json: AsJson = False,
 ) -> None:
     """Download a version's ONNX file and verify its sha256 and size."""
     request = _selector(registry_pb2.DownloadArtifactRequest(model=name), version)
-    partial = output.with_name(output.name + ".partial")
 
     async def fetch(stub: registry_pb2_grpc.RegistryServiceStub) -> tuple[int, str, int]:
         digest = hashlib.sha256()
         received, expected_sha, expected_size, resolved = 0, "", 0, 0
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("wb") as handle:
+        with open_output(output) as handle:
             responses = cast(
                 AsyncIterator[registry_pb2.DownloadArtifactResponse],
                 stub.DownloadArtifact(request, timeout=120),
@@ -220,21 +230,23 @@ def download(
                 handle.write(chunk.data)
                 digest.update(chunk.data)
                 received += len(chunk.data)
-        actual = digest.hexdigest()
-        if actual != expected_sha or received != expected_size:
-            partial.unlink(missing_ok=True)
-            err.print(
-                f"[red]download corrupt[/]: got {received} bytes with sha256 {actual}, "
-                f"expected {expected_size} bytes with sha256 {expected_sha}"
-            )
-            raise typer.Exit(1)
-        os.replace(partial, output)
+            actual = digest.hexdigest()
+            if actual != expected_sha or received != expected_size:
+                # Raised inside the block: a file target keeps its old bytes.
+                err.print(
+                    f"[red]download corrupt[/]: got {received} bytes with sha256 {actual}, "
+                    f"expected {expected_size} bytes with sha256 {expected_sha}"
+                )
+                raise typer.Exit(1)
         return resolved, actual, received
 
     try:
         resolved, sha256, size = _call(endpoint, fetch)
-    finally:
-        partial.unlink(missing_ok=True)
+    except OSError as error:
+        err.print(f"[red]cannot write {escape(str(output))}[/]: {escape(str(error))}")
+        raise typer.Exit(1) from None
+    # With `-o -` the model is standard output; the verdict goes to stderr.
+    to_stdout = is_stdout(output)
     if as_json:
         document = {
             "name": name,
@@ -243,9 +255,11 @@ def download(
             "size_bytes": size,
             "path": str(output),
         }
-        print(json.dumps(document, sort_keys=True))
+        print(json.dumps(document, sort_keys=True), file=sys.stderr if to_stdout else sys.stdout)
         return
-    console.print(f"{name} v{resolved}: {size} bytes, sha256 {sha256} verified -> {output}")
+    (err if to_stdout else console).print(
+        f"{name} v{resolved}: {size} bytes, sha256 {sha256} verified -> {output}"
+    )
 
 
 @app.command("promote")

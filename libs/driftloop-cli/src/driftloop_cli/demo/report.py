@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from driftloop_cli.demo.timeline import (
     DriftSeen,
@@ -29,6 +29,7 @@ from driftloop_cli.demo.timeline import (
     post_drift_version,
     retrained_versions,
 )
+from driftloop_cli.outputs import open_output, write_output
 
 ROLLING_WINDOW = 200
 MAX_SERIES_POINTS = 600
@@ -324,8 +325,9 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(report: Mapping[str, Any], path: Path) -> None:
-    """Rolling accuracy over events, with the onset, the detection and each promotion."""
+def plot_accuracy(report: Mapping[str, Any], sink: BinaryIO) -> None:
+    """Rolling accuracy over events, with the onset, the detection and each promotion,
+    as PNG bytes written to `sink`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -373,16 +375,19 @@ def plot_accuracy(report: Mapping[str, Any], path: Path) -> None:
         axes.plot([], [], color="tab:green", label="version starts serving")
         axes.legend(loc="lower right", fontsize=8)
         figure.tight_layout()
-        figure.savefig(path)
+        figure.savefig(sink, format="png")
     finally:
         plt.close(figure)
 
 
 def write_report(report: Mapping[str, Any], out: Path) -> list[Path]:
-    """report.json, accuracy.png and summary.md under `out`."""
+    """report.json, accuracy.png and summary.md under `out`, each written by the
+    rule of `driftloop_cli.outputs` (a previous report is replaced file by file,
+    whole; a FIFO or device in their place is written in place)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "accuracy.png", out / "summary.md"]
-    paths[0].write_text(json.dumps(report, indent=2) + "\n")
-    plot_accuracy(report, paths[1])
-    paths[2].write_text(summary_markdown(report))
+    write_output(paths[0], (json.dumps(report, indent=2) + "\n").encode())
+    with open_output(paths[1]) as sink:
+        plot_accuracy(report, sink)
+    write_output(paths[2], summary_markdown(report).encode())
     return paths
