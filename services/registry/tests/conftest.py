@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -251,12 +251,16 @@ class PostgresServer:
     """A private PostgreSQL cluster: trust auth for user `driftloop` on 127.0.0.1.
 
     initdb refuses to run as root, so as root the cluster belongs to the
-    `postgres` system user and every server command runs through runuser."""
+    `postgres` system user and every server command runs through runuser, from
+    the cluster's own folder: the caller's working directory (a clone in a folder
+    only root may enter) is one `postgres` cannot change back into."""
 
     bindir: Path
     root: Path
     port: int
     as_user: list[str]
+    # What initdb and pg_ctl said on stderr, run by run, even when they succeeded.
+    complaints: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls, bindir: Path) -> PostgresServer:
@@ -291,7 +295,10 @@ class PostgresServer:
 
     def _run(self, tool: str, *args: str) -> None:
         command = [*self.as_user, str(self.bindir / tool), *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            command, cwd=self.root, capture_output=True, text=True, timeout=60, check=False
+        )
+        self.complaints.append(done.stderr)
         if done.returncode != 0:
             log = self.root / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
@@ -314,14 +321,12 @@ class PostgresServer:
         if (self.root / "data" / "postmaster.pid").exists():
             pg_ctl = [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.root / "data")]
             stop = [*pg_ctl, "-m", "immediate", "-w", "stop"]
-            subprocess.run(stop, capture_output=True, timeout=60, check=False)
+            subprocess.run(stop, cwd=self.root, capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A real PostgreSQL server for the whole session; skipped locally without one,
-    a failure in CI, where `.ci/run` installs it."""
+def required_bindir() -> Path:
+    """`postgres_bindir()`, else skip locally and fail in CI, where `.ci/run` installs it."""
     bindir = postgres_bindir()
     if bindir is None:
         reason = (
@@ -331,11 +336,34 @@ def postgres() -> Iterator[PostgresServer]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason} (.ci/run does so in CI)")
         pytest.skip(reason)
-    server = PostgresServer.start(bindir)
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session."""
+    server = PostgresServer.start(required_bindir())
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def start_postgres() -> Iterator[Callable[[], PostgresServer]]:
+    """Starts another private cluster, stopped after the test: for tests of how the
+    session's cluster is set up."""
+    started: list[PostgresServer] = []
+
+    def start() -> PostgresServer:
+        started.append(PostgresServer.start(required_bindir()))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture
