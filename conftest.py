@@ -1,11 +1,12 @@
-"""Shared fixtures: the real embedded broker and an in-memory span store."""
+"""Shared fixtures: the real embedded broker, an in-memory span store and fresh
+telemetry for tests that set it up themselves."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ import pytest
 from driftloop_core.broker import EmbeddedBroker, free_port
 from driftloop_core.settings import Settings, load_settings
 from opentelemetry import trace
+from opentelemetry.metrics import _internal as metrics_api
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -35,6 +38,46 @@ def span_store() -> InMemorySpanExporter:
 def spans(span_store: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
     span_store.clear()
     yield span_store
+
+
+# The module attributes that hold OpenTelemetry's global tracer and meter providers.
+_TRACE_GLOBALS = ("_TRACER_PROVIDER_SET_ONCE", "_TRACER_PROVIDER", "_PROXY_TRACER_PROVIDER")
+_METRICS_GLOBALS = ("_METER_PROVIDER_SET_ONCE", "_METER_PROVIDER", "_PROXY_METER_PROVIDER")
+
+
+def _empty_telemetry_globals() -> None:
+    """What `opentelemetry.test.globals_test.reset_trace_globals` and
+    `reset_metrics_globals` do (opentelemetry-python's own test utilities)."""
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    trace._PROXY_TRACER_PROVIDER = trace.ProxyTracerProvider()
+    metrics_api._METER_PROVIDER_SET_ONCE = Once()
+    metrics_api._METER_PROVIDER = None
+    metrics_api._PROXY_METER_PROVIDER = metrics_api._ProxyMeterProvider()
+
+
+@pytest.fixture
+def fresh_telemetry() -> Iterator[Callable[[], None]]:
+    """Telemetry of the test's own: `init_telemetry` in the test installs its providers.
+
+    OpenTelemetry lets a process set its global tracer and meter providers once,
+    and `init_telemetry` does. This empties the global slots before the test and
+    puts back afterwards what the test found (the session's `span_store`
+    provider), so tests that start telemetry with their own settings do not see
+    each other's. Call the fixture's value to empty the slots again mid-test, as
+    if a second process started. A tracer taken before its first span binds to
+    the provider installed when it starts that span, and stays bound.
+    """
+    saved = (
+        [getattr(trace, name) for name in _TRACE_GLOBALS],
+        [getattr(metrics_api, name) for name in _METRICS_GLOBALS],
+    )
+    _empty_telemetry_globals()
+    yield _empty_telemetry_globals
+    for name, value in zip(_TRACE_GLOBALS, saved[0], strict=True):
+        setattr(trace, name, value)
+    for name, value in zip(_METRICS_GLOBALS, saved[1], strict=True):
+        setattr(metrics_api, name, value)
 
 
 @pytest.fixture(scope="session")

@@ -96,7 +96,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def telemetry(settings: Settings) -> Any:
+def telemetry(settings: Settings, fresh_telemetry: Callable[[], None]) -> Any:
     telemetry = init_telemetry(settings)
     exporter = InMemorySpanExporter()
     telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))

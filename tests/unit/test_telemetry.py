@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from driftloop_core.logging import get_logger
 from driftloop_core.settings import Settings, load_settings
 from driftloop_core.telemetry import init_telemetry, read_spans
 from opentelemetry import trace
+
+# Each test starts telemetry with settings of its own.
+pytestmark = pytest.mark.usefixtures("fresh_telemetry")
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -89,14 +93,16 @@ def test_parent_and_child_spans_round_trip_through_the_local_store(
     assert "trace_id" not in events["outside"]
 
 
-def test_init_is_idempotent_and_a_new_home_takes_over_global_tracers(
-    settings: Settings, tmp_path: Path
+def test_init_is_idempotent_and_a_library_tracer_taken_at_import_follows_the_new_home(
+    settings: Settings, tmp_path: Path, fresh_telemetry: Callable[[], None]
 ) -> None:
+    # A library tracer taken at import time, before telemetry is set up.
+    library_tracer = trace.get_tracer("some.library")
     first = init_telemetry(settings)
     assert init_telemetry(settings) is first
-    # A library tracer taken before the re-initialisation.
-    library_tracer = trace.get_tracer("some.library")
 
+    # A process of its own, with another home.
+    fresh_telemetry()
     other = load_settings(home=tmp_path / "other", service_name="other-svc")
     second = init_telemetry(other)
     assert second is not first
@@ -142,3 +148,20 @@ def test_read_spans_skips_a_torn_last_line(settings: Settings) -> None:
 
     assert [span["name"] for span in read_spans(settings.traces_dir)] == ["whole"]
     assert read_spans(settings.traces_dir / "missing") == []
+
+
+def test_a_second_init_with_other_settings_keeps_the_first_providers(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = init_telemetry(settings)
+    other = load_settings(home=tmp_path / "other", service_name="other-svc")
+
+    assert init_telemetry(other) is first
+    with trace.get_tracer("some.library").start_as_current_span("library-work"):
+        pass
+    first.shutdown()
+
+    assert [span["name"] for span in read_spans(settings.traces_dir)] == ["library-work"]
+    assert read_spans(other.traces_dir) == []
+    events = [event["event"] for event in _json_lines(capsys.readouterr().err)]
+    assert "telemetry_already_started" in events

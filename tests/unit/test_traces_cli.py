@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from driftloop_cli.main import app
-from driftloop_core.telemetry import OtlpJsonLinesSpanExporter, traces_file
+from driftloop_core.telemetry.otlp_file import OtlpJsonLinesSpanExporter, traces_file
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from driftloop_core.settings import load_settings
-from driftloop_core.telemetry import SpanRecord, read_spans
+from driftloop_core.telemetry.reader import SpanRecord, read_spans
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
