@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from driftloop_core.broker import EmbeddedBroker, free_port
-from driftloop_core.kafka import Consumer, Publisher, Record, Topics, TopicSpec, ensure_topics
+from driftloop_core.kafka import ConsumerLoop, Publisher, Record, Topics, TopicSpec, ensure_topics
 from driftloop_core.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -45,11 +45,11 @@ async def test_consumer_goes_on_when_its_commit_meets_a_restarted_broker(tmp_pat
                 restarted.set()
 
         async with Publisher(settings) as publisher:
-            consumer = Consumer(
+            consumer = ConsumerLoop(
                 settings,
                 topics=["restarted"],
                 group_id="restarted",
-                handler=handler,
+                handle=handler,
                 publisher=publisher,
             )
             await consumer.start()

@@ -4,13 +4,14 @@ dead letters, and resuming from committed offsets."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from driftloop.v1 import events_pb2
 from driftloop_core.kafka import (
-    Consumer,
+    ConsumerLoop,
     Outgoing,
     PoisonMessage,
     Publisher,
@@ -32,7 +33,7 @@ async def make_topics(settings: Settings, *names: str, partitions: int = 1) -> N
 
 
 async def consume_until(
-    consumer: Consumer, condition: Callable[[], bool], timeout_s: float = 30
+    consumer: ConsumerLoop, condition: Callable[[], bool], timeout_s: float = 30
 ) -> None:
     await consumer.start()
     task = asyncio.create_task(consumer.run())
@@ -46,6 +47,24 @@ async def consume_until(
         consumer.request_stop()
         await task
         await consumer.stop()
+
+
+async def read_everything(settings: Settings, topic: str, seconds: float = 3.0) -> list[object]:
+    """Whatever the topic holds, read for `seconds` (to show that it holds nothing)."""
+    reader = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka.bootstrap_servers, auto_offset_reset="earliest"
+    )
+    await reader.start()
+    got: list[object] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await reader.getmany(timeout_ms=200)
+            for records in batch.values():
+                got.extend(records)
+    finally:
+        await reader.stop()
+    return got
 
 
 async def read_all(settings: Settings, topic: str, count: int) -> list[object]:
@@ -89,8 +108,8 @@ async def test_round_trip_keeps_headers_and_trace_context(
             meta = await publisher.publish(
                 topic, b"payload", key="c7", ce_type="driftloop.test.v1", event_id="e1"
             )
-        consumer = Consumer(
-            settings, topics=[topic], group_id=f"g.{unique}", handler=handle, publisher=publisher
+        consumer = ConsumerLoop(
+            settings, topics=[topic], group_id=f"g.{unique}", handle=handle, publisher=publisher
         )
         await consume_until(consumer, lambda: len(seen) == 1)
 
@@ -134,11 +153,11 @@ async def test_poison_message_is_deadlettered_and_the_next_is_handled(
     async with Publisher(settings) as publisher:
         for value in (b"good-1", b"bad", b"good-2"):
             await publisher.publish(topic, value, key="k", ce_type="driftloop.test.v1")
-        consumer = Consumer(
+        consumer = ConsumerLoop(
             settings,
             topics=[topic],
             group_id=f"g.{unique}",
-            handler=handle,
+            handle=handle,
             publisher=publisher,
             deadletter_topic=dlq,
         )
@@ -169,8 +188,8 @@ async def test_handler_crash_is_deadlettered_not_blocking(settings: Settings, un
     async with Publisher(settings) as publisher:
         for value in (b"boom", b"after"):
             await publisher.publish(topic, value, key="k", ce_type="driftloop.test.v1")
-        consumer = Consumer(
-            settings, topics=[topic], group_id=f"g.{unique}", handler=handle, publisher=publisher
+        consumer = ConsumerLoop(
+            settings, topics=[topic], group_id=f"g.{unique}", handle=handle, publisher=publisher
         )
         await consume_until(consumer, lambda: handled == [b"after"])
     letters = [
@@ -200,15 +219,15 @@ async def test_restarted_consumer_resumes_from_committed_offsets(
             if len(first) == 15:
                 consumer.request_stop()  # stop mid-stream, mid-batch
 
-        consumer = Consumer(
-            settings, topics=[topic], group_id=group, handler=handle_first, publisher=publisher
+        consumer = ConsumerLoop(
+            settings, topics=[topic], group_id=group, handle=handle_first, publisher=publisher
         )
         await consume_until(consumer, lambda: len(first) >= 15)
         assert len(first) == 15
 
         second, handle_second = collector()
-        consumer = Consumer(
-            settings, topics=[topic], group_id=group, handler=handle_second, publisher=publisher
+        consumer = ConsumerLoop(
+            settings, topics=[topic], group_id=group, handle=handle_second, publisher=publisher
         )
         await consume_until(consumer, lambda: len(first) + len(second) >= total)
 
@@ -246,3 +265,78 @@ async def test_batch_publish_is_acknowledged_in_order_per_partition(
         assert values == sorted(values), "per-key order must be kept"
     ids = {dict(r.headers)["ce_id"] for r in records}  # type: ignore[attr-defined]
     assert ids == {f"e{i}".encode() for i in range(300)}
+
+
+async def test_transient_errors_are_retried_never_deadlettered(
+    settings: Settings, unique: str
+) -> None:
+    """A database that blinks (sqlite's OperationalError) three times in a row:
+    the record is handled once it answers, and nothing is dead-lettered."""
+    topic = f"t.transient.{unique}"
+    dlq = f"t.transient.{unique}.deadletter"
+    await make_topics(settings, topic, dlq)
+    attempts: list[bytes] = []
+    handled: list[bytes] = []
+
+    async def handle(record: Record) -> None:
+        attempts.append(record.value)
+        if record.value == b"blink" and attempts.count(b"blink") <= 3:
+            raise sqlite3.OperationalError("database is locked")
+        handled.append(record.value)
+
+    async with Publisher(settings) as publisher:
+        for value in (b"blink", b"next"):
+            await publisher.publish(topic, value, key="k", ce_type="driftloop.test.v1")
+        consumer = ConsumerLoop(
+            settings,
+            topics=[topic],
+            group_id=f"g.{unique}",
+            handle=handle,
+            publisher=publisher,
+            deadletter_topic=dlq,
+        )
+        await consume_until(consumer, lambda: handled == [b"blink", b"next"])
+        assert consumer.stats.deadlettered == 0
+    assert attempts == [b"blink"] * 4 + [b"next"]
+    assert await read_everything(settings, dlq) == []
+
+
+async def test_stop_during_an_outage_leaves_the_record_uncommitted(
+    settings: Settings, unique: str
+) -> None:
+    """Stopping while the record's dependency is still down commits nothing for
+    it: the next member of the group handles it, and it is never dead-lettered."""
+    topic = f"t.outage.{unique}"
+    dlq = f"t.outage.{unique}.deadletter"
+    group = f"g.{unique}"
+    await make_topics(settings, topic, dlq)
+    tried = asyncio.Event()
+
+    async def down(record: Record) -> None:
+        tried.set()
+        raise ConnectionRefusedError("registry database: connection refused")
+
+    async with Publisher(settings) as publisher:
+        await publisher.publish(topic, b"wanted", key="k", ce_type="driftloop.test.v1")
+        first = ConsumerLoop(
+            settings,
+            topics=[topic],
+            group_id=group,
+            handle=down,
+            publisher=publisher,
+            deadletter_topic=dlq,
+        )
+        await consume_until(first, tried.is_set)
+
+        handled, handle = collector()
+        second = ConsumerLoop(
+            settings,
+            topics=[topic],
+            group_id=group,
+            handle=handle,
+            publisher=publisher,
+            deadletter_topic=dlq,
+        )
+        await consume_until(second, lambda: len(handled) == 1)
+    assert [record.value for record in handled] == [b"wanted"]
+    assert await read_everything(settings, dlq) == []

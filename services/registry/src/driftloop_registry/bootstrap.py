@@ -18,7 +18,13 @@ from aiokafka.errors import KafkaError
 from driftloop.v1 import registry_pb2_grpc
 from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.grpc.server import GrpcServer, build_server
-from driftloop_core.kafka import Consumer, Publisher, TopicSpec, default_topic_specs, ensure_topics
+from driftloop_core.kafka import (
+    ConsumerLoop,
+    Publisher,
+    TopicSpec,
+    default_topic_specs,
+    ensure_topics,
+)
 from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,7 +48,7 @@ class RegistryService:
     store: RegistryStore | None = field(default=None, init=False)
     registry: Registry | None = field(default=None, init=False)
     server: GrpcServer | None = field(default=None, init=False)
-    consumer: Consumer | None = field(default=None, init=False)
+    consumer: ConsumerLoop | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -82,11 +88,11 @@ class RegistryService:
         # Events a crash left between commit and publish go out first.
         await self.registry.flush_outbox()
         await self.server.start()
-        self.consumer = Consumer(
+        self.consumer = ConsumerLoop(
             self.settings,
             topics=[self.config.source_topic],
             group_id=self.config.group_id,
-            handler=TrainedHandler(self.registry),
+            handle=TrainedHandler(self.registry),
             publisher=self.publisher,
             deadletter_topic=self.config.deadletter_topic,
         )

@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.grpc.server import GrpcServer, build_server
-from driftloop_core.kafka import Consumer, Publisher, Topics, default_topic_specs, ensure_topics
+from driftloop_core.kafka import ConsumerLoop, Publisher, Topics, default_topic_specs, ensure_topics
 from driftloop_core.logging import get_logger
 from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
@@ -37,7 +37,7 @@ class TrainerService:
         settings: Settings,
         *,
         publisher: Publisher,
-        consumer: Consumer,
+        consumer: ConsumerLoop,
         server: GrpcServer,
         ledger: RequestLedger,
         create_topics: bool,

@@ -19,15 +19,15 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from driftloop_core.kafka.headers import PROTOBUF, EventHeaders, make_headers, new_event_id
+from driftloop_core.kafka.retry import is_transient, retrying
 from driftloop_core.kafka.topics import kind_of_message
-from driftloop_core.settings import KafkaSettings, Settings
+from driftloop_core.settings import Settings
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("driftloop.kafka")
@@ -58,28 +58,6 @@ class Outgoing:
         """A Driftloop event bound for the topic its type belongs to."""
         kind = kind_of_message(message.DESCRIPTOR.full_name)
         return cls(kind.topic, message.SerializeToString(), key, kind.ce_type, event_id)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Broker hiccups worth retrying; anything else is a bug or a refusal."""
-    if isinstance(error, KafkaError):
-        return bool(getattr(error, "retriable", False)) or type(error).__name__ in (
-            "KafkaTimeoutError",
-            "RequestTimedOutError",
-            "NotLeaderForPartitionError",
-            "LeaderNotAvailableError",
-        )
-    return isinstance(error, ConnectionError | TimeoutError)
-
-
-def backoff_delays(settings: KafkaSettings) -> list[float]:
-    """Exponential backoff with full jitter, one delay per retry."""
-    delays = []
-    ceiling = settings.retry_backoff_initial_s
-    for _ in range(settings.retry_attempts - 1):
-        delays.append(random.uniform(ceiling / 2, ceiling))
-        ceiling = min(ceiling * 2, settings.retry_backoff_max_s)
-    return delays
 
 
 # (topic, key, value, Kafka headers) of a record ready for a record batch.
@@ -247,43 +225,39 @@ class Publisher:
             spans.append(span)
             pending[index] = (record, headers)
         results: dict[int, RecordMetadata] = {}
-        delays = backoff_delays(self._kafka)
         try:
-            for attempt in range(len(delays) + 1):
-                futures = {
-                    index: await self._producer.send(
-                        record.topic,
-                        record.value,
-                        key=_key_bytes(record.key),
-                        headers=headers.to_kafka(),
-                    )
-                    for index, (record, headers) in pending.items()
-                }
-                outcomes = await asyncio.gather(*futures.values(), return_exceptions=True)
-                failed: list[BaseException] = []
-                for index, outcome in zip(futures, outcomes, strict=True):
-                    if isinstance(outcome, BaseException):
-                        if not is_transient(outcome):
-                            raise outcome
-                        failed.append(outcome)
-                    else:
-                        results[index] = outcome
-                        del pending[index]
-                if not pending:
-                    break
-                if attempt == len(delays):
-                    raise failed[0]
-                log.warning(
-                    "publish_batch_retry",
-                    failed=len(pending),
-                    attempt=attempt + 1,
-                    error=repr(failed[0]),
-                )
-                await asyncio.sleep(delays[attempt])
+            async for attempt in retrying(self._kafka, "publish_batch"):
+                with attempt:
+                    await self._send_pending(pending, results)
         finally:
             for span in spans:
                 span.end()
         return [results[index] for index in range(len(records))]
+
+    async def _send_pending(
+        self,
+        pending: dict[int, tuple[Outgoing, EventHeaders]],
+        results: dict[int, RecordMetadata],
+    ) -> None:
+        """Send what is pending; what was acknowledged leaves `pending`. Raises
+        the first failure if anything is left (transient ones are retried)."""
+        assert self._producer is not None
+        futures = {
+            index: await self._producer.send(
+                record.topic, record.value, key=_key_bytes(record.key), headers=headers.to_kafka()
+            )
+            for index, (record, headers) in pending.items()
+        }
+        outcomes = await asyncio.gather(*futures.values(), return_exceptions=True)
+        failed: list[BaseException] = []
+        for index, outcome in zip(futures, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.append(outcome)
+            else:
+                results[index] = outcome
+                del pending[index]
+        if failed:
+            raise next((f for f in failed if not is_transient(f)), failed[0])
 
     async def _publish_as_one(self, records: Sequence[Outgoing]) -> list[RecordMetadata]:
         """`publish_batch(trace_batch=True)`: one span and one set of shared headers."""
@@ -329,94 +303,75 @@ class Publisher:
     async def _send_batched(self, prepared: Sequence[_Prepared]) -> list[RecordMetadata]:
         """Append records to one record batch per partition (more when one fills)
         and wait for all; batches that failed transiently are sent again."""
-        producer = self._producer
-        assert producer is not None
         results: list[RecordMetadata | None] = [None] * len(prepared)
         pending = list(range(len(prepared)))
-        delays = backoff_delays(self._kafka)
-        for attempt in range(len(delays) + 1):
-            partitions: dict[str, list[int]] = {}
-            by_partition: dict[tuple[str, int], list[int]] = {}
-            for index in pending:
-                topic, key = prepared[index][0], prepared[index][1]
-                choices = partitions.get(topic)
-                if choices is None:
-                    choices = partitions[topic] = sorted(await producer.partitions_for(topic))
-                partition = (
-                    choices[_partition_index(key, len(choices))]
-                    if key is not None
-                    else random.choice(choices)
-                )
-                by_partition.setdefault((topic, partition), []).append(index)
-            sent: list[tuple[list[int], asyncio.Future[Any]]] = []
-            for (topic, partition), indices in by_partition.items():
-                builder = producer.create_batch()
-                members: list[int] = []
-                for index in indices:
-                    _, key, value, headers = prepared[index]
-                    if (
-                        builder.append(timestamp=None, key=key, value=value, headers=headers)
-                        is None
-                    ):
-                        # Full: send it and start another (a first record always fits).
-                        sent.append(
-                            (
-                                members,
-                                await producer.send_batch(builder, topic, partition=partition),
-                            )
-                        )
-                        builder, members = producer.create_batch(), []
-                        builder.append(timestamp=None, key=key, value=value, headers=headers)
-                    members.append(index)
-                sent.append(
-                    (members, await producer.send_batch(builder, topic, partition=partition))
-                )
-            outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
-            failed: list[BaseException] = []
-            retry: list[int] = []
-            for (members, _), outcome in zip(sent, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    if not is_transient(outcome):
-                        raise outcome
-                    failed.append(outcome)
-                    retry.extend(members)
-                    continue
-                for position, index in enumerate(members):
-                    results[index] = outcome._replace(offset=outcome.offset + position)
-            if not retry:
-                break
-            if attempt == len(delays):
-                raise failed[0]
-            log.warning(
-                "publish_batch_retry",
-                failed=len(retry),
-                attempt=attempt + 1,
-                error=repr(failed[0]),
-            )
-            await asyncio.sleep(delays[attempt])
-            pending = sorted(retry)
+        async for attempt in retrying(self._kafka, "publish_batch"):
+            with attempt:
+                pending = await self._send_batches_once(prepared, pending, results)
         return [metadata for metadata in results if metadata is not None]
+
+    async def _send_batches_once(
+        self,
+        prepared: Sequence[_Prepared],
+        pending: list[int],
+        results: list[RecordMetadata | None],
+    ) -> list[int]:
+        """One attempt at the records still pending; returns those left to send
+        again, or raises the first failure when some are left."""
+        producer = self._producer
+        assert producer is not None
+        partitions: dict[str, list[int]] = {}
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        for index in pending:
+            topic, key = prepared[index][0], prepared[index][1]
+            choices = partitions.get(topic)
+            if choices is None:
+                choices = partitions[topic] = sorted(await producer.partitions_for(topic))
+            partition = (
+                choices[_partition_index(key, len(choices))]
+                if key is not None
+                else random.choice(choices)
+            )
+            by_partition.setdefault((topic, partition), []).append(index)
+        sent: list[tuple[list[int], asyncio.Future[Any]]] = []
+        for (topic, partition), indices in by_partition.items():
+            builder = producer.create_batch()
+            members: list[int] = []
+            for index in indices:
+                _, key, value, headers = prepared[index]
+                if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    # Full: send it and start another (a first record always fits).
+                    sent.append(
+                        (members, await producer.send_batch(builder, topic, partition=partition))
+                    )
+                    builder, members = producer.create_batch(), []
+                    builder.append(timestamp=None, key=key, value=value, headers=headers)
+                members.append(index)
+            sent.append((members, await producer.send_batch(builder, topic, partition=partition)))
+        outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        failed: list[BaseException] = []
+        left: list[int] = []
+        for (members, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.append(outcome)
+                left.extend(members)
+                continue
+            for position, index in enumerate(members):
+                results[index] = outcome._replace(offset=outcome.offset + position)
+        if failed:
+            # The records left are retried in their original order.
+            pending[:] = sorted(left)
+            raise next((f for f in failed if not is_transient(f)), failed[0])
+        return []
 
     async def _send_with_retry(
         self, topic: str, value: bytes, key: bytes | None, headers: EventHeaders
     ) -> RecordMetadata:
         assert self._producer is not None
-        delays = backoff_delays(self._kafka)
-        for attempt in range(len(delays) + 1):
-            try:
+        async for attempt in retrying(self._kafka, f"publish to {topic}"):
+            with attempt:
                 metadata: RecordMetadata = await self._producer.send_and_wait(
                     topic, value, key=key, headers=headers.to_kafka()
                 )
                 return metadata
-            except (KafkaError, ConnectionError, TimeoutError) as error:
-                if not is_transient(error) or attempt == len(delays):
-                    raise
-                log.warning(
-                    "publish_retry",
-                    topic=topic,
-                    attempt=attempt + 1,
-                    error=repr(error),
-                    delay_s=round(delays[attempt], 3),
-                )
-                await asyncio.sleep(delays[attempt])
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable")  # tenacity returns or raises above

@@ -1,6 +1,6 @@
 """`models.trained` in: decode, register, and dead-letter what can never be registered.
 
-Runs inside the core `Consumer`, which commits offsets only after this handler
+Runs inside the core `ConsumerLoop`, which commits offsets only after this handler
 returned or the record was dead-lettered. A record that does not decode, names
 no model or request, or whose artifact is missing, corrupt (digest mismatch),
 larger than `DRIFTLOOP_ARTIFACTS_MAX_BYTES` or not ONNX raises `PoisonMessage`:
@@ -19,7 +19,7 @@ from driftloop_registry.handlers import Registry
 
 
 class TrainedHandler:
-    """The `Consumer` handler for `models.trained`."""
+    """The `ConsumerLoop` handler for `models.trained`."""
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from driftloop.v1 import events_pb2
-from driftloop_core.kafka import Consumer, PoisonMessage, Publisher, Record, Topics
+from driftloop_core.kafka import ConsumerLoop, PoisonMessage, Publisher, Record, Topics
 from driftloop_core.logging import get_logger
 from driftloop_core.settings import Settings
 from google.protobuf.message import DecodeError
@@ -144,11 +144,11 @@ def build_consumer(
     *,
     topic: str = Topics.TRAINING_REQUESTED,
     group_id: str = GROUP_ID,
-) -> Consumer:
-    return Consumer(
+) -> ConsumerLoop:
+    return ConsumerLoop(
         settings,
         topics=[topic],
         group_id=group_id,
-        handler=requests.handle,
+        handle=requests.handle,
         publisher=publisher,
     )
