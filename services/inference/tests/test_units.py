@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from driftloop_inference.adapters.onnx import load_model
 from driftloop_inference.batching import Batcher, Overloaded
 from driftloop_inference.codec import (
     InputDecoder,
@@ -21,7 +22,7 @@ from driftloop_inference.codec import (
     decode_inputs,
     encode_bytes_tensor,
 )
-from driftloop_inference.model import ModelLoadError, load_model
+from driftloop_inference.model import ModelLoadError
 from inference import grpc_service_pb2 as oip
 
 

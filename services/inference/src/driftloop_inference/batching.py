@@ -13,7 +13,7 @@ the worker may wait a whole scheduler time slice for a core. Slower models (and
 requests larger than a batch) run in a worker thread, and while one batch runs
 there the next one gathers by itself.
 
-A full queue refuses at once (`Overloaded` -> RESOURCE_EXHAUSTED). A request
+A full queue refuses at once (`Overloaded`). A request
 whose caller went away (its future cancelled by a deadline or a cancel) or whose
 deadline has passed by the time its batch forms is dropped before the run.
 """
@@ -31,19 +31,11 @@ from typing import Any
 import numpy as np
 import structlog
 
-from driftloop_inference.codec import Array
+from driftloop_inference.errors import DeadlineExpired, Overloaded
 from driftloop_inference.metrics import BATCH_SIZE, QUEUE_SECONDS, REJECTED
-from driftloop_inference.model import LoadedModel
+from driftloop_inference.model import Array, ServedModel
 
 log = structlog.get_logger(__name__)
-
-
-class Overloaded(Exception):
-    """The queue is full: RESOURCE_EXHAUSTED."""
-
-
-class DeadlineExpired(Exception):
-    """The caller's deadline passed before the request could run."""
 
 
 class _Item:
@@ -51,7 +43,7 @@ class _Item:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: ServedModel,
         feeds: dict[str, Array],
         rows: int,
         future: asyncio.Future[list[Array]],
@@ -73,7 +65,7 @@ class _Item:
 _SMOOTHING = 0.25
 
 
-def _timed_run(model: LoadedModel, feeds: dict[str, Array]) -> list[Array]:
+def _timed_run(model: ServedModel, feeds: dict[str, Array]) -> list[Array]:
     """Run and fold the run's duration into `model.run_seconds`."""
     started = time.perf_counter()
     outputs = model.run(feeds)
@@ -81,7 +73,7 @@ def _timed_run(model: LoadedModel, feeds: dict[str, Array]) -> list[Array]:
     return outputs
 
 
-def _tail_key(model: LoadedModel, feeds: dict[str, Array]) -> Any:
+def _tail_key(model: ServedModel, feeds: dict[str, Array]) -> Any:
     """What must match for two requests to stack: the model and, when the model
     has variable non-batch dimensions, every input's trailing shape."""
     if model.fixed_tail:
@@ -131,7 +123,7 @@ class Batcher:
         return len(self._queue) + self._inflight
 
     async def infer(
-        self, model: LoadedModel, feeds: dict[str, Array], rows: int, deadline: float | None
+        self, model: ServedModel, feeds: dict[str, Array], rows: int, deadline: float | None
     ) -> list[Array]:
         """Every output of `model` for `feeds` (`rows` rows), batched when possible.
 
@@ -162,7 +154,7 @@ class Batcher:
             self._wake.set()
         return await future
 
-    def _inline(self, model: LoadedModel) -> bool:
+    def _inline(self, model: ServedModel) -> bool:
         """True when a batch of this model is quick enough to run on the event loop."""
         return model.run_seconds <= self.inline_run_s
 

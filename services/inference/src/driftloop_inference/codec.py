@@ -4,7 +4,7 @@ Inputs come either as typed `contents` or as `raw_input_contents` (little-endian
 bytes, BYTES elements as a 4-byte little-endian length then the bytes, as Triton
 and tritonclient write them); raw bytes are read with `numpy.frombuffer`, no copy.
 Every refusal is an `InvalidTensor` whose message names the tensor, what was
-expected and what came; the servicer turns it into INVALID_ARGUMENT. Nothing a
+expected and what came (an InvalidInput to the data plane's callers). Nothing a
 request says makes decoding allocate or loop beyond the bytes it carries: shapes
 numpy cannot represent are refused, BYTES elements are read only up to the count
 the shape allows, and typed values outside a narrow type's range are refused
@@ -16,46 +16,15 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
 from inference import grpc_service_pb2 as oip
 
-Array = np.ndarray[Any, Any]
+from driftloop_inference.errors import InvalidInput
+from driftloop_inference.model import NUMPY_TYPES as NUMPY_TYPES
+from driftloop_inference.model import Array, TensorSpec, format_shape
 
-# OIP datatype -> numpy dtype (little-endian, the wire order of raw contents).
-NUMPY_TYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
-# onnxruntime type strings -> OIP datatype.
-ORT_TYPES: dict[str, str] = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
 # OIP datatype -> the InferTensorContents field that carries it.
 CONTENTS_FIELDS: dict[str, str] = {
     "BOOL": "bool_contents",
@@ -90,28 +59,8 @@ _MAX_EXTENT = int(np.iinfo(np.intp).max)
 _NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 
 
-class InvalidTensor(ValueError):
-    """A request tensor that does not fit the model: INVALID_ARGUMENT."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output: name, OIP datatype, dims (-1 variable)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return NUMPY_TYPES[self.datatype]
-
-    def describe(self) -> str:
-        return f"{self.datatype} {format_shape(self.shape)}"
-
-
-def format_shape(shape: Iterable[int]) -> str:
-    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+class InvalidTensor(InvalidInput):
+    """A request tensor that does not fit the model."""
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:

@@ -1,30 +1,58 @@
-"""One loaded, verified, warmed-up model version: an onnxruntime session and its signature.
+"""What a served model version is to the rest of the service: a signature of
+named, typed tensors and a `run`, whatever runtime is behind it.
 
-`load_model` is the only way to make one, and it refuses bytes whose sha256 is
-not the one expected, bytes onnxruntime cannot load, and a session that fails a
-warm-up run; so whatever the repository swaps in has already answered once.
+The data plane, the batcher and the repository speak of `ServedModel` only;
+`adapters/onnx.py` is the one runtime that makes them. Tensor datatypes use the
+Open Inference Protocol's names (`FP32`, `BYTES`, ...), the one vocabulary every
+part of the service shares.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from google.protobuf.message import DecodeError
-from opentelemetry import trace
 
-from driftloop_inference.codec import CONTENTS_FIELDS, ORT_TYPES, Array, InputDecoder, TensorSpec
+Array = np.ndarray[Any, Any]
 
-_tracer = trace.get_tracer("driftloop.inference")
+# Datatype -> numpy dtype (little-endian, the wire order of raw contents).
+NUMPY_TYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
 
-PLATFORM = "onnxruntime_onnx"
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, datatype, dims (-1 variable)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return NUMPY_TYPES[self.datatype]
+
+    def describe(self) -> str:
+        return f"{self.datatype} {format_shape(self.shape)}"
+
+
+def format_shape(shape: Iterable[int]) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
 
 
 class ModelLoadError(Exception):
@@ -35,219 +63,32 @@ class ModelLoadError(Exception):
         self.stage = stage
 
 
-def _spec(arg: Any) -> TensorSpec:
-    datatype = ORT_TYPES.get(arg.type)
-    if datatype is None:
-        raise ModelLoadError("onnx", f"tensor {arg.name!r} has unsupported type {arg.type}")
-    dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or ()))
-    return TensorSpec(arg.name, datatype, dims)
+class ServedModel(Protocol):
+    """One loaded, verified, warmed-up model version."""
 
-
-@dataclass(eq=False)
-class LoadedModel:
     name: str
     version: int
+    version_str: str
     sha256: str
-    session: ort.InferenceSession
+    platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    input_specs: dict[str, TensorSpec] = field(init=False)
-    output_specs: dict[str, TensorSpec] = field(init=False)
-    output_names: list[str] = field(init=False)
-    # True when every input's first dimension is the variable batch dimension,
-    # so requests can be stacked along axis 0.
-    batchable: bool = field(init=False)
-    # True when no input has a variable dimension after the first: any two
-    # requests stack without comparing shapes.
-    fixed_tail: bool = field(init=False)
-    version_str: str = field(init=False)
-    decoder: InputDecoder = field(init=False)
-    # True when every output has a typed contents field (else outputs go back raw).
-    typed_outputs: bool = field(init=False)
-    # How long a run takes (seconds): the fastest of a few timed runs of
-    # `probe_rows` rows at load, then the batcher's moving average of served runs.
-    run_seconds: float = field(default=math.inf, init=False)
-    # The span that swapped this version in (a promotion's trace), until the first
-    # request it answers closes the retrain loop's trace; then None.
-    swap_context: trace.SpanContext | None = field(default=None, init=False)
-
-    def first_served(self, request: str) -> None:
-        """After a request this version answered: the first one ends the retrain
-        loop's trace with a span, linked to the request's own trace."""
-        swap = self.swap_context
-        if swap is None:
-            return
-        self.swap_context = None
-        link = trace.Link(trace.get_current_span().get_span_context())
-        parent = trace.set_span_in_context(trace.NonRecordingSpan(swap))
-        _tracer.start_span(
-            "inference.first_prediction",
-            context=parent,
-            links=[link],
-            attributes={
-                "driftloop.model": self.name,
-                "driftloop.model_version": self.version,
-                "rpc.method": request,
-            },
-        ).end()
-
-    def __post_init__(self) -> None:
-        self.input_specs = {spec.name: spec for spec in self.inputs}
-        self.output_specs = {spec.name: spec for spec in self.outputs}
-        self.output_names = [spec.name for spec in self.outputs]
-        self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs) and all(
-            spec.shape and spec.shape[0] == -1 for spec in self.outputs
-        )
-        self.fixed_tail = all(-1 not in spec.shape[1:] for spec in self.inputs)
-        self.version_str = str(self.version)
-        self.decoder = InputDecoder(self.inputs)
-        self.typed_outputs = all(spec.datatype in CONTENTS_FIELDS for spec in self.outputs)
+    output_names: list[str]
+    # Every input's and output's first dimension is the variable batch
+    # dimension, so requests can be stacked along axis 0.
+    batchable: bool
+    # No input has a variable dimension after the first: any two requests
+    # stack without comparing shapes.
+    fixed_tail: bool
+    # How long a run takes (seconds), kept up to date by the batcher.
+    run_seconds: float
 
     def run(self, feeds: dict[str, Array]) -> list[Array]:
-        """All outputs, in signature order.
-
-        A one-row run of a batchable model is computed as two copies of the row:
-        onnxruntime's one-row kernels (GEMV) round differently in the last bit
-        from its batch kernels, and with this every row's result is the same
-        whether or not dynamic batching merged it with others.
-        """
-        if self.batchable and self.inputs:
-            first = feeds[self.inputs[0].name]
-            if first.ndim and first.shape[0] == 1:
-                doubled = {name: np.concatenate((array, array)) for name, array in feeds.items()}
-                return [output[:1] for output in self.session.run(self.output_names, doubled)]
-        results: list[Array] = self.session.run(self.output_names, feeds)
-        return results
-
-    def warmup_feeds(self, rows: int = 1) -> dict[str, Array]:
-        feeds: dict[str, Array] = {}
-        for spec in self.inputs:
-            shape = tuple(
-                rows if i == 0 and d == -1 else (1 if d == -1 else d)
-                for i, d in enumerate(spec.shape)
-            )
-            if spec.datatype == "BYTES":
-                array = np.empty(shape, dtype=object)
-                array.fill("")
-            else:
-                array = np.zeros(shape, dtype=spec.dtype)
-            feeds[spec.name] = array
-        return feeds
+        """All outputs, in signature order; raises InvalidInput for values the
+        model refuses."""
+        ...
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
-    """Options for small models: few threads, no spinning, full graph optimisation."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = inter_op_threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning threads burn the cores the gRPC server needs between runs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return options
-
-
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor a graph holds, its subgraphs' (If, Loop, Scan bodies) included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _tensors(subgraph)
-
-
-def refuse_external_data(name: str, version: int, data: bytes) -> None:
-    """Raise ModelLoadError when a tensor keeps its data in a file beside the model.
-
-    An artifact must be self-contained: its digest covers every byte that is run,
-    and a location such as `../../etc/x` must never be read. onnxruntime itself
-    refuses external data in a model given as bytes, but that is its behaviour
-    today, not a promise; this check states the rule and names the tensor.
-    """
-    try:
-        proto = onnx.ModelProto.FromString(data)
-    except DecodeError as error:
-        raise ModelLoadError(
-            "onnx", f"model {name} v{version}: not an ONNX model: {str(error)[:300]}"
-        ) from error
-    for tensor in _tensors(proto.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            raise ModelLoadError(
-                "external_data",
-                f"model {name} v{version}: tensor {tensor.name!r} keeps its data in an "
-                f"external file ({where!r}); a served model must be self-contained",
-            )
-
-
-def load_model(
-    name: str,
-    version: int,
-    data: bytes,
-    expected_sha256: str | None,
-    *,
-    intra_op_threads: int = 1,
-    inter_op_threads: int = 1,
-    probe_rows: int = 1,
-) -> LoadedModel:
-    """Verify, load and warm up; raises ModelLoadError. Blocking: call in a thread.
-
-    The warm-up also times a run of `probe_rows` rows (the largest batch), which
-    tells the batcher whether runs are short enough for the event loop.
-    """
-    digest = hashlib.sha256(data).hexdigest()
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise ModelLoadError(
-            "digest",
-            f"model {name} v{version}: artifact sha256 {digest} does not match the expected "
-            f"{expected_sha256}",
-        )
-    refuse_external_data(name, version, data)
-    try:
-        session = ort.InferenceSession(
-            data,
-            sess_options=session_options(intra_op_threads, inter_op_threads),
-            providers=["CPUExecutionProvider"],
-        )
-    except Exception as error:  # onnxruntime raises many kinds
-        raise ModelLoadError(
-            "onnx", f"model {name} v{version}: not a loadable ONNX model: {str(error)[:300]}"
-        ) from error
-    model = LoadedModel(
-        name,
-        version,
-        digest,
-        session,
-        tuple(_spec(arg) for arg in session.get_inputs()),
-        tuple(_spec(arg) for arg in session.get_outputs()),
-    )
-    try:
-        model.run(model.warmup_feeds(1))
-        probe = model.warmup_feeds(1)
-        if model.batchable:
-            model.run(model.warmup_feeds(2))
-            probe = model.warmup_feeds(max(probe_rows, 1))
-        model.run_seconds = _fastest_run(model, probe)
-    except Exception as error:
-        raise ModelLoadError(
-            "warmup", f"model {name} v{version}: warm-up run failed: {str(error)[:300]}"
-        ) from error
-    return model
-
-
-def _fastest_run(model: LoadedModel, feeds: dict[str, Array], runs: int = 5) -> float:
-    fastest = math.inf
-    for _ in range(runs):
-        started = time.perf_counter()
-        model.run(feeds)
-        fastest = min(fastest, time.perf_counter() - started)
-    return fastest
+# Verify, load and warm up (name, version, bytes, expected sha256); raises
+# ModelLoadError. Blocking: the repository calls it in a thread.
+Loader = Callable[[str, int, bytes, str | None], ServedModel]

@@ -5,7 +5,8 @@ replaced stays loaded, so a rollback to it is an instant swap. A new version is
 downloaded, verified, loaded and warmed up in a worker thread while the current
 one keeps serving, then swapped in with one assignment: a request sees either
 the old model or the new one, never a half-loaded one. A failed load leaves
-everything as it was, logged and counted.
+everything as it was, logged and counted. Listeners registered with `on_change`
+run after each swap, inside the caller's span (a promotion's trace).
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
-from opentelemetry import trace
 
-from driftloop_inference.config import InferenceSettings
+from driftloop_inference.errors import ModelNotFound, ModelUnavailable
 from driftloop_inference.metrics import MODEL_LOAD_FAILURES, MODEL_LOADS, MODEL_VERSION
-from driftloop_inference.model import LoadedModel, ModelLoadError, load_model
+from driftloop_inference.model import Loader, ModelLoadError, ServedModel
 
 log = structlog.get_logger(__name__)
 
@@ -26,36 +26,28 @@ log = structlog.get_logger(__name__)
 Fetch = Callable[[str, int], Awaitable[tuple[bytes, str]]]
 
 
-class ModelNotFound(LookupError):
-    """Unknown model or version: NOT_FOUND."""
-
-
-class ModelUnavailable(RuntimeError):
-    """The model is known but nothing is loaded yet: UNAVAILABLE."""
-
-
 class ModelRepository:
-    def __init__(self, name: str, config: InferenceSettings) -> None:
+    def __init__(self, name: str, load: Loader) -> None:
         self.name = name
-        self._config = config
-        self.current: LoadedModel | None = None
-        self.previous: LoadedModel | None = None
+        self._load = load
+        self.current: ServedModel | None = None
+        self.previous: ServedModel | None = None
         self._lock = asyncio.Lock()
-        self._listeners: list[Callable[[LoadedModel], Awaitable[None]]] = []
+        self._listeners: list[Callable[[ServedModel], Awaitable[None]]] = []
         self.last_error: str = ""
         self.loaded_event = asyncio.Event()
 
-    def on_change(self, listener: Callable[[LoadedModel], Awaitable[None]]) -> None:
+    def on_change(self, listener: Callable[[ServedModel], Awaitable[None]]) -> None:
         self._listeners.append(listener)
 
     @property
     def ready(self) -> bool:
         return self.current is not None
 
-    def loaded(self) -> list[LoadedModel]:
+    def loaded(self) -> list[ServedModel]:
         return [m for m in (self.current, self.previous) if m is not None]
 
-    def resolve(self, name: str, version: str) -> LoadedModel:
+    def resolve(self, name: str, version: str) -> ServedModel:
         """The model for a request's (name, version); "" means the served one / current."""
         if name and name != self.name:
             raise ModelNotFound(
@@ -76,7 +68,7 @@ class ModelRepository:
             f"model '{self.name}' version '{version}' is not loaded; loaded versions: {loaded}"
         )
 
-    async def install(self, model: LoadedModel) -> None:
+    async def install(self, model: ServedModel) -> None:
         """Swap `model` in; the current one becomes the rollback target."""
         old = self.current
         if old is not None and old.version == model.version and old.sha256 == model.sha256:
@@ -84,8 +76,6 @@ class ModelRepository:
         if self.previous is not None and self.previous is not old:
             MODEL_VERSION.remove(self.name, self.previous.version_str, self.previous.sha256)
         self.previous = old if old is not model else self.previous
-        swap = trace.get_current_span().get_span_context()
-        model.swap_context = swap if swap.is_valid else None
         self.current = model
         self.loaded_event.set()
         if self.previous is not None:
@@ -105,16 +95,7 @@ class ModelRepository:
     async def load_bytes(self, version: int, data: bytes, expected_sha256: str | None) -> bool:
         """Verify, load, warm up and swap in; False (old model serving) on failure."""
         try:
-            model = await asyncio.to_thread(
-                load_model,
-                self.name,
-                version,
-                data,
-                expected_sha256,
-                intra_op_threads=self._config.intra_op_threads,
-                inter_op_threads=self._config.inter_op_threads,
-                probe_rows=self._config.max_batch_size,
-            )
+            model = await asyncio.to_thread(self._load, self.name, version, data, expected_sha256)
         except ModelLoadError as error:
             self._failed(version, error.stage, str(error))
             return False

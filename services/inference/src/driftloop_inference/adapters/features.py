@@ -1,4 +1,8 @@
-"""The feature store's online lookup, over gRPC, within a deadline."""
+"""The feature store's online lookup, over gRPC, within a deadline.
+
+A lookup that fails (the store down, the deadline passed) raises
+FeaturesUnavailable carrying the status code's name and details.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from driftloop.v1 import common_pb2, features_pb2, features_pb2_grpc
 from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from driftloop_inference.errors import FeaturesUnavailable
 
 
 class FeatureClient:
@@ -31,7 +37,7 @@ class FeatureClient:
     async def online(
         self, entity_id: str, names: list[str], as_of: Timestamp | None, timeout_s: float | None
     ) -> Mapping[str, common_pb2.FeatureValue]:
-        """The entity's present values (raises AioRpcError, DEADLINE_EXCEEDED included)."""
+        """The entity's present values (raises FeaturesUnavailable)."""
         if self._stub is None:
             self._channel = open_channel(self._target, self._settings)
             self._stub = features_pb2_grpc.FeatureServiceStub(self._channel)
@@ -39,9 +45,14 @@ class FeatureClient:
         if as_of is not None:
             request.as_of.CopyFrom(as_of)
         timeout = self._timeout_s if timeout_s is None else min(timeout_s, self._timeout_s)
-        reply: features_pb2.GetOnlineFeaturesResponse = await self._stub.GetOnlineFeatures(
-            request, timeout=timeout
-        )
+        try:
+            reply: features_pb2.GetOnlineFeaturesResponse = await self._stub.GetOnlineFeatures(
+                request, timeout=timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise FeaturesUnavailable(
+                f"{error.code().name}: {error.details()}", code=error.code().name
+            ) from error
         if not reply.entities:
             return {}
         values: Mapping[str, common_pb2.FeatureValue] = reply.entities[0].values

@@ -15,6 +15,7 @@ from driftloop.v1 import registry_pb2, registry_pb2_grpc
 from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings
 
+from driftloop_inference.errors import RegistryUnavailable
 from driftloop_inference.model import ModelLoadError
 
 
@@ -36,7 +37,7 @@ class RegistryClient:
             self._channel = None
 
     async def champion(self, model: str) -> registry_pb2.ModelVersion | None:
-        """The champion version, None when the model has none; raises AioRpcError."""
+        """The champion version, None when the model has none; raises RegistryUnavailable."""
         try:
             reply = await self._stub().GetChampion(
                 registry_pb2.GetChampionRequest(model=model), timeout=self._timeout_s
@@ -44,7 +45,7 @@ class RegistryClient:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise
+            raise RegistryUnavailable(error.code().name, error.details() or "") from error
         version: registry_pb2.ModelVersion = reply.model_version
         return version
 

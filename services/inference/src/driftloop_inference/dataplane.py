@@ -1,0 +1,286 @@
+"""The inference data plane: every call the service answers, whatever carries it.
+
+The gRPC servicers (Open Inference Protocol and `driftloop.v1.Predictor`) only
+convert their requests, call a method here and convert the answer back. Refusals
+are the domain errors of `errors.py`; each entrypoint maps them to its status
+codes once. Nothing here knows gRPC, and nothing here knows which runtime a
+model runs on.
+
+`predict` fills a model's inputs (one `[-1, 1]` tensor per feature, named after
+it) from the request's own features first, then from the entity's online
+features, looked up as of the event time within the caller's deadline. What is
+still missing takes its configured default (NaN / "" by default, as the trainer
+encodes a missing value) or, with the `fail` policy, is refused as
+MissingFeatures naming the features. When the lookup itself fails the call is
+refused as FeaturesUnavailable, or, with `on_lookup_failure=defaults`, goes on
+as if the entity had no online features. The prediction is offered to the
+predictions buffer, which never blocks the call.
+
+The data plane also closes the retrain loop's trace: a version swapped in under
+a promotion's span keeps that span's context until the first request it answers,
+which ends the trace with a span linked to the request's own.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from driftloop.v1 import common_pb2, events_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
+
+from driftloop_inference.batching import Batcher
+from driftloop_inference.config import InferenceSettings
+from driftloop_inference.errors import (
+    DeadlineExpired,
+    FeaturesUnavailable,
+    InvalidInput,
+    MissingFeatures,
+    ModelNotFound,
+    ModelUnavailable,
+)
+from driftloop_inference.metrics import FEATURE_LOOKUP_FAILURES
+from driftloop_inference.model import Array, ServedModel
+from driftloop_inference.predict import check_signature, decide, feature_inputs
+from driftloop_inference.repository import ModelRepository
+
+_tracer = trace.get_tracer("driftloop.inference")
+SERVED_ALIAS = "champion"
+
+
+class OnlineFeatures(Protocol):
+    """The feature store's online lookup (adapters/features.py)."""
+
+    @property
+    def target(self) -> str: ...
+
+    async def online(
+        self, entity_id: str, names: list[str], as_of: Timestamp | None, timeout_s: float | None
+    ) -> Mapping[str, common_pb2.FeatureValue]:
+        """The entity's present values; raises FeaturesUnavailable."""
+        ...
+
+
+class PredictionOutbox(Protocol):
+    """Where predictions go without making the call wait (adapters/predictions.py)."""
+
+    def offer(self, prediction: events_pb2.Prediction) -> None: ...
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One event to decide on. `version` ("" for the served one) or `alias`."""
+
+    event_id: str = ""
+    entity_id: str = ""
+    model: str = ""
+    version: str = ""
+    alias: str = ""
+    features: Mapping[str, common_pb2.FeatureValue] = field(default_factory=dict)
+    event_time: Timestamp | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str
+    model_version: int
+    label: int
+    probability: float
+    features_used: dict[str, common_pb2.FeatureValue]
+    defaults_applied: list[str]
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One entry of the repository index."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+class DataPlane:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        batcher: Batcher,
+        features: OnlineFeatures | None,
+        outbox: PredictionOutbox,
+        config: InferenceSettings,
+    ) -> None:
+        self._repository = repository
+        self._batcher = batcher
+        self._features = features
+        self._outbox = outbox
+        self._config = config
+        # Versions swapped in under a span, until their first answer ends it.
+        self._swaps: weakref.WeakKeyDictionary[ServedModel, trace.SpanContext] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Registered first, so the swap is noted before any listener awaits.
+        repository.on_change(self._swapped)
+
+    @property
+    def ready(self) -> bool:
+        return self._repository.ready
+
+    def model(self, name: str, version: str) -> ServedModel:
+        """The version a request names ("" the served one); ModelNotFound or
+        ModelUnavailable otherwise."""
+        return self._repository.resolve(name, version)
+
+    def model_ready(self, name: str, version: str) -> bool:
+        try:
+            self._repository.resolve(name, version)
+        except (ModelNotFound, ModelUnavailable):
+            return False
+        return True
+
+    def loaded(self) -> list[ServedModel]:
+        return self._repository.loaded()
+
+    def index(self, ready_only: bool) -> list[ModelState]:
+        """The loaded versions; with none, the model and why (unless `ready_only`)."""
+        loaded = self._repository.loaded()
+        states = [ModelState(model.name, model.version_str, "READY") for model in loaded]
+        if not loaded and not ready_only:
+            repository = self._repository
+            reason = repository.last_error or "no version loaded yet"
+            states.append(ModelState(repository.name, "", "UNAVAILABLE", reason))
+        return states
+
+    async def infer(
+        self,
+        model: ServedModel,
+        feeds: dict[str, Array],
+        timeout_s: float | None,
+        method: str = "ModelInfer",
+    ) -> list[Array]:
+        """Every output of `model` for `feeds` (already checked against its inputs),
+        within `timeout_s` seconds. `method` names the call in the trace."""
+        rows = _rows(model, feeds)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        outputs = await self._run(model, feeds, rows, deadline)
+        self._served(model, method)
+        return outputs
+
+    async def predict(self, request: PredictRequest, timeout_s: float | None) -> Decision:
+        """The model's decision on one event, published as a Prediction."""
+        received = time.perf_counter()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if request.alias not in ("", SERVED_ALIAS):
+            raise ModelNotFound(
+                f"alias '{request.alias}' is not served; only '{SERVED_ALIAS}' "
+                "(the current version)"
+            )
+        model = self._repository.resolve(request.model, request.version)
+        check_signature(model)
+        given = request.features
+        needs_lookup = any(spec.name not in given for spec in model.inputs)
+        online = await self._online(request, deadline) if needs_lookup else {}
+        feeds, used, missing = feature_inputs(model, given, online, self._config.feature_defaults)
+        if missing and self._config.missing_features == "fail":
+            raise MissingFeatures(
+                f"missing features for entity '{request.entity_id}': {', '.join(missing)} "
+                "(neither in the request nor in the feature store)",
+                missing,
+            )
+        outputs = await self._run(model, feeds, 1, deadline)
+        self._served(model, "Predict")
+        label, probability = decide(model, outputs)
+        prediction = events_pb2.Prediction(
+            event_id=request.event_id,
+            entity_id=request.entity_id,
+            model=model.name,
+            model_version=model.version,
+            label=label,
+            probability=probability,
+            features=used,
+            defaults_applied=missing,
+        )
+        prediction.latency.FromNanoseconds(int((time.perf_counter() - received) * 1e9))
+        if request.event_time is not None:
+            prediction.event_time.CopyFrom(request.event_time)
+        prediction.predicted_at.GetCurrentTime()
+        self._outbox.offer(prediction)
+        return Decision(model.name, model.version, label, probability, used, missing)
+
+    async def _online(
+        self, request: PredictRequest, deadline: float | None
+    ) -> Mapping[str, common_pb2.FeatureValue]:
+        features = self._features
+        if features is None or not request.entity_id:
+            return {}
+        remaining = None if deadline is None else deadline - time.monotonic()
+        try:
+            return await features.online(request.entity_id, [], request.event_time, remaining)
+        except FeaturesUnavailable as error:
+            FEATURE_LOOKUP_FAILURES.labels(error.code).inc()
+            if self._config.on_lookup_failure == "defaults":
+                span = trace.get_current_span()
+                if span.is_recording():
+                    span.set_attribute("driftloop.feature_lookup_failed", error.code)
+                return {}
+            raise FeaturesUnavailable(
+                f"online features of entity '{request.entity_id}' from the feature store at "
+                f"{features.target}: {error}",
+                code=error.code,
+            ) from error
+
+    async def _run(
+        self, model: ServedModel, feeds: dict[str, Array], rows: int, deadline: float | None
+    ) -> list[Array]:
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExpired("deadline exceeded")
+        return await self._batcher.infer(model, feeds, rows, deadline)
+
+    async def _swapped(self, model: ServedModel) -> None:
+        swap = trace.get_current_span().get_span_context()
+        if swap.is_valid:
+            self._swaps[model] = swap
+        else:
+            self._swaps.pop(model, None)
+
+    def _served(self, model: ServedModel, method: str) -> None:
+        """After a request `model` answered: the first one since its swap ends the
+        retrain loop's trace with a span, linked to the request's own trace."""
+        if not self._swaps:
+            return
+        swap = self._swaps.pop(model, None)
+        if swap is None:
+            return
+        link = trace.Link(trace.get_current_span().get_span_context())
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(swap))
+        _tracer.start_span(
+            "inference.first_prediction",
+            context=parent,
+            links=[link],
+            attributes={
+                "driftloop.model": model.name,
+                "driftloop.model_version": model.version,
+                "rpc.method": method,
+            },
+        ).end()
+
+
+def _rows(model: ServedModel, feeds: dict[str, Array]) -> int:
+    """The batch dimension every input shares (1 for a model that does not batch)."""
+    if not model.batchable or not model.inputs:
+        return 1
+    first = model.inputs[0].name
+    rows = int(feeds[first].shape[0])
+    for spec in model.inputs[1:]:
+        got = int(feeds[spec.name].shape[0])
+        if got != rows:
+            raise InvalidInput(
+                f"input '{spec.name}': expected batch dimension {rows} (as input "
+                f"'{first}'), got {got}",
+                field=spec.name,
+                rule="batch dimension",
+            )
+    return rows
