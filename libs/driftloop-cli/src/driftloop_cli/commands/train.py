@@ -23,10 +23,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from driftloop.v1 import common_pb2, events_pb2
-from driftloop_core.kafka import Publisher, Topics
+from driftloop_core.kafka import Publisher, Topics, tail
 from driftloop_core.settings import Settings, load_settings
 from rich.console import Console
 from rich.markup import escape
@@ -81,26 +80,9 @@ def training_request(model: str, reason: str, last_n: int | None) -> events_pb2.
     return request
 
 
-async def _tail(settings: Settings) -> AIOKafkaConsumer:
+async def _tail(settings: Settings) -> Any:
     """A group-less consumer positioned at the current end of the followed topics."""
-    consumer = AIOKafkaConsumer(
-        **settings.kafka.client_options(), group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()  # refreshes the metadata partitions_for_topic reads
-        tps = [
-            TopicPartition(topic, partition)
-            for topic in _FOLLOWED
-            for partition in consumer.partitions_for_topic(topic) or ()
-        ]
-        consumer.assign(tps)
-        for tp, offset in (await consumer.end_offsets(tps)).items():
-            consumer.seek(tp, offset)
-    except BaseException:
-        await consumer.stop()
-        raise
-    return consumer
+    return await tail(settings, _FOLLOWED, from_end=True, client_suffix="train")
 
 
 def _decode(topic: str, value: bytes) -> Any:

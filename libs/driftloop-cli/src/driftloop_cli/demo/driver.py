@@ -33,9 +33,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from driftloop.v1 import common_pb2, events_pb2, predictor_pb2, predictor_pb2_grpc
 from driftloop_core.grpc.client import open_channel
+from driftloop_core.kafka.consumer import tail
 from driftloop_core.kafka.topics import Topics
 from driftloop_core.services import ServiceSpec, discover_services
 from driftloop_core.settings import Settings
@@ -459,29 +460,10 @@ class DemoRun:
                 self.timeline.labels_sent += 1
             await asyncio.sleep(0.05)
 
-    async def _watcher(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
-            **self.settings.kafka.client_options(),
-            group_id=None,
-            enable_auto_commit=False,
-            client_id=f"{self.settings.kafka.client_id_prefix}-demo-watch",
-        )
-        await consumer.start()
-        try:
-            await consumer.topics()
-            partitions = [
-                TopicPartition(topic, partition)
-                for topic in WATCHED_TOPICS
-                for partition in consumer.partitions_for_topic(topic) or ()
-            ]
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-        except BaseException:
-            await consumer.stop()
-            raise
-        return consumer
+    async def _watcher(self) -> Any:
+        return await tail(self.settings, WATCHED_TOPICS, from_end=False, client_suffix="demo-watch")
 
-    async def _watch(self, consumer: AIOKafkaConsumer) -> None:
+    async def _watch(self, consumer: Any) -> None:
         while True:
             batches = await consumer.getmany(timeout_ms=250)
             for tp, messages in batches.items():

@@ -1,6 +1,6 @@
 """Kafka plumbing shared by every service: headers, topics, publish, consume."""
 
-from driftloop_core.kafka.consumer import group_consumer, reader
+from driftloop_core.kafka.consumer import group_consumer, reader, tail
 from driftloop_core.kafka.headers import EventHeaders, make_headers, parse_headers
 from driftloop_core.kafka.loop import ConsumerLoop, LoopStats
 from driftloop_core.kafka.policies import (
@@ -36,4 +36,5 @@ __all__ = [
     "make_headers",
     "parse_headers",
     "reader",
+    "tail",
 ]

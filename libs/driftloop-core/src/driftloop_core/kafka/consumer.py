@@ -8,9 +8,10 @@ here only; services consume through `ConsumerLoop` (`loop.py`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from driftloop_core.kafka.record import PoisonMessage, Record, TransientError
@@ -69,6 +70,32 @@ def reader(settings: Settings, *topics: str, client_suffix: str = "", **override
     return AIOKafkaConsumer(*topics, **options)
 
 
+async def tail(
+    settings: Settings, topics: Iterable[str], *, from_end: bool, client_suffix: str = ""
+) -> Any:
+    """A started `reader` assigned every partition of `topics`, positioned at
+    their current end (to follow what comes next) or at their beginning."""
+    consumer = reader(settings, client_suffix=client_suffix)
+    await consumer.start()
+    try:
+        await consumer.topics()  # refreshes the metadata partitions_for_topic reads
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        if from_end:
+            for tp, offset in (await consumer.end_offsets(partitions)).items():
+                consumer.seek(tp, offset)
+        else:
+            await consumer.seek_to_beginning(*partitions)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer
+
+
 __all__ = [
     "CONSUMED",
     "LAG",
@@ -77,4 +104,5 @@ __all__ = [
     "TransientError",
     "group_consumer",
     "reader",
+    "tail",
 ]
