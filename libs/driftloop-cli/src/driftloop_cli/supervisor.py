@@ -43,6 +43,7 @@ from driftloop_core.services import ServiceSpec
 from driftloop_core.settings import Settings
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 log = structlog.get_logger(__name__)
 
@@ -203,9 +204,7 @@ class Supervisor:
         assert process.stdout is not None
         async for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip()
-            self._console.print(
-                f"[{child.colour}]{child.spec.name:>10} |[/] {escape(line)}", highlight=False
-            )
+            self._print(child.spec.name, child.colour, Text(line))
 
     async def _watch(self, child: _Child) -> None:
         backoff = BACKOFF_INITIAL_S
@@ -416,4 +415,12 @@ class Supervisor:
         tmp.replace(path)
 
     def _say(self, name: str, message: str) -> None:
-        self._console.print(f"[bold]{name:>10} |[/] {message}")
+        """A line of the supervisor's own; ``message`` may hold rich markup."""
+        self._print(name, "bold", Text.from_markup(message))
+
+    def _print(self, name: str, style: str, message: Text) -> None:
+        """One output line per call, never wrapped nor cropped at the console's width:
+        a service's JSON log line must stay one line in a file or a pipe, and a
+        terminal wraps long lines itself. The line is printed as text, so brackets
+        and colons in it are not read as markup or emoji."""
+        self._console.print(Text.assemble((f"{name:>10} |", style), " ", message), soft_wrap=True)
