@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from driftloop_cli.main import app
 from driftloop_cli.outputs import open_output, write_output
+from support.devices import dev_null_restored, is_dev_null
 from typer.testing import CliRunner
 
 MODEL = bytes(range(256)) * 64
@@ -50,14 +51,9 @@ def test_a_failure_before_the_first_write_creates_nothing(tmp_path: Path) -> Non
 
 
 def test_dev_null_stays_the_null_device() -> None:
-    before = os.stat("/dev/null")
-    write_output("/dev/null", MODEL)
-    after = os.stat("/dev/null")
-    assert stat.S_ISCHR(after.st_mode)
-    assert (after.st_rdev, stat.S_IMODE(after.st_mode)) == (
-        before.st_rdev,
-        stat.S_IMODE(before.st_mode),
-    )
+    with dev_null_restored():
+        write_output("/dev/null", MODEL)
+        assert is_dev_null()
     assert not [name for name in os.listdir("/dev") if name.startswith("null.")]
 
 
@@ -97,7 +93,8 @@ def test_a_folder_is_refused(tmp_path: Path) -> None:
 
 
 def test_demo_refuses_an_out_that_is_not_a_folder_before_running() -> None:
-    result = CliRunner().invoke(app, ["demo", "--out", "/dev/null"])
+    with dev_null_restored():
+        result = CliRunner().invoke(app, ["demo", "--out", "/dev/null"])
+        assert is_dev_null()
     assert result.exit_code == 2
     assert "not a folder" in result.output
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
