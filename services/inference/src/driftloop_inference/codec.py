@@ -77,24 +77,32 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     ):
         raise InvalidTensor(
             f"input '{spec.name}': expected shape {format_shape(expected)}, "
-            f"got {format_shape(shape)}"
+            f"got {format_shape(shape)}",
+            field=spec.name,
+            rule="shape",
         )
     raise InvalidTensor(
-        f"input '{spec.name}': shape {format_shape(shape)} has a negative dimension"
+        f"input '{spec.name}': shape {format_shape(shape)} has a negative dimension",
+        field=spec.name,
+        rule="shape",
     )
 
 
 def _check_extent(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     if len(shape) > _MAX_DIMS:
         raise InvalidTensor(
-            f"input '{spec.name}': {len(shape)} dimensions, more than the {_MAX_DIMS} supported"
+            f"input '{spec.name}': {len(shape)} dimensions, more than the {_MAX_DIMS} supported",
+            field=spec.name,
+            rule="dimensions",
         )
     extent = spec.dtype.itemsize
     for dim in shape:
         extent *= max(dim, 1)
     if extent > _MAX_EXTENT:
         raise InvalidTensor(
-            f"input '{spec.name}': shape {format_shape(shape)} is too large to represent"
+            f"input '{spec.name}': shape {format_shape(shape)} is too large to represent",
+            field=spec.name,
+            rule="extent",
         )
 
 
@@ -111,24 +119,32 @@ def decode_bytes_tensor(name: str, data: bytes, count: int) -> Array:
         if len(items) == count:
             raise InvalidTensor(
                 f"input '{name}': expected {count} BYTES elements for its shape, got more: "
-                f"{end - offset} bytes follow element {count}"
+                f"{end - offset} bytes follow element {count}",
+                field=name,
+                rule="element count",
             )
         if offset + 4 > end:
             raise InvalidTensor(
-                f"input '{name}': raw BYTES contents end inside a length prefix at byte {offset}"
+                f"input '{name}': raw BYTES contents end inside a length prefix at byte {offset}",
+                field=name,
+                rule="length prefix",
             )
         (length,) = struct.unpack_from("<I", view, offset)
         offset += 4
         if offset + length > end:
             raise InvalidTensor(
                 f"input '{name}': raw BYTES element of {length} bytes overruns the "
-                f"{end} bytes given"
+                f"{end} bytes given",
+                field=name,
+                rule="length prefix",
             )
         items.append(_text(bytes(view[offset : offset + length])))
         offset += length
     if len(items) != count:
         raise InvalidTensor(
-            f"input '{name}': expected {count} BYTES elements for its shape, got {len(items)}"
+            f"input '{name}': expected {count} BYTES elements for its shape, got {len(items)}",
+            field=name,
+            rule="element count",
         )
     array = np.empty(count, dtype=object)
     array[:] = items
@@ -197,7 +213,10 @@ class InputDecoder:
         tensors = request.inputs
         if raw and len(raw) != len(tensors):
             raise InvalidTensor(
-                f"raw_input_contents: expected one entry per input ({len(tensors)}), got {len(raw)}"
+                "raw_input_contents: expected one entry per input "
+                f"({len(tensors)}), got {len(raw)}",
+                field="raw_input_contents",
+                rule="one entry per input",
             )
         inputs = self._inputs
         arrays: dict[str, Array] = {}
@@ -207,14 +226,22 @@ class InputDecoder:
             if known is None:
                 raise InvalidTensor(
                     f"input '{name}': not an input of the model; expected one of "
-                    + ", ".join(sorted(inputs))
+                    + ", ".join(sorted(inputs)),
+                    field=name,
+                    rule="known input",
                 )
             if name in arrays:
-                raise InvalidTensor(f"input '{name}': given twice")
+                raise InvalidTensor(
+                    f"input '{name}': given twice",
+                    field=name,
+                    rule="given once",
+                )
             if tensor.datatype != known.datatype:
                 raise InvalidTensor(
                     f"input '{name}': expected datatype {known.datatype}, "
-                    f"got {tensor.datatype or '(empty)'}"
+                    f"got {tensor.datatype or '(empty)'}",
+                    field=name,
+                    rule="datatype",
                 )
             shape = tuple(tensor.shape)
             count = known.count(shape)
@@ -228,7 +255,9 @@ class InputDecoder:
                     if len(data) != expected:
                         raise InvalidTensor(
                             f"input '{name}': expected {expected} bytes of raw contents for "
-                            f"{known.datatype} {format_shape(shape)}, got {len(data)}"
+                            f"{known.datatype} {format_shape(shape)}, got {len(data)}",
+                            field=name,
+                            rule="raw size",
                         )
                     array = np.frombuffer(data, dtype=known.dtype)
             elif known.fast and count <= _FROMITER_MAX:
@@ -243,7 +272,9 @@ class InputDecoder:
             specs = self.specs
             missing = [name for name in specs if name not in arrays]
             raise InvalidTensor(
-                "; ".join(f"input '{n}': missing, expected {specs[n].describe()}" for n in missing)
+                "; ".join(f"input '{n}': missing, expected {specs[n].describe()}" for n in missing),
+                field=missing[0],
+                rule="missing",
             )
         return arrays
 
@@ -272,7 +303,9 @@ def _wrong_count(
     hint = f" (values came in {', '.join(sorted(others))})" if others else ""
     raise InvalidTensor(
         f"input '{name}': expected {count} {spec.datatype} values in contents.{field} for "
-        f"shape {format_shape(shape)}, got {len(values)}{hint}"
+        f"shape {format_shape(shape)}, got {len(values)}{hint}",
+        field=name,
+        rule="value count",
     )
 
 
@@ -286,7 +319,9 @@ def _typed(
     field = CONTENTS_FIELDS.get(spec.datatype)
     if field is None:
         raise InvalidTensor(
-            f"input '{name}': datatype {spec.datatype} can only be sent as raw_input_contents"
+            f"input '{name}': datatype {spec.datatype} can only be sent as raw_input_contents",
+            field=name,
+            rule="raw only",
         )
     values: Sequence[Any] = getattr(contents, field)
     if len(values) != count:
@@ -310,7 +345,9 @@ def _narrowed(name: str, spec: TensorSpec, values: Sequence[int]) -> Array:
         index = int(outside[0])
         raise InvalidTensor(
             f"input '{name}': value {int(wide[index])} at index {index} is out of range for "
-            f"{spec.datatype} [{limits.min}, {limits.max}]"
+            f"{spec.datatype} [{limits.min}, {limits.max}]",
+            field=name,
+            rule="range",
         )
     return wide.astype(spec.dtype)
 
@@ -331,7 +368,9 @@ def add_output(
     field = CONTENTS_FIELDS.get(spec.datatype)
     if field is None:  # FP16 has no typed field: raw is the only form.
         raise InvalidTensor(
-            f"output '{spec.name}': datatype {spec.datatype} can only be returned raw"
+            f"output '{spec.name}': datatype {spec.datatype} can only be returned raw",
+            field=spec.name,
+            rule="raw only",
         )
     if spec.datatype == "BYTES":
         output.contents.bytes_contents.extend(
