@@ -44,7 +44,7 @@ faults: venv
 lint: venv
 	$(RUN) ruff check libs services tests loadtests scripts
 	$(RUN) ruff format --check libs services tests loadtests scripts
-	$(RUN) mypy libs/driftloop-core/src libs/driftloop-cli/src $(wildcard services/*/src)
+	$(RUN) mypy libs/driftloop-core/src libs/driftloop-cli/src libs/driftloop-testing/src $(wildcard services/*/src)
 
 protos: venv
 	$(RUN) python scripts/gen_protos.py

@@ -17,8 +17,8 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-from aiokafka import AIOKafkaProducer
 from driftloop.v1 import features_pb2, features_pb2_grpc
+from driftloop_testing import produce_json, wait_until
 from support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
@@ -35,17 +35,6 @@ def run_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, object]]:
         return done.returncode, json.loads(done.stdout)
     except json.JSONDecodeError:
         return done.returncode, {"stdout": done.stdout, "stderr": done.stderr}
-
-
-def wait_until(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def pids(env: dict[str, str]) -> dict[str, object]:
@@ -73,15 +62,7 @@ def make_events(count: int) -> list[dict[str, object]]:
 
 
 async def produce(bootstrap: str, events: list[dict[str, object]], pause_s: float) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for i, event in enumerate(events):
-            await producer.send_and_wait("events.raw", json.dumps(event).encode())
-            if i % 20 == 0:
-                await asyncio.sleep(pause_s)
-    finally:
-        await producer.stop()
+    await produce_json(bootstrap, events, pause_every=20, pause_s=pause_s)
 
 
 async def _lookup_all(target: str) -> features_pb2.GetOnlineFeaturesResponse:

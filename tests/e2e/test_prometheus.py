@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from driftloop_core.broker import free_port
+from driftloop_testing import wait_until
 from support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
@@ -46,18 +47,8 @@ def query(port: int, promql: str) -> list[dict[str, Any]]:
 
 
 def wait_for(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as error:  # the server is still starting
-            last = error
-        else:
-            if last:
-                return last
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
+    # The server may still be starting: a refused connection counts as "not yet".
+    return wait_until(check, timeout_s, what, interval_s=1, tolerate=(OSError,))
 
 
 async def produce(bootstrap: str, count: int) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import io
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,12 @@ from driftloop_core.broker import free_port
 from driftloop_core.kafka import Topics
 from driftloop_core.services import ServiceSpec
 from driftloop_core.settings import load_settings
+from driftloop_testing import eventually
 from rich.console import Console
 
 pytestmark = pytest.mark.e2e
 
 SUPPORT = Path(__file__).parent / "support"
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float = 60) -> None:
-    """Poll a condition on other processes (nothing here can signal us)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await condition():
-                return
-            await asyncio.sleep(0.2)
 
 
 async def test_a_killed_service_is_reported_and_restarted(tmp_path: Path) -> None:
@@ -61,7 +52,7 @@ async def test_a_killed_service_is_reported_and_restarted(tmp_path: Path) -> Non
         return len(statuses) == 2 and all(s.ready for s in statuses)
 
     try:
-        await wait_for(all_ready)
+        await eventually(all_ready, 60, "every service ready")
         first_pid = supervisor.pids()["dummy"]
         assert first_pid is not None
         os.kill(first_pid, signal.SIGKILL)
@@ -70,7 +61,7 @@ async def test_a_killed_service_is_reported_and_restarted(tmp_path: Path) -> Non
             pid = supervisor.pids()["dummy"]
             return pid not in (None, first_pid) and await all_ready()
 
-        await wait_for(restarted)
+        await eventually(restarted, 60, "the killed service restarted")
         assert "exited with code -9" in output.getvalue()
         statuses = {s.name: s for s in await collect(settings)}
         assert statuses["dummy"].pid == supervisor.pids()["dummy"]
@@ -127,7 +118,7 @@ async def test_a_killed_broker_is_restarted_with_its_topics_and_the_services_mir
         return len(found) == 3 and all(s.ready for s in found.values())
 
     try:
-        await wait_for(all_ready)
+        await eventually(all_ready, 60, "every service ready")
         before = await statuses()
         state = read_state(settings)
         assert state is not None
@@ -147,7 +138,7 @@ async def test_a_killed_broker_is_restarted_with_its_topics_and_the_services_mir
                 and found["mirror"].pid != before["mirror"].pid
             )
 
-        await wait_for(restarted)
+        await eventually(restarted, 60, "the killed service restarted")
         after = await statuses()
         assert after["keeper"].pid == before["keeper"].pid
         assert not leftover.exists()

@@ -16,8 +16,8 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from aiokafka import AIOKafkaProducer
 from driftloop.v1 import features_pb2, features_pb2_grpc
+from driftloop_testing import produce_json, wait_until
 from support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
@@ -29,16 +29,6 @@ def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Comp
     return subprocess.run(
         [*DRIFTLOOP, *args], env=env, capture_output=True, text=True, timeout=timeout
     )
-
-
-def wait_until(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def labelled_events(count: int) -> list[dict[str, object]]:
@@ -68,18 +58,10 @@ def labelled_events(count: int) -> list[dict[str, object]]:
 
 
 async def produce(bootstrap: str, events: list[dict[str, object]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        # Keyed by customer, as a producer keeps one entity's events in order: the
-        # events span ten minutes, and unkeyed ones could reach the feature store
-        # more than its five-minute grace apart, to be dead-lettered as late.
-        for event in events:
-            key = str(event["customer_id"]).encode()
-            await producer.send("events.raw", json.dumps(event).encode(), key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    # Keyed by customer, as a producer keeps one entity's events in order: the
+    # events span ten minutes, and unkeyed ones could reach the feature store
+    # more than its five-minute grace apart, to be dead-lettered as late.
+    await produce_json(bootstrap, events, key_field="customer_id")
 
 
 def training_rows(target: str) -> int:

@@ -18,7 +18,7 @@ import sqlite3
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,6 +40,8 @@ from driftloop.v1 import (
 from driftloop_cli.commands.train import training_request
 from driftloop_core.kafka import Publisher, Topics
 from driftloop_core.kafka.offsets import end_offsets
+from driftloop_testing import eventually
+from driftloop_testing.kafka import read_topic as read_records
 from google.protobuf.message import DecodeError
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
@@ -166,24 +168,6 @@ def difference(truth: Truth, seen: dict[str, tuple[int, float | None]]) -> Diffe
 
 
 # ---------------------------------------------------------------------- polling
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None] | T | None], timeout_s: float, what: str
-) -> T:
-    """Poll `check` until it returns something truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while True:
-        result = check()
-        last = await result if asyncio.iscoroutine(result) else result
-        if last:
-            return last  # type: ignore[no-any-return]
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout_s:.0f}s waiting for {what}; last: {last!r}"
-            )
-        await asyncio.sleep(0.2)
 
 
 async def seconds_until(
@@ -644,22 +628,4 @@ def codes(counter: Counter[str]) -> str:
 
 async def read_topic(clients: Clients, topic: str) -> list[Any]:
     """Every record of `topic` up to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=clients.stack.bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        ends = await end_offsets(clients.settings.kafka, consumer, tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < ends[tp] for tp in tps])
-
-        while await behind():
-            for messages in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(messages)
-        return [r for r in records if r.offset < ends[TopicPartition(topic, r.partition)]]
-    finally:
-        await consumer.stop()
+    return await read_records(clients.settings.kafka, topic)

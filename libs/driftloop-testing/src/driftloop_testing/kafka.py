@@ -1,0 +1,65 @@
+"""Kafka as a user's producer and a reader see it, for tests on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from driftloop_core.kafka.offsets import true_end_offsets
+from driftloop_core.settings import KafkaSettings
+
+
+async def produce_json(
+    bootstrap: str,
+    events: Iterable[Mapping[str, Any]],
+    *,
+    topic: str = "events.raw",
+    key_field: str | None = None,
+    pause_every: int = 0,
+    pause_s: float = 0.0,
+) -> int:
+    """Send events as JSON lines, as a plain producer does (no headers), keyed by
+    `key_field` when given; pause `pause_s` every `pause_every` events. Returns
+    how many were sent, all acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    sent = 0
+    try:
+        for event in events:
+            key = str(event[key_field]).encode() if key_field else None
+            await producer.send(topic, json.dumps(event).encode(), key=key)
+            sent += 1
+            if pause_every and sent % pause_every == 0:
+                await producer.flush()
+                await asyncio.sleep(pause_s)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 30.0) -> list[Any]:
+    """Every record of `topic` up to its current end, in partition order."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        ends = await true_end_offsets(kafka, await consumer.end_offsets(partitions))
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        async with asyncio.timeout(timeout_s):
+            while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(messages)
+        return [r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)]]
+    finally:
+        await consumer.stop()
