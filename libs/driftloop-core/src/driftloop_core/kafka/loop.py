@@ -243,9 +243,11 @@ class ConsumerLoop:
             done.result()  # a failed catch-up ends the loop, like a handler
 
     def _max_records(self) -> int:
+        # A batch length given in consumer_options holds for every fetch.
+        batch = int(self._options.get("max_poll_records", self._kafka.max_poll_records))
         if isinstance(self._policy, FlushThenCommit):
-            return max(1, min(self._kafka.max_poll_records, self._policy.records - self._taken))
-        return self._kafka.max_poll_records
+            return max(1, min(batch, self._policy.records - self._taken))
+        return batch
 
     def _poll_timeout_ms(self) -> int:
         if not isinstance(self._policy, FlushThenCommit) or not self._taken:
