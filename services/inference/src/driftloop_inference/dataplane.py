@@ -27,14 +27,13 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from driftloop.v1 import common_pb2, events_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
 from driftloop_inference.batching import Batcher
-from driftloop_inference.config import InferenceSettings
 from driftloop_inference.errors import (
     DeadlineExpired,
     FeaturesUnavailable,
@@ -47,6 +46,9 @@ from driftloop_inference.metrics import FEATURE_LOOKUP_FAILURES
 from driftloop_inference.model import Array, ServedModel
 from driftloop_inference.predict import check_signature, decide, feature_inputs
 from driftloop_inference.repository import ModelRepository
+
+if TYPE_CHECKING:  # the settings module pulls in the Kafka layer for its topic names
+    from driftloop_inference.config import InferenceSettings
 
 _tracer = trace.get_tracer("driftloop.inference")
 SERVED_ALIAS = "champion"
@@ -86,6 +88,8 @@ class PredictRequest:
 
 @dataclass(frozen=True)
 class Decision:
+    """The answer to a PredictRequest, as published in its Prediction."""
+
     model: str
     model_version: int
     label: int

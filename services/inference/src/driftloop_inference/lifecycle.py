@@ -9,15 +9,17 @@ ONNX, warm-up, swap); a failed load leaves the served version serving.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from driftloop.v1 import events_pb2, registry_pb2
 
-from driftloop_inference.config import InferenceSettings
 from driftloop_inference.errors import RegistryUnavailable
 from driftloop_inference.metrics import PROMOTION_CATCH_UPS
 from driftloop_inference.repository import ModelRepository
+
+if TYPE_CHECKING:  # the settings module pulls in the Kafka layer for its topic names
+    from driftloop_inference.config import InferenceSettings
 
 log = structlog.get_logger(__name__)
 
