@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -84,6 +86,19 @@ def test_a_symlink_is_followed_and_kept(tmp_path: Path) -> None:
 def test_dash_is_standard_output(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     write_output("-", MODEL)
     assert capsysbinary.readouterr().out == MODEL
+
+
+def test_dev_stdout_is_the_descriptor_the_shell_gave(tmp_path: Path) -> None:
+    """`{ echo hi; driftloop ... -o /dev/stdout; } >> log`: the model follows what
+    was there, as with `-`, instead of replacing the file or overwriting its start."""
+    log = tmp_path / "log"
+    log.write_bytes(b"hi\n")
+    write = "import sys; from driftloop_cli.outputs import write_output as w; w(sys.argv[1], b'M')"
+    for name in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        with log.open("ab") as shell_redirect:
+            subprocess.run([sys.executable, "-c", write, name], stdout=shell_redirect, check=True)
+    assert log.read_bytes() == b"hi\nMMM"
+    assert os.listdir(tmp_path) == ["log"]
 
 
 def test_a_folder_is_refused(tmp_path: Path) -> None:

@@ -3,10 +3,12 @@
 Every command that writes where `-o`/`--out` points goes through `open_output`,
 so the rule lives once:
 
-- `-` is standard output;
+- `-` is standard output, and `/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N`
+  are written through the descriptor the shell handed us (its offset shared,
+  so `>>` appends), never reopened or replaced;
 - a path that exists and is not a regular file (a character device such as
-  `/dev/null`, a FIFO, a terminal, `/dev/stdout`) is opened and written in
-  place: renaming a file over it would, run as root, replace the device node;
+  `/dev/null`, a FIFO, a terminal) is opened and written in place: renaming a
+  file over it would, run as root, replace the device node;
 - anything else (a regular file, or nothing yet) is written to a `.partial`
   file beside it, flushed to disk, then renamed over the target, so the target
   holds either its old bytes or all the new ones. On any failure inside the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 import sys
@@ -28,10 +31,27 @@ from pathlib import Path
 from typing import BinaryIO
 
 STDOUT = "-"
+# /dev/stdout leads to /proc/self/fd/1; /dev/fd is a link to /proc/self/fd.
+_FD_LINK = re.compile(r"/(?:dev/fd|proc/(?:self|thread-self|(?P<pid>\d+))/fd)/(?P<fd>\d+)")
+
+
+def _inherited_fd(path: str | os.PathLike[str]) -> int | None:
+    """The descriptor of ours that `path` names (/dev/stdout, /dev/fd/3,
+    /proc/self/fd/1), following links hop by hop; None for any other path."""
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's limit on links followed
+        named = _FD_LINK.fullmatch(hop)
+        if named and named["pid"] in (None, str(os.getpid())):
+            return int(named["fd"])
+        if not os.path.islink(hop):
+            return None
+        hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
+    return None
 
 
 def is_stdout(path: str | os.PathLike[str]) -> bool:
-    return os.fspath(path) == STDOUT
+    """`-`, or a name for our standard output such as /dev/stdout."""
+    return os.fspath(path) == STDOUT or _inherited_fd(path) == 1
 
 
 @contextlib.contextmanager
@@ -47,24 +67,30 @@ def open_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         yield out
         out.flush()
         return
-    target = Path(os.path.realpath(path))
-    try:
-        mode = target.stat().st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None and stat.S_ISDIR(mode):
-        raise IsADirectoryError(f"{os.fspath(path)}: is a directory, not a file")
-    if mode is not None and not stat.S_ISREG(mode):
-        # No O_CREAT and no O_TRUNC: a device or FIFO is written, never made or cut.
-        with open(os.open(target, os.O_WRONLY), "wb") as handle:
+    inherited = _inherited_fd(path)
+    if inherited is not None:
+        # The descriptor itself, not a reopening: its offset stays shared with
+        # the shell's, so `3>>log` appends and `{ a; b; } 3>f` keeps both.
+        with open(os.dup(inherited), "wb") as handle:
             yield handle
         return
-    with _replacing(target, mode) as handle:
+    try:
+        seen: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        seen = None
+    if seen is not None and stat.S_ISDIR(seen.st_mode):
+        raise IsADirectoryError(f"{os.fspath(path)}: is a directory, not a file")
+    if seen is not None and not stat.S_ISREG(seen.st_mode):
+        # No O_CREAT and no O_TRUNC: a device or FIFO is written, never made or cut.
+        with open(os.open(path, os.O_WRONLY), "wb") as handle:
+            yield handle
+        return
+    with _replacing(Path(os.path.realpath(path)), seen) as handle:
         yield handle
 
 
 @contextlib.contextmanager
-def _replacing(target: Path, mode: int | None) -> Iterator[BinaryIO]:
+def _replacing(target: Path, seen: os.stat_result | None) -> Iterator[BinaryIO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}.partial")
     # O_EXCL: never write through a name someone else placed; 0o666 less the
@@ -75,9 +101,9 @@ def _replacing(target: Path, mode: int | None) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
+        if seen is not None:
             # Replacing a file keeps its permission bits (the owner becomes ours).
-            os.chmod(partial, stat.S_IMODE(mode))
+            os.chmod(partial, stat.S_IMODE(seen.st_mode))
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
