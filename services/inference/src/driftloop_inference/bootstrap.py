@@ -25,8 +25,7 @@ import structlog
 from aiokafka.errors import KafkaError
 from driftloop.v1 import predictor_pb2_grpc
 from driftloop_core.grpc.server import GrpcServer, ServicerRegistration, build_server
-from driftloop_core.kafka import Publisher, Topics, TopicSpec, ensure_topics
-from driftloop_core.kafka.deadletter import DeadLetterWriter
+from driftloop_core.kafka import ConsumerLoop, Publisher, Topics, TopicSpec, ensure_topics
 from driftloop_core.runtime import featureset_for, serve_until_signal
 from driftloop_core.settings import Settings
 from inference import grpc_service_pb2_grpc as oip_grpc
@@ -39,7 +38,7 @@ from driftloop_inference.batching import Batcher
 from driftloop_inference.config import InferenceSettings
 from driftloop_inference.dataplane import DataPlane
 from driftloop_inference.entrypoints import oip, predictor
-from driftloop_inference.entrypoints.promotions import PromotionListener
+from driftloop_inference.entrypoints.promotions import promotion_listener
 from driftloop_inference.lifecycle import ModelLifecycle
 from driftloop_inference.model import ServedModel
 from driftloop_inference.repository import ModelRepository
@@ -157,7 +156,7 @@ class InferenceService:
             model_name=model_name,
         )
         self.server: GrpcServer | None = None
-        self.listener: PromotionListener | None = None
+        self.listener: ConsumerLoop | None = None
         self._loader: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -195,15 +194,15 @@ class InferenceService:
         for name in SERVICE_NAMES:
             await self.server.set_serving(name, parts.repository.ready)
         if config.events and config.follow_promotions:
-            self.listener = PromotionListener(
+            assert parts.publisher is not None  # events are on
+            self.listener = promotion_listener(
                 self.settings,
                 config.promotions_topic,
                 parts.model_name,
                 config.group_prefix,
                 parts.lifecycle.promoted,
-                DeadLetterWriter(parts.publisher, Topics.DEADLETTER, self.settings.service_name)
-                if parts.publisher is not None
-                else None,
+                parts.publisher,
+                deadletter_topic=Topics.DEADLETTER,
                 # A configured file is served until a promotion replaces it,
                 # whatever the registry's champion.
                 on_reassigned=parts.lifecycle.reassigned if config.model_file is None else None,
