@@ -17,7 +17,7 @@ from driftloop_core.settings import Settings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from driftloop_ingestion.validation import DEFAULT_MAX_EVENT_BYTES
+from driftloop_ingestion.decoding import DEFAULT_MAX_EVENT_BYTES
 
 
 class IngestionSettings(BaseSettings):

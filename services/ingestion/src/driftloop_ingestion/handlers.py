@@ -32,32 +32,13 @@ from datetime import timedelta
 from typing import Any, Literal, NamedTuple, Protocol
 
 from opentelemetry import trace
-from prometheus_client import Counter
 
 from driftloop_ingestion.messages import ObservationEncoder, label_message
-from driftloop_ingestion.validation import (
-    EVENT_ID,
-    RULE_UNKNOWN_EVENT_ID,
-    Origin,
-    Problem,
-    Rejection,
-    Validated,
-    Validator,
-    ValidObservation,
-)
+from driftloop_ingestion.metrics import EVENTS, REJECTIONS
+from driftloop_ingestion.rules import EVENT_ID, RULE_UNKNOWN_EVENT_ID, Problem, Rejection
+from driftloop_ingestion.validation import Origin, Validated, Validator, ValidObservation
 
 tracer = trace.get_tracer("driftloop.ingestion")
-
-EVENTS = Counter(
-    "driftloop_ingestion_events_total",
-    "Raw events ingested, by way in and outcome (published, duplicate, rejected).",
-    ["source", "outcome"],
-)
-REJECTIONS = Counter(
-    "driftloop_ingestion_rejections_total",
-    "Rejected events by the first rule they broke.",
-    ["source", "rule"],
-)
 
 Kind = Literal["observation", "label"]
 OBSERVATION: Kind = "observation"

@@ -7,23 +7,11 @@ dead-letter record, and the handler turns a valid event into protobuf.
 
 An event with the entity field is an observation; one without it, carrying only
 `event_id`, the label and optionally the timestamp, is a late label. Every
-problem names the field and the rule that failed, in the vocabulary of
-`DeadLetter.rule`:
+problem names the field and the rule that failed (`rules.py`).
 
-    json            not a JSON object (or not JSON at all); field is empty
-    size            JSON text longer than the configured limit
-                    (`DRIFTLOOP_INGESTION_MAX_EVENT_BYTES`); field is empty
-    required        a required field is missing, null or empty
-    unknown_field   a key the feature set does not declare
-    type            a value of the wrong JSON type (float takes ints, not
-                    booleans or strings; int takes integral numbers only)
-    min, max        a number outside the declared range
-    category        a category value outside the declared `values`
-    timestamp       not RFC 3339 with an offset or integral epoch milliseconds,
-                    or outside [2000-01-01, now + 1 day]
-    label           a label other than 0 or 1
-    unknown_event_id  a late label for an event id never seen (decided by the
-                    handler, which owns the event index)
+JSON text is decoded within its size limit (`decoding.py`), each feature-set
+field is checked by a check compiled once (`fields.py`), and the rules that
+span fields (event id, entity, timestamp, label, unknown keys) are checked here.
 
 All problems of an event are reported, in a fixed order: event id, entity,
 timestamp, the feature-set fields in declaration order, label, then unknown
@@ -37,100 +25,35 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
-import orjson
-from driftloop_core.featureset import FeatureSet, FieldSpec
+from driftloop_core.featureset import FeatureSet
 
-RULE_JSON: Final = "json"
-RULE_SIZE: Final = "size"
-RULE_REQUIRED: Final = "required"
-RULE_UNKNOWN_FIELD: Final = "unknown_field"
-RULE_TYPE: Final = "type"
-RULE_MIN: Final = "min"
-RULE_MAX: Final = "max"
-RULE_CATEGORY: Final = "category"
-RULE_TIMESTAMP: Final = "timestamp"
-RULE_LABEL: Final = "label"
-RULE_UNKNOWN_EVENT_ID: Final = "unknown_event_id"
-
-EVENT_ID: Final = "event_id"
+from driftloop_ingestion.decoding import DEFAULT_MAX_EVENT_BYTES, decode_event
+from driftloop_ingestion.fields import FieldCheck, FieldValue, Invalid, field_check
+from driftloop_ingestion.rules import (
+    EVENT_ID,
+    RULE_LABEL,
+    RULE_REQUIRED,
+    RULE_TIMESTAMP,
+    RULE_TYPE,
+    RULE_UNKNOWN_FIELD,
+    Problem,
+    Rejection,
+    show,
+)
 
 # Event times before this are a unit mistake (epoch seconds) or a zero value.
 EARLIEST_EVENT_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
 # Clock skew a producer may have before its events count as coming from the future.
 DEFAULT_MAX_FUTURE: Final = timedelta(days=1)
-# A reason lists this many problems at most, then how many more there were.
-MAX_PROBLEMS: Final = 10
-# The longest JSON text taken for one event. Events are a few hundred bytes; the
-# limit keeps one huge record from costing a parse, and keeps its dead letter
-# within the producer's 1 MiB request size.
-DEFAULT_MAX_EVENT_BYTES: Final = 256 * 1024
-
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _RFC3339: Final = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
 )
 # Ids derived from a record's position (Kafka) live in their own uuid5 namespace.
 _ORIGIN_NAMESPACE: Final = uuid.UUID("6f1c2f0e-5a0e-4d8e-9a57-3f8f3c7d1a10")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One broken rule: the field it concerns (empty for the whole event)."""
-
-    field: str
-    rule: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Why an event was refused: every problem found, first one first."""
-
-    problems: tuple[Problem, ...]
-    event_id: str = ""
-
-    @property
-    def field(self) -> str:
-        return self.problems[0].field
-
-    @property
-    def rule(self) -> str:
-        return self.problems[0].rule
-
-    @property
-    def reason(self) -> str:
-        """Each problem's reason, joined; each names its field."""
-        return _join([problem.reason for problem in self.problems])
-
-    def describe(self) -> str:
-        """The reasons with their rules, for callers who see only a message (gRPC)."""
-        return _join([f"{problem.reason} (rule: {problem.rule})" for problem in self.problems])
-
-
-def _utf8_size(payload: bytes | str, limit: int) -> int:
-    """The payload's size in UTF-8 bytes; for a str too short to exceed `limit`
-    even at 4 bytes a character, its length (a lower bound) without encoding it."""
-    if isinstance(payload, bytes):
-        return len(payload)
-    if len(payload) * 4 <= limit:
-        return len(payload)
-    return len(payload.encode("utf-8", errors="surrogatepass"))
-
-
-def _join(parts: list[str]) -> str:
-    if len(parts) > MAX_PROBLEMS:
-        hidden = len(parts) - MAX_PROBLEMS
-        parts = [*parts[:MAX_PROBLEMS], f"and {hidden} more problem{'s' * (hidden > 1)}"]
-    return "; ".join(parts)
-
-
-FieldValue = float | int | str | bool
 
 
 class ValidObservation(NamedTuple):
@@ -151,131 +74,6 @@ class ValidLabel(NamedTuple):
 
 
 Validated = ValidObservation | ValidLabel | Rejection
-
-
-class _Invalid(Exception):
-    """Raised by a field check; cheap because the valid path never raises."""
-
-    def __init__(self, rule: str, reason: str) -> None:
-        self.rule = rule
-        self.reason = reason
-
-
-def show(value: Any) -> str:
-    """A value as a reason quotes it: JSON spelling, long strings cut."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, str):
-        text = value if len(value) <= 40 else value[:37] + "..."
-        return repr(text)
-    if isinstance(value, float):
-        return _number(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return type(value).__name__
-
-
-def _number(value: float) -> str:
-    if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return repr(value)
-
-
-FieldCheck = Callable[[Any], FieldValue]
-
-
-def _float_check(name: str, spec: FieldSpec) -> FieldCheck:
-    low, high = spec.min, spec.max
-
-    def check(value: Any) -> FieldValue:
-        kind = type(value)
-        if kind is int:
-            try:
-                value = float(value)
-            except OverflowError:
-                raise _Invalid(RULE_TYPE, f"{name}: must be a finite number, got {value}") from None
-        elif kind is not float:
-            raise _Invalid(RULE_TYPE, f"{name}: must be a number, got {show(value)}")
-        elif not math.isfinite(value):
-            raise _Invalid(RULE_TYPE, f"{name}: must be a finite number, got {value}")
-        if low is not None and value < low:
-            raise _Invalid(RULE_MIN, f"{name}: must be >= {_number(low)}, got {_number(value)}")
-        if high is not None and value > high:
-            raise _Invalid(RULE_MAX, f"{name}: must be <= {_number(high)}, got {_number(value)}")
-        return float(value)
-
-    return check
-
-
-def _int_check(name: str, spec: FieldSpec) -> FieldCheck:
-    low, high = spec.min, spec.max
-
-    def check(value: Any) -> FieldValue:
-        kind = type(value)
-        if kind is float and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        elif kind is not int:
-            raise _Invalid(RULE_TYPE, f"{name}: must be an integer, got {show(value)}")
-        if not _INT64_MIN <= value <= _INT64_MAX:
-            raise _Invalid(RULE_TYPE, f"{name}: must fit in 64 bits, got {value}")
-        if low is not None and value < low:
-            raise _Invalid(RULE_MIN, f"{name}: must be >= {_number(low)}, got {value}")
-        if high is not None and value > high:
-            raise _Invalid(RULE_MAX, f"{name}: must be <= {_number(high)}, got {value}")
-        return int(value)
-
-    return check
-
-
-def _category_check(name: str, spec: FieldSpec) -> FieldCheck:
-    allowed = frozenset(spec.values or ())
-    listed = ", ".join(spec.values or ())
-
-    def check(value: Any) -> FieldValue:
-        if type(value) is not str:
-            raise _Invalid(
-                RULE_TYPE, f"{name}: must be a string, one of {listed}, got {show(value)}"
-            )
-        if value not in allowed:
-            raise _Invalid(RULE_CATEGORY, f"{name}: must be one of {listed}, got {show(value)}")
-        return str(value)
-
-    return check
-
-
-def _bool_check(name: str, spec: FieldSpec) -> FieldCheck:
-    def check(value: Any) -> FieldValue:
-        if type(value) is not bool:
-            raise _Invalid(RULE_TYPE, f"{name}: must be true or false, got {show(value)}")
-        return bool(value)
-
-    return check
-
-
-def _string_check(name: str, spec: FieldSpec) -> FieldCheck:
-    def check(value: Any) -> FieldValue:
-        if type(value) is not str:
-            raise _Invalid(RULE_TYPE, f"{name}: must be a string, got {show(value)}")
-        return str(value)
-
-    return check
-
-
-_CHECKS: dict[str, Callable[[str, FieldSpec], FieldCheck]] = {
-    "float": _float_check,
-    "int": _int_check,
-    "category": _category_check,
-    "bool": _bool_check,
-    "string": _string_check,
-}
 
 
 def _iso(ms: int) -> str:
@@ -323,7 +121,7 @@ class Validator:
         self._timestamp = featureset.timestamp
         self._label = featureset.label
         self._fields: tuple[tuple[str, FieldCheck, bool], ...] = tuple(
-            (name, _CHECKS[spec.type](name, spec), spec.required)
+            (name, field_check(name, spec), spec.required)
             for name, spec in featureset.fields.items()
         )
         self._known = frozenset(
@@ -331,39 +129,11 @@ class Validator:
         )
         self._field_names = frozenset(featureset.fields)
 
-    # ----------------------------------------------------------------- parsing
-
-    def parse(self, payload: bytes | str) -> dict[str, Any] | Rejection:
-        """The JSON object in `payload`, or a `size` or `json` rejection."""
-        size = _utf8_size(payload, self.max_event_bytes)
-        if size > self.max_event_bytes:
-            return Rejection(
-                (
-                    Problem(
-                        "",
-                        RULE_SIZE,
-                        f"event is {size} bytes of JSON, more than the {self.max_event_bytes} "
-                        "allowed (DRIFTLOOP_INGESTION_MAX_EVENT_BYTES)",
-                    ),
-                )
-            )
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as error:
-            return Rejection((Problem("", RULE_JSON, f"event is not valid JSON: {error}"),))
-        if type(data) is not dict:
-            return Rejection(
-                (Problem("", RULE_JSON, f"event must be a JSON object, got {show(data)}"),)
-            )
-        return data
-
     def validate_json(self, payload: bytes | str, *, origin: Origin | None = None) -> Validated:
-        data = self.parse(payload)
+        data = decode_event(payload, self.max_event_bytes)
         if isinstance(data, Rejection):
             return data
         return self.validate(data, origin=origin)
-
-    # -------------------------------------------------------------- validation
 
     def validate(self, data: Mapping[str, Any], *, origin: Origin | None = None) -> Validated:
         """Check one decoded event.
@@ -425,7 +195,7 @@ class Validator:
                 continue
             try:
                 values[name] = check(value)
-            except _Invalid as invalid:
+            except Invalid as invalid:
                 problems.append(Problem(name, invalid.rule, invalid.reason))
 
         label = self._label_value(data, problems, required=False)
@@ -579,3 +349,17 @@ def _rfc3339_ms(text: str) -> int | None:
     except ValueError:
         return None
     return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+__all__ = [
+    "EVENT_ID",
+    "Origin",
+    "Problem",
+    "Rejection",
+    "ValidLabel",
+    "ValidObservation",
+    "Validated",
+    "Validator",
+    "new_event_id",
+    "origin_event_id",
+]

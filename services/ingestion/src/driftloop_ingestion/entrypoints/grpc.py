@@ -28,7 +28,7 @@ from driftloop.v1 import ingest_pb2, ingest_pb2_grpc
 from driftloop_core.grpc.auth import require_bearer
 
 from driftloop_ingestion.handlers import LABEL, Accepted, Incoming, Ingestor, PublishFailed
-from driftloop_ingestion.validation import Rejection
+from driftloop_ingestion.rules import Rejection
 
 SERVICE_NAME = "driftloop.v1.IngestService"
 TOKEN_VARIABLE = "DRIFTLOOP_INGEST_TOKEN"

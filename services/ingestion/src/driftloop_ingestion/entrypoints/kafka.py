@@ -43,7 +43,7 @@ from opentelemetry.trace import Link, SpanKind
 
 from driftloop_ingestion.config import IngestionSettings
 from driftloop_ingestion.handlers import Incoming, Ingestor
-from driftloop_ingestion.validation import RULE_SIZE, Rejection
+from driftloop_ingestion.rules import RULE_SIZE, Rejection
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("driftloop.ingestion")

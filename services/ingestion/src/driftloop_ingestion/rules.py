@@ -1,0 +1,114 @@
+"""The vocabulary of a refused event: rules, problems and rejections.
+
+Every problem names the field and the rule that failed, in the vocabulary of
+`DeadLetter.rule`; both ways in show it as it is (gRPC `INVALID_ARGUMENT`
+details, dead-letter records):
+
+    json            not a JSON object (or not JSON at all); field is empty
+    size            JSON text longer than the configured limit
+                    (`DRIFTLOOP_INGESTION_MAX_EVENT_BYTES`); field is empty
+    required        a required field is missing, null or empty
+    unknown_field   a key the feature set does not declare
+    type            a value of the wrong JSON type (float takes ints, not
+                    booleans or strings; int takes integral numbers only)
+    min, max        a number outside the declared range
+    category        a category value outside the declared `values`
+    timestamp       not RFC 3339 with an offset or integral epoch milliseconds,
+                    or outside [2000-01-01, now + 1 day]
+    label           a label other than 0 or 1
+    unknown_event_id  a late label for an event id never seen (decided by the
+                    handler, which owns the event index)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+RULE_JSON: Final = "json"
+RULE_SIZE: Final = "size"
+RULE_REQUIRED: Final = "required"
+RULE_UNKNOWN_FIELD: Final = "unknown_field"
+RULE_TYPE: Final = "type"
+RULE_MIN: Final = "min"
+RULE_MAX: Final = "max"
+RULE_CATEGORY: Final = "category"
+RULE_TIMESTAMP: Final = "timestamp"
+RULE_LABEL: Final = "label"
+RULE_UNKNOWN_EVENT_ID: Final = "unknown_event_id"
+
+EVENT_ID: Final = "event_id"
+
+# A reason lists this many problems at most, then how many more there were.
+MAX_PROBLEMS: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One broken rule: the field it concerns (empty for the whole event)."""
+
+    field: str
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an event was refused: every problem found, first one first."""
+
+    problems: tuple[Problem, ...]
+    event_id: str = ""
+
+    @property
+    def field(self) -> str:
+        return self.problems[0].field
+
+    @property
+    def rule(self) -> str:
+        return self.problems[0].rule
+
+    @property
+    def reason(self) -> str:
+        """Each problem's reason, joined; each names its field."""
+        return _join([problem.reason for problem in self.problems])
+
+    def describe(self) -> str:
+        """The reasons with their rules, for callers who see only a message (gRPC)."""
+        return _join([f"{problem.reason} (rule: {problem.rule})" for problem in self.problems])
+
+
+def _join(parts: list[str]) -> str:
+    if len(parts) > MAX_PROBLEMS:
+        hidden = len(parts) - MAX_PROBLEMS
+        parts = [*parts[:MAX_PROBLEMS], f"and {hidden} more problem{'s' * (hidden > 1)}"]
+    return "; ".join(parts)
+
+
+def show(value: Any) -> str:
+    """A value as a reason quotes it: JSON spelling, long strings cut."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return repr(text)
+    if isinstance(value, float):
+        return show_number(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return type(value).__name__
+
+
+def show_number(value: float) -> str:
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
