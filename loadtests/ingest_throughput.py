@@ -128,7 +128,7 @@ async def kafka_path(service: IngestionService, count: int, timeout_s: float) ->
     assert consumer is not None
     try:
         async with asyncio.timeout(timeout_s):
-            await consumer.wait_committed(count)
+            await consumer.wait_handled(count)
     except TimeoutError:
         raise TimeoutError(
             f"only {consumer.stats.records} of {count} events in {timeout_s}s"

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from driftloop_core.featureset import default_featureset_path, load_featureset
+from driftloop_core.kafka.loop import ConsumerLoop
 from driftloop_core.kafka.publisher import Publisher
 from driftloop_core.settings import load_settings
+from driftloop_ingestion.bootstrap import build_consumer
 from driftloop_ingestion.config import IngestionSettings
-from driftloop_ingestion.entrypoints.kafka import RawEventsConsumer
 from driftloop_ingestion.handlers import IndexEntry, Ingestor, Publication, PublishFailed
 from driftloop_ingestion.validation import Validator
 
@@ -33,6 +34,9 @@ class FakeConsumer:
         pass
 
     async def stop(self) -> None:
+        pass
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
         pass
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
@@ -98,7 +102,7 @@ def record(offset: int) -> Any:
 
 def loop_with(
     batches: list[list[Any]], failing: set[str]
-) -> tuple[RawEventsConsumer, FakeConsumer, Index, Sink]:
+) -> tuple[ConsumerLoop, FakeConsumer, Index, Sink]:
     settings = load_settings()
     index, sink = Index(), Sink(failing)
     ingestor = Ingestor(
@@ -110,7 +114,7 @@ def loop_with(
         clock=lambda: NOW_MS / 1000,
     )
     fake = FakeConsumer(batches)
-    consumer = RawEventsConsumer(
+    consumer = build_consumer(
         settings, IngestionSettings(), ingestor, Publisher(settings), consumer=fake
     )
     return consumer, fake, index, sink
@@ -121,7 +125,7 @@ async def test_batches_are_committed_in_order_after_publishing() -> None:
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     async with asyncio.timeout(5):
-        await consumer.wait_committed(3)
+        await consumer.wait_handled(3)
     consumer.request_stop()
     await task
     assert fake.commits == [{TP: 2}, {TP: 3}]

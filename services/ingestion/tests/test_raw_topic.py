@@ -22,7 +22,7 @@ async def consumed(service: IngestionService, count: int, timeout_s: float = 30)
     consumer = service.consumer
     assert consumer is not None
     async with asyncio.timeout(timeout_s):
-        await consumer.wait_committed(count)
+        await consumer.wait_handled(count)
 
 
 def line(body: dict[str, Any] | str) -> bytes:

@@ -1,8 +1,9 @@
 """The composition root: one place that builds ingestion from its parts.
 
 `build` wires settings, the feature set, the SQLite event index, the Kafka
-publisher and consumer and the gRPC server into an `IngestionService`; nothing
-opens a socket before `start()`. Tests build it with their own settings and a
+publisher, the `events.raw` consumer (the core `ConsumerLoop` over the
+`RawEvents` batch handler) and the gRPC server into an `IngestionService`;
+nothing opens a socket before `start()`. Tests build it with their own settings and a
 port-0 address, the load test builds it against its own broker.
 
 Stopping follows the order that keeps every event: health goes NOT_SERVING
@@ -19,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -26,6 +28,8 @@ from driftloop.v1 import ingest_pb2_grpc
 from driftloop_core.broker import cluster_id
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.grpc.server import GrpcServer, build_server
+from driftloop_core.kafka.loop import ConsumerLoop
+from driftloop_core.kafka.policies import CommitAfterBatch
 from driftloop_core.kafka.publisher import Publisher
 from driftloop_core.logging import get_logger
 from driftloop_core.runtime import serve_until_signal
@@ -35,7 +39,7 @@ from driftloop_ingestion.adapters.event_index import SqliteEventIndex
 from driftloop_ingestion.adapters.sink import KafkaEventSink
 from driftloop_ingestion.config import IngestionSettings
 from driftloop_ingestion.entrypoints.grpc import SERVICE_NAME, IngestServicer
-from driftloop_ingestion.entrypoints.kafka import RawEventsConsumer
+from driftloop_ingestion.entrypoints.kafka import RawEvents
 from driftloop_ingestion.handlers import Ingestor, PublishFailed
 from driftloop_ingestion.validation import Validator
 
@@ -76,6 +80,34 @@ def build_producer(settings: Settings, config: IngestionSettings) -> AIOKafkaPro
     )
 
 
+def build_consumer(
+    settings: Settings,
+    config: IngestionSettings,
+    ingestor: Ingestor,
+    publisher: Publisher,
+    *,
+    consumer: Any | None = None,
+) -> ConsumerLoop:
+    """The `events.raw` group member: whole fetched batches of `kafka_batch_size`
+    records to `RawEvents`, two in flight, committed in order. `consumer`
+    replaces the aiokafka consumer (tests hand a fake)."""
+    return ConsumerLoop(
+        settings,
+        topics=[config.source_topic],
+        group_id=config.group_id,
+        publisher=publisher,
+        handle_batch=RawEvents(ingestor, max_event_bytes=config.max_event_bytes),
+        policy=CommitAfterBatch(in_flight=2),
+        deadletter_topic=config.deadletter_topic,
+        consumer_options={
+            "max_poll_records": config.kafka_batch_size,
+            "fetch_max_bytes": config.fetch_max_bytes,
+            "max_partition_fetch_bytes": config.max_partition_fetch_bytes,
+        },
+        consumer=consumer,
+    )
+
+
 class IngestionService:
     """Ingestion's running parts, started and stopped together."""
 
@@ -88,7 +120,7 @@ class IngestionService:
         producer: AIOKafkaProducer,
         publisher: Publisher,
         ingestor: Ingestor,
-        consumer: RawEventsConsumer | None,
+        consumer: ConsumerLoop | None,
         server: GrpcServer,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -217,7 +249,7 @@ def build(
         label_horizon=config.label_horizon,
         clock=clock,
     )
-    consumer = RawEventsConsumer(settings, config, ingestor, publisher) if consume else None
+    consumer = build_consumer(settings, config, ingestor, publisher) if consume else None
     servicer = IngestServicer(
         ingestor,
         batch_size=config.stream_batch_size,
