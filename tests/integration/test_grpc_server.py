@@ -373,3 +373,30 @@ async def test_client_channel_injects_its_trace_into_the_server_span(
     assert server_span.parent is not None
     assert server_span.parent.span_id == client_span.context.span_id
     assert not [s for s in finished if "Health" in s.name]
+
+
+async def test_an_untraced_root_joins_a_callers_trace_but_never_starts_one(
+    settings: Settings, servicer: EchoServicer, spans: InMemorySpanExporter
+) -> None:
+    echo = f"/{SERVICE}/Echo"
+    server = build_server(
+        settings,
+        [(_add_generic, servicer.handler(), SERVICE)],
+        "127.0.0.1:0",
+        drain_s=0.1,
+        untraced_roots=[echo],
+    )
+    await server.start()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    metadata = (("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
+    try:
+        async with grpc.aio.insecure_channel(server.endpoint) as channel:
+            assert await _unary(channel, "Echo")(b"alone", timeout=5) == b"alone"
+            assert await _unary(channel, "Echo")(b"joined", metadata=metadata, timeout=5)
+    finally:
+        await server.stop(0)
+
+    (server_span,) = [s for s in spans.get_finished_spans() if s.name == echo]
+    assert trace.format_trace_id(server_span.context.trace_id) == trace_id
+    assert server_span.attributes is not None
+    assert server_span.attributes["rpc.grpc.status_code"] == 0

@@ -1,27 +1,32 @@
-"""The one server interceptor every Driftloop gRPC service runs behind.
+"""The server interceptors every Driftloop gRPC service runs behind.
 
-For each RPC it does three things in a single wrapper, built once per method:
+Tracing is OpenTelemetry's gRPC instrumentation (``aio_server_interceptor``), as on
+the client side: a SERVER span named ``/pkg.Service/Method`` with the RPC semantic
+attributes, continuing the caller's trace from ``traceparent`` metadata. Its filter
+leaves ``grpc.health.v1.Health`` untraced (probes would bury the spans that
+matter) and lets the hot read methods of ``untraced_roots`` join a caller's trace
+without ever starting one.
 
-1. tracing: a SERVER span named ``/pkg.Service/Method`` that continues the
-   caller's trace from ``traceparent`` metadata (OpenTelemetry RPC conventions);
-   ``grpc.health.v1.Health`` is not traced, its probes would bury the spans
-   that matter, and a span the sampler drops costs next to nothing;
-2. metrics: ``driftloop_grpc_server_handled_total`` and
-   ``driftloop_grpc_server_handling_seconds`` by service, method and final code;
-3. errors: an exception a handler did not mean to raise becomes ``INTERNAL`` with a
+:class:`ObservedInterceptor`, inside it, does the rest in a single wrapper built
+once per method:
+
+1. metrics: ``driftloop_grpc_server_handled_total`` and
+   ``driftloop_grpc_server_handling_seconds`` by service, method and final code,
+   which also lands on the span as ``rpc.grpc.status_code`` (a cancelled or
+   timed-out call included, which the instrumentation alone records as OK);
+2. errors: an exception a handler did not mean to raise becomes ``INTERNAL`` with a
    short message, logged once with its traceback; a deliberate
    ``context.abort(...)`` passes through untouched.
 
-One layer instead of three stacked interceptors matters on the lookup path: the
-chain of generic interceptors cost about 40% of a bare server's throughput.
-Handlers may be coroutines, async generators, or coroutines that stream with
-``context.write`` (the health ``Watch`` does).
+Metrics and errors stay in one layer: a chain of generic interceptors cost about
+40% of a bare server's throughput on the lookup path. Handlers may be coroutines,
+async generators, or coroutines that stream with ``context.write`` (the health
+``Watch`` does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -29,8 +34,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Histogram
 
 from driftloop_core.logging import get_logger
@@ -61,7 +67,6 @@ GRPC_SERVER_HANDLING_SECONDS = Histogram(
 )
 
 _log = get_logger(__name__)
-_NO_SPAN = contextlib.nullcontext()
 
 Continuation = Callable[
     [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
@@ -170,38 +175,15 @@ async def _abort_internal(context: Any, full_method: str, error: Exception) -> N
 
 
 class _Observed:
-    """Tracing, metrics and error mapping for one method."""
+    """Metrics and error mapping for one method."""
 
-    def __init__(self, full_method: str, tracer: trace.Tracer, *, trace_roots: bool) -> None:
+    def __init__(self, full_method: str) -> None:
         self.full_method = full_method
-        self.trace_roots = trace_roots
         self.service, self.method = split_method(full_method)
-        # Named like the OpenTelemetry client instrumentation names its spans.
-        self.span_name = full_method
-        self.tracer = tracer
-        self.attributes = {
-            "rpc.system": "grpc",
-            "rpc.service": self.service,
-            "rpc.method": self.method,
-        }
         self.seconds = GRPC_SERVER_HANDLING_SECONDS.labels(self.service, self.method)
         self._handled: dict[str, Any] = {}
 
-    def start_span(self, context: Any) -> trace.Span:
-        metadata = context.invocation_metadata() or ()
-        if not self.trace_roots and not any(key == "traceparent" for key, _ in metadata):
-            return trace.INVALID_SPAN
-        carrier = {key: value for key, value in metadata}
-        return self.tracer.start_span(
-            self.span_name,
-            context=propagate.extract(carrier),
-            kind=SpanKind.SERVER,
-            attributes=self.attributes,
-        )
-
-    def finish(
-        self, span: trace.Span, started: float, context: Any, error: BaseException | None
-    ) -> None:
+    def finish(self, started: float, context: Any, error: BaseException | None) -> None:
         code = _final_code(context, error)
         counter = self._handled.get(code.name)
         if counter is None:
@@ -210,76 +192,59 @@ class _Observed:
             )
         counter.inc()
         self.seconds.observe(time.perf_counter() - started)
+        # The instrumentation's span, when this call is traced.
+        span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             if code is not grpc.StatusCode.OK:
                 span.set_status(Status(StatusCode.ERROR, code.name))
-        span.end()
 
     def unary(self, behavior: Behavior) -> Behavior:
         async def observed(request: Any, context: Any) -> Any:
             started = time.perf_counter()
-            span = self.start_span(context)
             error: BaseException | None = None
             try:
-                # An untraced call has no span to make current: skip the context switch.
-                with (
-                    _NO_SPAN
-                    if span is trace.INVALID_SPAN
-                    else trace.use_span(span, end_on_exit=False, record_exception=False)
-                ):
-                    try:
-                        return await _settle(behavior(request, context))
-                    except grpc.aio.AbortError:
-                        raise
-                    except Exception as unexpected:
-                        await _abort_internal(context, self.full_method, unexpected)
-                        raise
+                try:
+                    return await _settle(behavior(request, context))
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as unexpected:
+                    await _abort_internal(context, self.full_method, unexpected)
+                    raise
             except BaseException as failure:
                 error = failure
                 raise
             finally:
-                self.finish(span, started, context, error)
+                self.finish(started, context, error)
 
         return observed
 
     def streaming(self, behavior: Behavior) -> Behavior:
         async def observed(request: Any, context: Any) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            span = self.start_span(context)
             error: BaseException | None = None
             try:
-                with trace.use_span(span, end_on_exit=False, record_exception=False):
-                    try:
-                        async for response in _responses(behavior(request, context)):
-                            yield response
-                    except grpc.aio.AbortError:
-                        raise
-                    except Exception as unexpected:
-                        await _abort_internal(context, self.full_method, unexpected)
-                        raise
+                try:
+                    async for response in _responses(behavior(request, context)):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as unexpected:
+                    await _abort_internal(context, self.full_method, unexpected)
+                    raise
             except BaseException as failure:
                 error = failure
                 raise
             finally:
-                self.finish(span, started, context, error)
+                self.finish(started, context, error)
 
         return observed
 
 
 class ObservedInterceptor(grpc.aio.ServerInterceptor):
-    """Traces, counts and guards every RPC; health checks pass untouched."""
+    """Counts and guards every RPC; health checks pass untouched."""
 
-    def __init__(
-        self,
-        tracer_provider: trace.TracerProvider | None = None,
-        *,
-        untraced_roots: Collection[str] = (),
-    ) -> None:
-        """`untraced_roots`: full method names (``/pkg.Service/Method``) of hot read
-        paths that only join a trace the caller propagates and never start one."""
-        self._tracer = trace.get_tracer("driftloop.grpc.server", tracer_provider=tracer_provider)
-        self._untraced_roots = frozenset(untraced_roots)
+    def __init__(self) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -292,11 +257,25 @@ class ObservedInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or split_method(full_method)[0] == HEALTH_SERVICE:
             return handler
-        observed = _Observed(
-            full_method, self._tracer, trace_roots=full_method not in self._untraced_roots
-        )
+        observed = _Observed(full_method)
         wrapped = self._wrapped[full_method] = _rewrap(handler, observed.unary, observed.streaming)
         return wrapped
+
+
+def _traced_calls(untraced_roots: Collection[str] = ()) -> Callable[[Any], bool]:
+    """The instrumentation's filter: every call but health checks, and calls to
+    ``untraced_roots`` only when the caller sent a trace to join."""
+    roots = frozenset(untraced_roots)
+
+    def traced(details: Any) -> bool:
+        full_method: str = details.method
+        if split_method(full_method)[0] == HEALTH_SERVICE:
+            return False
+        if full_method in roots:
+            return any(key == "traceparent" for key, _ in details.invocation_metadata or ())
+        return True
+
+    return traced
 
 
 def default_server_interceptors(
@@ -304,5 +283,12 @@ def default_server_interceptors(
     *,
     untraced_roots: Collection[str] = (),
 ) -> list[grpc.aio.ServerInterceptor]:
-    """Tracing, metrics and errors, in one layer."""
-    return [ObservedInterceptor(tracer_provider, untraced_roots=untraced_roots)]
+    """Tracing (outermost, so the span is current for logs and errors), then metrics
+    and errors in one layer.
+
+    `untraced_roots`: full method names (``/pkg.Service/Method``) of hot read paths
+    that only join a trace the caller propagates and never start one."""
+    tracing: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=tracer_provider, filter_=_traced_calls(untraced_roots)
+    )
+    return [tracing, ObservedInterceptor()]
