@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.featureset import default_featureset_path, load_featureset
+from driftloop_testing import model_trained as shared_model_trained
 from driftloop_trainer.onnx_model import export_onnx
 from driftloop_trainer.training import build_pipeline
 from inference import grpc_service_pb2 as oip
@@ -82,20 +83,9 @@ def generic_onnx() -> bytes:
 def model_trained(
     model: str, artifact: common_pb2.Artifact, run: str, auc: float, **extra: Any
 ) -> events_pb2.ModelTrained:
-    """A trainer's `ModelTrained` for `artifact`; `extra` sets further fields
-    (e.g. champion_metrics={"roc_auc": 0.8}, champion_version=1)."""
-    return events_pb2.ModelTrained(
-        request_id=run,
-        model=model,
-        artifact=artifact,
-        metrics={"roc_auc": auc},
-        dataset=common_pb2.Dataset(uri="/tmp/train.parquet", sha256="d" * 64, row_count=300),
-        code_version="test",
-        feature_names=list(FEATURES),
-        algorithm="logistic_regression",
-        eval_rows=100,
-        **extra,
-    )
+    """A trainer's `ModelTrained` for `artifact` over the payments features; `extra`
+    sets further fields (e.g. champion_metrics={"roc_auc": 0.8}, champion_version=1)."""
+    return shared_model_trained(model, artifact, run, auc, feature_names=FEATURES, **extra)
 
 
 def typed_infer_request(

@@ -10,27 +10,16 @@ import sys
 import uuid
 from pathlib import Path
 
-import grpc
-import grpc.aio
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from driftloop.v1 import events_pb2
 from driftloop_core.broker import free_port
 from driftloop_core.kafka import Publisher, Topics, default_topic_specs, ensure_topics
 from driftloop_core.settings import Settings
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from driftloop_testing import health
+from grpc_health.v1 import health_pb2
 
 pytestmark = pytest.mark.integration
-
-
-async def health(endpoint: str) -> int:
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.aio.AioRpcError:
-            return -1
-        return int(reply.status)
 
 
 async def test_process_serves_health_fails_without_a_feature_store_and_stops_on_sigterm(
