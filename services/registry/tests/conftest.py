@@ -35,7 +35,8 @@ from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.broker import free_port
 from driftloop_core.settings import Settings
-from driftloop_registry.adapters.store import RegistryStore, open_engine
+from driftloop_registry.adapters.schema import open_engine
+from driftloop_registry.adapters.store import SqlRegistryStore
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
 from google.protobuf.message import Message
@@ -375,13 +376,13 @@ def postgres_url(postgres: PostgresServer, unique: str) -> str:
 @pytest.fixture(
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)],
 )
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryStore]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlRegistryStore]:
     """The SQL store on a real SQLite file, and on a real PostgreSQL database."""
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
     else:
         url = f"sqlite:///{tmp_path / 'r' / 'registry.db'}"
-    opened = RegistryStore(open_engine(url))
+    opened = SqlRegistryStore(open_engine(url))
     try:
         yield opened
     finally:

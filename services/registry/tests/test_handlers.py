@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.artifacts import ArtifactDigestError
-from driftloop_registry.adapters.store import RegistryStore, open_engine
+from driftloop_registry.adapters.schema import open_engine
+from driftloop_registry.adapters.store import SqlRegistryStore
 from driftloop_registry.domain import GatePolicy
 from driftloop_registry.handlers import InvalidArtifactError, Registry
 from google.protobuf.message import Message
@@ -49,7 +50,7 @@ class FlakyPublisher:
 
 def registry(tmp_path: Path, publisher: FlakyPublisher) -> tuple[Registry, FakeArtifacts]:
     artifacts = FakeArtifacts()
-    store = RegistryStore(open_engine(f"sqlite:///{tmp_path / 'registry.db'}"))
+    store = SqlRegistryStore(open_engine(f"sqlite:///{tmp_path / 'registry.db'}"))
     return Registry(store, artifacts, publisher, GatePolicy()), artifacts
 
 

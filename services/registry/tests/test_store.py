@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from driftloop.v1 import common_pb2, events_pb2
-from driftloop_registry.adapters.store import RegistryStore
 from driftloop_registry.domain import (
     GatePolicy,
     Kind,
@@ -13,6 +12,7 @@ from driftloop_registry.domain import (
     PreconditionError,
     Status,
 )
+from driftloop_registry.ports import RegistryStore
 
 
 def trained(

@@ -16,8 +16,8 @@ from itertools import pairwise
 from typing import TypeVar
 
 from driftloop.v1 import common_pb2, events_pb2
-from driftloop_registry.adapters.store import RegistryStore
 from driftloop_registry.domain import GatePolicy, PreconditionError, Status
+from driftloop_registry.ports import RegistryStore
 
 T = TypeVar("T")
 WRITERS = 8

@@ -1,23 +1,29 @@
 """Composition root of the registry: SQL store, artifact store, publisher,
 `models.trained` consumer and the gRPC server, on one event loop.
 
-Nothing opens a file, a socket or a client before `RegistryService.start()`;
-tests build it with their own settings (a private home, per-test topics) and
-run it in-process.
+`build` wires the parts and opens nothing: the engine connects on first use,
+the publisher and the consumer on `start`. `RegistryService` runs what `build`
+made: it creates the schema, publishes what a crash left in the outbox, then
+serves gRPC and consumes. Tests build it with their own settings (a private
+home, per-test topics) and run it in-process.
+
+A database outage mid-run stops nothing: the consumer retries the record in
+hand until the database answers again (never dead-lettering it), and health
+stays SERVING, since the process itself need not be restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiokafka.errors import KafkaError
 from driftloop.v1 import registry_pb2_grpc
 from driftloop_core.artifacts import ArtifactStore
-from driftloop_core.grpc.server import GrpcServer, build_server
+from driftloop_core.grpc.server import GrpcServer, ServicerRegistration, build_server
 from driftloop_core.kafka import (
     ConsumerLoop,
     Publisher,
@@ -29,7 +35,8 @@ from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
 from sqlalchemy.exc import SQLAlchemyError
 
-from driftloop_registry.adapters.store import RegistryStore, open_engine
+from driftloop_registry.adapters.schema import create_schema, make_engine
+from driftloop_registry.adapters.store import SqlRegistryStore
 from driftloop_registry.config import RegistrySettings
 from driftloop_registry.entrypoints.grpc import RegistryServicer
 from driftloop_registry.entrypoints.kafka import TrainedHandler
@@ -40,22 +47,69 @@ SERVICE_NAME = "driftloop.v1.RegistryService"
 
 
 @dataclass
-class RegistryService:
-    settings: Settings
-    config: RegistrySettings
-    address: str
-    publisher: Publisher = field(init=False)
-    store: RegistryStore | None = field(default=None, init=False)
-    registry: Registry | None = field(default=None, init=False)
-    server: GrpcServer | None = field(default=None, init=False)
-    consumer: ConsumerLoop | None = field(default=None, init=False)
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
+class Parts:
+    """Everything `build` wires, handed to `RegistryService`."""
 
-    def __post_init__(self) -> None:
-        self.publisher = Publisher(self.settings)
+    store: SqlRegistryStore
+    publisher: Publisher
+    registry: Registry
+    servicers: list[ServicerRegistration]
+    consumer: ConsumerLoop
+
+
+def build(settings: Settings, config: RegistrySettings) -> Parts:
+    """The registry's parts, wired; nothing connects and no task starts here."""
+    store = SqlRegistryStore(make_engine(config.url_for(settings)))
+    publisher = Publisher(settings)
+    registry = Registry(store, ArtifactStore.from_settings(settings), publisher, config.gate)
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    servicer = RegistryServicer(registry, token, config.chunk_size)
+    consumer = ConsumerLoop(
+        settings,
+        topics=[config.source_topic],
+        group_id=config.group_id,
+        handle=TrainedHandler(registry),
+        publisher=publisher,
+        deadletter_topic=config.deadletter_topic,
+    )
+    return Parts(
+        store=store,
+        publisher=publisher,
+        registry=registry,
+        servicers=[
+            (registry_pb2_grpc.add_RegistryServiceServicer_to_server, servicer, SERVICE_NAME)
+        ],
+        consumer=consumer,
+    )
+
+
+class RegistryService:
+    """Starts, serves and stops the parts `build` wired (or the `parts` given)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: RegistrySettings,
+        address: str,
+        parts: Parts | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.address = address
+        self.parts = parts or build(settings, config)
+        self.server: GrpcServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def store(self) -> SqlRegistryStore:
+        return self.parts.store
+
+    @property
+    def registry(self) -> Registry:
+        return self.parts.registry
 
     async def start(self) -> None:
-        kafka = self.settings.kafka
+        parts, kafka = self.parts, self.settings.kafka
         await ensure_topics(
             kafka,
             [
@@ -64,40 +118,14 @@ class RegistryService:
                 TopicSpec(self.config.deadletter_topic, kafka.partitions, kafka.replication_factor),
             ],
         )
-        engine = await asyncio.to_thread(open_engine, self.config.url_for(self.settings))
-        self.store = RegistryStore(engine)
-        self.registry = Registry(
-            self.store,
-            ArtifactStore.from_settings(self.settings),
-            self.publisher,
-            self.config.gate,
-        )
-        token = self.settings.admin_token.get_secret_value() if self.settings.admin_token else None
-        self.server = build_server(
-            self.settings,
-            [
-                (
-                    registry_pb2_grpc.add_RegistryServiceServicer_to_server,
-                    RegistryServicer(self.registry, token, self.config.chunk_size),
-                    SERVICE_NAME,
-                )
-            ],
-            self.address,
-        )
-        await self.publisher.start()
+        await asyncio.to_thread(create_schema, parts.store.engine)
+        self.server = build_server(self.settings, parts.servicers, self.address)
+        await parts.publisher.start()
         # Events a crash left between commit and publish go out first.
-        await self.registry.flush_outbox()
+        await parts.registry.flush_outbox()
         await self.server.start()
-        self.consumer = ConsumerLoop(
-            self.settings,
-            topics=[self.config.source_topic],
-            group_id=self.config.group_id,
-            handle=TrainedHandler(self.registry),
-            publisher=self.publisher,
-            deadletter_topic=self.config.deadletter_topic,
-        )
-        await self.consumer.start()
-        self._tasks.append(asyncio.create_task(self.consumer.run(), name="models-trained"))
+        await parts.consumer.start()
+        self._tasks.append(asyncio.create_task(parts.consumer.run(), name="models-trained"))
         log.info("registry_ready", endpoint=self.server.endpoint, group=self.config.group_id)
 
     @property
@@ -106,21 +134,19 @@ class RegistryService:
         return self.server.endpoint
 
     async def stop(self) -> None:
+        parts = self.parts
         if self.server is not None:
             await self.server.set_serving(SERVICE_NAME, False)
-        if self.consumer is not None:
-            self.consumer.request_stop()
+        parts.consumer.request_stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self.consumer is not None:
-            await self.consumer.stop()
+        await parts.consumer.stop()
         if self.server is not None:
             await self.server.stop()
-        await self.publisher.stop()
-        if self.store is not None:
-            self.store.close()
+        await parts.publisher.stop()
+        parts.store.close()
 
     async def run_until_signal(self) -> int:
         """Serve until SIGTERM/SIGINT (exit 0) or until the consumer cannot go on

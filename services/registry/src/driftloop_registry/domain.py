@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 CHAMPION = "champion"
 GATE_ACTOR = "registry"
@@ -126,3 +127,56 @@ class AliasChange:
     reason: str
     kind: Kind
     at: datetime
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version as the registry knows it. `gate_status` and
+    `gate_reason` are what the gate decided at registration; `status` moves on
+    with the alias. `trained_event` is the whole ModelTrained as received
+    (dataset, reference distributions, trigger)."""
+
+    model: str
+    version: int
+    status: Status
+    status_reason: str
+    gate_status: Status
+    gate_reason: str
+    artifact_uri: str
+    sha256: str
+    size_bytes: int
+    media_type: str
+    signature: dict[str, Any]
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float]
+    champion_version: int | None
+    dataset_digest: str
+    params: dict[str, str]
+    code_version: str
+    parent_version: int | None
+    request_id: str
+    algorithm: str
+    eval_rows: int
+    feature_names: list[str]
+    trained_event: bytes
+    created_at: datetime
+    registered_event_id: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The outcome of registering a ModelTrained: the version, and the alias change
+    the gate made (None when it stayed a candidate). `created` is False on replay."""
+
+    version: ModelVersion
+    change: AliasChange | None
+    created: bool
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    model: str
+    latest_version: int
+    champion_version: int | None
+    version_count: int
+    updated_at: datetime

@@ -1,8 +1,9 @@
 """The registry's use cases, shared by the Kafka consumer, gRPC and tests.
 
-Nothing here imports grpc or aiokafka: events go out through anything with
-`publish_event` (the core `Publisher`), artifacts come from anything with `get`
-(the core `ArtifactStore`). Database calls are synchronous SQLAlchemy, run in a
+Nothing here imports grpc, aiokafka or SQLAlchemy: the store, the event
+publisher and the artifact reader are the ports of `ports.py` (the SQL store,
+the core `Publisher`, the core `ArtifactStore`), and what they hand back are the
+domain records. Store calls are synchronous, run in a
 worker thread so the event loop keeps serving; writes are serialised by one
 lock so version numbers and the alias never race inside a process.
 
@@ -16,36 +17,28 @@ deduplicate by id see each event once.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
 import onnx
 import structlog
 from driftloop.v1 import common_pb2, events_pb2, registry_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from driftloop_registry import messages
-from driftloop_registry.adapters.store import ModelStats, Registration, RegistryStore, VersionRow
 from driftloop_registry.domain import (
     CHAMPION,
     AliasChange,
     GatePolicy,
     InvalidRequestError,
+    ModelStats,
+    ModelVersion,
     NotFoundError,
+    Registration,
     RegistryError,
 )
 from driftloop_registry.metrics import CHAMPION_VERSION, PROMOTIONS, VERSIONS
+from driftloop_registry.ports import ArtifactReader, EventPublisher, RegistryStore
 
 log = structlog.get_logger(__name__)
-
-
-class EventPublisher(Protocol):
-    async def publish_event(
-        self, message: Message, *, key: str | bytes | None, event_id: str | None = None
-    ) -> object: ...
-
-
-class ArtifactReader(Protocol):
-    def get(self, artifact: common_pb2.Artifact) -> bytes: ...
 
 
 class InvalidArtifactError(RegistryError):
@@ -93,20 +86,20 @@ class Registry:
         self._check_artifact(trained, data)
         async with self._lock:
             registration = await asyncio.to_thread(self._store.register, trained, self._policy)
-        row = registration.version
+        registered = registration.version
         log.info(
             "model_version_registered",
-            model=row.model,
-            version=row.version,
-            status=row.status,
-            reason=row.status_reason,
-            request_id=row.request_id,
+            model=registered.model,
+            version=registered.version,
+            status=registered.status,
+            reason=registered.status_reason,
+            request_id=registered.request_id,
             created=registration.created,
         )
         if registration.created:
-            await self._publish_registered(row)
+            await self._publish_registered(registered)
             if registration.change is not None:
-                await self._publish_promoted(registration.change, row)
+                await self._publish_promoted(registration.change, registered)
         return registration
 
     @staticmethod
@@ -130,12 +123,12 @@ class Registry:
         if not reason.strip():
             raise InvalidRequestError("reason: must not be empty")
         async with self._lock:
-            change, row = await asyncio.to_thread(
+            change, target = await asyncio.to_thread(
                 self._store.promote, model, version, actor=actor, reason=reason
             )
         log.info("model_promoted", model=model, to_version=version, actor=actor, reason=reason)
-        event = await self._publish_promoted(change, row)
-        return event, messages.model_version(row)
+        event = await self._publish_promoted(change, target)
+        return event, messages.model_version(target)
 
     async def rollback(
         self, model: str, *, actor: str, reason: str
@@ -143,7 +136,7 @@ class Registry:
         if not reason.strip():
             raise InvalidRequestError("reason: must not be empty")
         async with self._lock:
-            change, row = await asyncio.to_thread(
+            change, target = await asyncio.to_thread(
                 self._store.rollback, model, actor=actor, reason=reason
             )
         log.info(
@@ -154,15 +147,15 @@ class Registry:
             actor=actor,
             reason=reason,
         )
-        event = await self._publish_promoted(change, row)
-        return event, messages.model_version(row)
+        event = await self._publish_promoted(change, target)
+        return event, messages.model_version(target)
 
     async def flush_outbox(self) -> int:
         """Publish what was committed but never acknowledged; returns how many."""
         async with self._lock:
             versions, changes = await asyncio.to_thread(self._store.unpublished)
-        for row in versions:
-            await self._publish_registered(row)
+        for registered in versions:
+            await self._publish_registered(registered)
         for change in changes:
             target = await asyncio.to_thread(self._store.get, change.model, change.to_version)
             await self._publish_promoted(change, target)
@@ -170,15 +163,19 @@ class Registry:
             log.info("outbox_flushed", registered=len(versions), promoted=len(changes))
         return len(versions) + len(changes)
 
-    async def _publish_registered(self, row: VersionRow) -> None:
-        event = messages.model_registered(row)
-        await self._events.publish_event(event, key=row.model, event_id=row.registered_event_id)
-        await asyncio.to_thread(self._store.mark_registered, row.model, row.version)
+    async def _publish_registered(self, registered: ModelVersion) -> None:
+        event = messages.model_registered(registered)
+        await self._events.publish_event(
+            event, key=registered.model, event_id=registered.registered_event_id
+        )
+        await asyncio.to_thread(self._store.mark_registered, registered.model, registered.version)
         status = common_pb2.ModelVersionStatus.Name(event.status)
-        VERSIONS.labels(row.model, status.removeprefix("MODEL_VERSION_STATUS_").lower()).inc()
+        VERSIONS.labels(
+            registered.model, status.removeprefix("MODEL_VERSION_STATUS_").lower()
+        ).inc()
 
     async def _publish_promoted(
-        self, change: AliasChange, target: VersionRow
+        self, change: AliasChange, target: ModelVersion
     ) -> events_pb2.ModelPromoted:
         event = messages.model_promoted(change, target)
         await self._events.publish_event(event, key=change.model, event_id=change.promotion_id)
@@ -194,10 +191,10 @@ class Registry:
         return await asyncio.to_thread(self._store.list_models)
 
     async def list_versions(self, model: str = "") -> list[registry_pb2.ModelVersion]:
-        rows = await asyncio.to_thread(self._store.list_versions, model)
-        return [messages.model_version(row) for row in rows]
+        found = await asyncio.to_thread(self._store.list_versions, model)
+        return [messages.model_version(version) for version in found]
 
-    async def resolve(self, model: str, version: int | None, alias: str | None) -> VersionRow:
+    async def resolve(self, model: str, version: int | None, alias: str | None) -> ModelVersion:
         """A version by number, or by alias ("champion", the default)."""
         if not model:
             raise InvalidRequestError("model: must not be empty")
@@ -222,13 +219,13 @@ class Registry:
 
     async def artifact_bytes(
         self, model: str, version: int | None = None, alias: str | None = None
-    ) -> tuple[VersionRow, bytes]:
+    ) -> tuple[ModelVersion, bytes]:
         """The version and its artifact, read back and verified against its digest."""
-        row = await self.resolve(model, version, alias)
-        data = await asyncio.to_thread(self._artifacts.get, messages.artifact_of(row))
-        if len(data) != row.size_bytes:
+        found = await self.resolve(model, version, alias)
+        data = await asyncio.to_thread(self._artifacts.get, messages.artifact_of(found))
+        if len(data) != found.size_bytes:
             raise InvalidArtifactError(
-                f"artifact {row.sha256}: stored size {len(data)} differs from "
-                f"recorded {row.size_bytes}"
+                f"artifact {found.sha256}: stored size {len(data)} differs from "
+                f"recorded {found.size_bytes}"
             )
-        return row, data
+        return found, data

@@ -1,12 +1,11 @@
-"""Rows and alias changes as the protobuf messages the registry publishes and serves."""
+"""Versions and alias changes as the protobuf messages the registry publishes and serves."""
 
 from __future__ import annotations
 
 from driftloop.v1 import common_pb2, events_pb2, registry_pb2
 from google.protobuf import json_format
 
-from driftloop_registry.adapters.store import VersionRow
-from driftloop_registry.domain import CHAMPION, AliasChange, Kind, Status
+from driftloop_registry.domain import CHAMPION, AliasChange, Kind, ModelVersion, Status
 
 STATUS = {
     Status.CANDIDATE: common_pb2.MODEL_VERSION_STATUS_CANDIDATE,
@@ -19,7 +18,7 @@ KIND = {
 }
 
 
-def artifact_of(row: VersionRow) -> common_pb2.Artifact:
+def artifact_of(row: ModelVersion) -> common_pb2.Artifact:
     return common_pb2.Artifact(
         uri=row.artifact_uri,
         sha256=row.sha256,
@@ -28,12 +27,12 @@ def artifact_of(row: VersionRow) -> common_pb2.Artifact:
     )
 
 
-def model_version(row: VersionRow) -> registry_pb2.ModelVersion:
+def model_version(row: ModelVersion) -> registry_pb2.ModelVersion:
     trained = events_pb2.ModelTrained.FromString(row.trained_event)
     message = registry_pb2.ModelVersion(
         model=row.model,
         version=row.version,
-        status=STATUS[Status(row.status)],
+        status=STATUS[row.status],
         status_reason=row.status_reason,
         aliases=[CHAMPION] if row.status == Status.CHAMPION else [],
         artifact=artifact_of(row),
@@ -55,18 +54,18 @@ def model_version(row: VersionRow) -> registry_pb2.ModelVersion:
         message.champion_version = row.champion_version
     if row.parent_version is not None:
         message.parent_version = row.parent_version
-    message.created_at.FromDatetime(row.created)
+    message.created_at.FromDatetime(row.created_at)
     if trained.HasField("trained_at"):
         message.trained_at.CopyFrom(trained.trained_at)
     return message
 
 
-def model_registered(row: VersionRow) -> events_pb2.ModelRegistered:
+def model_registered(row: ModelVersion) -> events_pb2.ModelRegistered:
     message = events_pb2.ModelRegistered(
         model=row.model,
         version=row.version,
         # The status the gate gave it, even if the alias has moved on since.
-        status=STATUS[Status(row.gate_status)],
+        status=STATUS[row.gate_status],
         reason=row.gate_reason,
         request_id=row.request_id,
         artifact=artifact_of(row),
@@ -76,11 +75,11 @@ def model_registered(row: VersionRow) -> events_pb2.ModelRegistered:
     )
     if row.champion_version is not None:
         message.champion_version = row.champion_version
-    message.registered_at.FromDatetime(row.created)
+    message.registered_at.FromDatetime(row.created_at)
     return message
 
 
-def model_promoted(change: AliasChange, target: VersionRow) -> events_pb2.ModelPromoted:
+def model_promoted(change: AliasChange, target: ModelVersion) -> events_pb2.ModelPromoted:
     message = events_pb2.ModelPromoted(
         promotion_id=change.promotion_id,
         model=change.model,

@@ -1,11 +1,10 @@
-"""Model versions and alias history in SQL, through SQLAlchemy 2.x.
+"""Model versions and alias history in SQL, through SQLAlchemy 2.x: the
+`RegistryStore` port (`ports.py`) over the tables of `schema.py`.
 
-Only portable column types are used (JSON, LargeBinary, timezone-aware
-DateTime, BigInteger), so the embedded SQLite file and a PostgreSQL URL behave
-the same. Every state change commits in one transaction, and the events it
-implies are kept beside it as "not yet published" (an outbox): the caller
-publishes after the commit and marks them, and whatever a crash left unpublished
-is published again on start, under the same CloudEvents ids.
+Every state change commits in one transaction, and the events it implies are
+kept beside it as "not yet published" (an outbox): the caller publishes after
+the commit and marks them, and whatever a crash left unpublished is published
+again on start, under the same CloudEvents ids.
 
 Writers may race (the consumer and gRPC Promote run in threads; replicas may
 share one PostgreSQL database). The database itself keeps the invariants, one
@@ -13,6 +12,10 @@ row per (model, version) and at most one champion per model, through unique
 indexes; a transaction that loses a race fails on them and is run again on what
 the winner committed. SQLite write transactions take the write lock up front
 (BEGIN IMMEDIATE), so they queue instead of failing to upgrade a read lock.
+
+A database that cannot be reached raises SQLAlchemy's OperationalError; the
+consumer retries it as transient, and the engine's pre-ping replaces the pooled
+connections the outage broke.
 """
 
 from __future__ import annotations
@@ -20,44 +23,34 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from driftloop.v1 import events_pb2
-from google.protobuf import json_format
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    DateTime,
-    Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from driftloop_registry.adapters.schema import (
+    AliasRow,
+    VersionRow,
+    as_utc,
+    change_of,
+    new_version_row,
+    version_of,
+)
 from driftloop_registry.domain import (
     CHAMPION,
     GATE_ACTOR,
     AliasChange,
     GatePolicy,
     Kind,
+    ModelStats,
+    ModelVersion,
     NotFoundError,
     PreconditionError,
+    Registration,
     Status,
     decide_promotion,
     next_rollback_target,
@@ -67,179 +60,26 @@ T = TypeVar("T")
 # Attempts at a write transaction that keeps losing races; each loss means
 # another writer committed, so this only runs out under absurd contention.
 WRITE_ATTEMPTS = 32
-_ONE_CHAMPION = text("status = 'champion'")
 
 
 class _LostRace(Exception):
     """Another writer committed a change this transaction's reads missed."""
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands timezone-aware columns back naive; they were stored as UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-class VersionRow(Base):
-    __tablename__ = "model_versions"
-    __table_args__ = (
-        UniqueConstraint("model", "version", name="uq_model_version"),
-        UniqueConstraint("model", "request_id", name="uq_model_request"),
-        Index(
-            "uq_model_champion",
-            "model",
-            unique=True,
-            sqlite_where=_ONE_CHAMPION,
-            postgresql_where=_ONE_CHAMPION,
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    model: Mapped[str] = mapped_column(String(200), index=True)
-    version: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))
-    status_reason: Mapped[str] = mapped_column(Text, default="")
-    # What the gate decided at registration; `status` moves on with the alias.
-    gate_status: Mapped[str] = mapped_column(String(16))
-    gate_reason: Mapped[str] = mapped_column(Text, default="")
-    artifact_uri: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    media_type: Mapped[str] = mapped_column(String(100), default="")
-    signature: Mapped[dict[str, Any]] = mapped_column(JSON)
-    metrics: Mapped[dict[str, float]] = mapped_column(JSON)
-    champion_metrics: Mapped[dict[str, float]] = mapped_column(JSON)
-    champion_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    dataset_uri: Mapped[str] = mapped_column(Text, default="")
-    dataset_digest: Mapped[str] = mapped_column(String(64), default="")
-    dataset_rows: Mapped[int] = mapped_column(BigInteger, default=0)
-    window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    window_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    params: Mapped[dict[str, str]] = mapped_column(JSON)
-    code_version: Mapped[str] = mapped_column(String(200), default="")
-    parent_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    request_id: Mapped[str] = mapped_column(String(200))
-    algorithm: Mapped[str] = mapped_column(String(100), default="")
-    eval_rows: Mapped[int] = mapped_column(BigInteger, default=0)
-    feature_names: Mapped[list[str]] = mapped_column(JSON)
-    # The whole ModelTrained as received: reference distributions, trigger and
-    # the rest of the lineage are read back from it without a column each.
-    trained_event: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    registered_event_id: Mapped[str] = mapped_column(String(64))
-    registered_published: Mapped[bool] = mapped_column(Boolean, default=False)
-
-    @property
-    def created(self) -> datetime:
-        created = _utc(self.created_at)
-        assert created is not None
-        return created
-
-
-class AliasRow(Base):
-    __tablename__ = "alias_history"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    promotion_id: Mapped[str] = mapped_column(String(64), unique=True)
-    model: Mapped[str] = mapped_column(String(200), index=True)
-    alias: Mapped[str] = mapped_column(String(100))
-    from_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    to_version: Mapped[int] = mapped_column(BigInteger)
-    actor: Mapped[str] = mapped_column(String(200))
-    reason: Mapped[str] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    published: Mapped[bool] = mapped_column(Boolean, default=False)
-
-    def change(self) -> AliasChange:
-        at = _utc(self.at)
-        assert at is not None
-        return AliasChange(
-            promotion_id=self.promotion_id,
-            model=self.model,
-            alias=self.alias,
-            from_version=self.from_version,
-            to_version=self.to_version,
-            actor=self.actor,
-            reason=self.reason,
-            kind=Kind(self.kind),
-            at=at,
-        )
-
-
-@dataclass(frozen=True)
-class Registration:
-    """The outcome of registering a ModelTrained: the version, and the alias change
-    the gate made (None when it stayed a candidate). `created` is False on replay."""
-
-    version: VersionRow
-    change: AliasChange | None
-    created: bool
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    model: str
-    latest_version: int
-    champion_version: int | None
-    version_count: int
-    updated_at: datetime
-
-
-def open_engine(url: str) -> Engine:
-    """An engine for `url`, creating the SQLite folder, the tables and their
-    indexes when missing."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        _begin_immediate(engine)
-    Base.metadata.create_all(engine)
-    # create_all skips tables that exist: a database made before an index was
-    # added gets it here.
-    for table in Base.metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(engine, checkfirst=True)
-    return engine
-
-
-def _begin_immediate(engine: Engine) -> None:
-    """SQLAlchemy's recipe for SQLite: the driver stops opening transactions by
-    itself, and each one starts with BEGIN IMMEDIATE. A deferred transaction
-    that reads and then writes fails at once with "database is locked" when
-    another holds the write lock; an immediate one waits for it."""
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _window(trained: events_pb2.ModelTrained) -> tuple[datetime | None, datetime | None]:
-    span = trained.dataset.time_range
-    start = span.start.ToDatetime(UTC) if span.HasField("start") else None
-    end = span.end.ToDatetime(UTC) if span.HasField("end") else None
-    return start, end
-
-
-class RegistryStore:
+class SqlRegistryStore:
     """Synchronous data access; callers on an event loop run it in a thread."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def close(self) -> None:
         self._engine.dispose()
@@ -261,42 +101,37 @@ class RegistryStore:
                     raise
         raise AssertionError("unreachable")
 
-    # ------------------------------------------------------------------ reads
+    # Reads.
 
-    def find_by_request(self, model: str, request_id: str) -> VersionRow | None:
+    def find_by_request(self, model: str, request_id: str) -> ModelVersion | None:
         with self._sessions() as session:
-            return session.scalar(
+            row = session.scalar(
                 select(VersionRow).where(
                     VersionRow.model == model, VersionRow.request_id == request_id
                 )
             )
+            return version_of(row) if row is not None else None
 
-    def get(self, model: str, version: int) -> VersionRow:
+    def get(self, model: str, version: int) -> ModelVersion:
         with self._sessions() as session:
-            row = session.scalar(
-                select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
-            )
-        if row is None:
-            raise NotFoundError(f"model {model} has no version {version}")
-        return row
+            return version_of(self._version(session, model, version))
 
-    def champion(self, model: str) -> VersionRow:
+    def champion(self, model: str) -> ModelVersion:
         with self._sessions() as session:
             row = self._champion(session, model)
-            if row is None:
-                known = session.scalar(select(func.count()).where(VersionRow.model == model))
-        if row is None:
-            if not known:
-                raise NotFoundError(f"model {model} has no versions")
-            raise NotFoundError(f"model {model} has no champion")
-        return row
+            if row is not None:
+                return version_of(row)
+            known = session.scalar(select(func.count()).where(VersionRow.model == model))
+        if not known:
+            raise NotFoundError(f"model {model} has no versions")
+        raise NotFoundError(f"model {model} has no champion")
 
-    def list_versions(self, model: str = "") -> list[VersionRow]:
+    def list_versions(self, model: str = "") -> list[ModelVersion]:
         query = select(VersionRow).order_by(VersionRow.model, VersionRow.version)
         if model:
             query = query.where(VersionRow.model == model)
         with self._sessions() as session:
-            return list(session.scalars(query))
+            return [version_of(row) for row in session.scalars(query)]
 
     def list_models(self) -> list[ModelStats]:
         stats: dict[str, ModelStats] = {}
@@ -306,8 +141,7 @@ class RegistryStore:
                 VersionRow.model, VersionRow.version, VersionRow.status, VersionRow.created_at
             ).order_by(VersionRow.model)
             for model, version, status, created_at in session.execute(columns):
-                created = _utc(created_at)
-                assert created is not None
+                created = as_utc(created_at)
                 seen = stats.get(model)
                 champion = version if status == Status.CHAMPION else None
                 if seen is None:
@@ -320,16 +154,15 @@ class RegistryStore:
                     seen.version_count + 1,
                     max(seen.updated_at, created),
                 )
-            for change in session.scalars(select(AliasRow)):
+            for change in map(change_of, session.scalars(select(AliasRow))):
                 seen = stats.get(change.model)
-                at = _utc(change.at)
-                if seen is not None and at is not None and at > seen.updated_at:
+                if seen is not None and change.at > seen.updated_at:
                     stats[change.model] = ModelStats(
                         seen.model,
                         seen.latest_version,
                         seen.champion_version,
                         seen.version_count,
-                        at,
+                        change.at,
                     )
         return [stats[name] for name in sorted(stats)]
 
@@ -340,9 +173,9 @@ class RegistryStore:
                 .where(AliasRow.model == model, AliasRow.alias == alias)
                 .order_by(AliasRow.id)
             )
-            return [row.change() for row in rows]
+            return [change_of(row) for row in rows]
 
-    # ------------------------------------------------------------------ writes
+    # Writes.
 
     def register(self, trained: events_pb2.ModelTrained, policy: GatePolicy) -> Registration:
         """Record a trained model as the next version, once per request id, and let
@@ -359,7 +192,7 @@ class RegistryStore:
             )
         )
         if existing is not None:
-            return Registration(existing, None, created=False)
+            return Registration(version_of(existing), None, created=False)
         latest = session.scalar(
             select(func.max(VersionRow.version)).where(VersionRow.model == model)
         )
@@ -372,42 +205,16 @@ class RegistryStore:
             measured_champion=measured,
             current_champion=champion.version if champion else None,
         )
+        parent = measured if measured is not None else (champion.version if champion else None)
         now = _now()
-        start, end = _window(trained)
-        row = VersionRow(
-            model=model,
-            version=(latest or 0) + 1,
-            # `_move` makes it champion once the current one stepped down.
-            status=Status.CANDIDATE,
-            status_reason=decision.reason,
-            gate_status=Status.CHAMPION if decision.promote else Status.CANDIDATE,
-            gate_reason=decision.reason,
-            artifact_uri=trained.artifact.uri,
-            sha256=trained.artifact.sha256,
-            size_bytes=trained.artifact.size_bytes,
-            media_type=trained.artifact.media_type,
-            signature=json_format.MessageToDict(trained.signature),
-            metrics=dict(trained.metrics),
-            champion_metrics=dict(trained.champion_metrics),
-            champion_version=measured,
-            dataset_uri=trained.dataset.uri,
-            dataset_digest=trained.dataset.sha256,
-            dataset_rows=trained.dataset.row_count,
-            window_start=start,
-            window_end=end,
-            params=dict(trained.params),
-            code_version=trained.code_version,
-            parent_version=measured
-            if measured is not None
-            else (champion.version if champion else None),
-            request_id=trained.request_id,
-            algorithm=trained.algorithm,
-            eval_rows=trained.eval_rows,
-            feature_names=list(trained.feature_names),
-            trained_event=trained.SerializeToString(),
-            created_at=now,
-            registered_event_id=uuid.uuid4().hex,
-            registered_published=False,
+        # A candidate: `_move` makes it champion once the current one stepped down.
+        row = new_version_row(
+            trained,
+            (latest or 0) + 1,
+            decision,
+            measured_champion=measured,
+            parent_version=parent,
+            at=now,
         )
         session.add(row)
         change = None
@@ -422,23 +229,19 @@ class RegistryStore:
                 kind=Kind.PROMOTE,
                 at=now,
             )
-        return Registration(row, change, created=True)
+        return Registration(version_of(row), change, created=True)
 
     def promote(
         self, model: str, version: int, *, actor: str, reason: str
-    ) -> tuple[AliasChange, VersionRow]:
+    ) -> tuple[AliasChange, ModelVersion]:
         return self._write(
             lambda session: self._promote(session, model, version, actor=actor, reason=reason)
         )
 
     def _promote(
         self, session: Session, model: str, version: int, *, actor: str, reason: str
-    ) -> tuple[AliasChange, VersionRow]:
-        target = session.scalar(
-            select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
-        )
-        if target is None:
-            raise NotFoundError(f"model {model} has no version {version}")
+    ) -> tuple[AliasChange, ModelVersion]:
+        target = self._version(session, model, version)
         champion = self._champion(session, model)
         if champion is not None and champion.version == version:
             raise PreconditionError(f"model {model} version {version} is already the champion")
@@ -453,16 +256,16 @@ class RegistryStore:
             kind=Kind.PROMOTE,
             at=_now(),
         )
-        return change, target
+        return change, version_of(target)
 
-    def rollback(self, model: str, *, actor: str, reason: str) -> tuple[AliasChange, VersionRow]:
+    def rollback(self, model: str, *, actor: str, reason: str) -> tuple[AliasChange, ModelVersion]:
         return self._write(
             lambda session: self._rollback(session, model, actor=actor, reason=reason)
         )
 
     def _rollback(
         self, session: Session, model: str, *, actor: str, reason: str
-    ) -> tuple[AliasChange, VersionRow]:
+    ) -> tuple[AliasChange, ModelVersion]:
         champion = self._champion(session, model)
         if champion is None:
             raise NotFoundError(f"model {model} has no champion to roll back")
@@ -479,12 +282,7 @@ class RegistryStore:
                 f"model {model} has no previous champion to roll back to "
                 f"(v{champion.version} is the first)"
             )
-        target = session.scalar(
-            select(VersionRow).where(
-                VersionRow.model == model, VersionRow.version == target_version
-            )
-        )
-        assert target is not None
+        target = self._version(session, model, target_version)
         target.status_reason = f"restored by rollback ({actor}): {reason}"
         change = self._move(
             session,
@@ -496,7 +294,7 @@ class RegistryStore:
             kind=Kind.ROLLBACK,
             at=_now(),
         )
-        return change, target
+        return change, version_of(target)
 
     def _move(
         self,
@@ -546,7 +344,16 @@ class RegistryStore:
             published=False,
         )
         session.add(row)
-        return row.change()
+        return change_of(row)
+
+    @staticmethod
+    def _version(session: Session, model: str, version: int) -> VersionRow:
+        row = session.scalar(
+            select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
+        )
+        if row is None:
+            raise NotFoundError(f"model {model} has no version {version}")
+        return row
 
     @staticmethod
     def _champion(session: Session, model: str) -> VersionRow | None:
@@ -556,20 +363,21 @@ class RegistryStore:
             )
         )
 
-    # ------------------------------------------------------------------ outbox
+    # The outbox.
 
-    def unpublished(self) -> tuple[list[VersionRow], list[AliasChange]]:
+    def unpublished(self) -> tuple[list[ModelVersion], list[AliasChange]]:
         """Events committed but not yet acknowledged by the broker, oldest first."""
         with self._sessions() as session:
-            versions = list(
-                session.scalars(
+            versions = [
+                version_of(row)
+                for row in session.scalars(
                     select(VersionRow)
                     .where(VersionRow.registered_published.is_(False))
                     .order_by(VersionRow.id)
                 )
-            )
+            ]
             changes = [
-                row.change()
+                change_of(row)
                 for row in session.scalars(
                     select(AliasRow).where(AliasRow.published.is_(False)).order_by(AliasRow.id)
                 )
@@ -578,14 +386,14 @@ class RegistryStore:
 
     def mark_registered(self, model: str, version: int) -> None:
         with self._session() as session:
-            row = session.scalar(
-                select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)
+            session.execute(
+                update(VersionRow)
+                .where(VersionRow.model == model, VersionRow.version == version)
+                .values(registered_published=True)
             )
-            if row is not None:
-                row.registered_published = True
 
     def mark_promoted(self, promotion_id: str) -> None:
         with self._session() as session:
-            row = session.scalar(select(AliasRow).where(AliasRow.promotion_id == promotion_id))
-            if row is not None:
-                row.published = True
+            session.execute(
+                update(AliasRow).where(AliasRow.promotion_id == promotion_id).values(published=True)
+            )

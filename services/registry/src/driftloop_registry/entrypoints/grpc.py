@@ -141,7 +141,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         version, alias = _selector(request)
         chunk = min(request.chunk_size or self._chunk_size, MAX_CHUNK)
         try:
-            row, data = await self._registry.artifact_bytes(request.model, version, alias)
+            found, data = await self._registry.artifact_bytes(request.model, version, alias)
         except (RegistryError, ArtifactDigestError, ArtifactTooLargeError) as error:
             await _abort(context, error)
         except FileNotFoundError:
@@ -151,10 +151,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             )
         for offset in range(0, max(len(data), 1), chunk):
             yield registry_pb2.DownloadArtifactResponse(
-                model=row.model,
-                version=row.version,
-                sha256=row.sha256,
-                size_bytes=row.size_bytes,
+                model=found.model,
+                version=found.version,
+                sha256=found.sha256,
+                size_bytes=found.size_bytes,
                 offset=offset,
                 data=data[offset : offset + chunk],
             )
