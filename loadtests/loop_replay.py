@@ -24,7 +24,7 @@ from driftloop_cli.demo.scenario import DemoEvent, ScenarioConfig, build_scenari
 from driftloop_core.featureset import FeatureSet, default_featureset_path, load_featureset
 from driftloop_drift.config import DriftSettings
 from driftloop_drift.domain.join import LabelSeen, PredictionSeen
-from driftloop_drift.handlers import DriftEngine
+from driftloop_drift.handlers import DriftEngine, EngineResult
 from driftloop_trainer.onnx_model import reference_distributions
 from driftloop_trainer.training import (
     TrainedModel,
@@ -102,8 +102,8 @@ class Replay:
         alarms: list[tuple[int, str, str, int]] = []
         events = list(scenario)
 
-        def handle(out: list[Any], now_ms: int, index: int) -> None:
-            for message in out:
+        def handle(decided: EngineResult, now_ms: int, index: int) -> None:
+            for message in decided.events:
                 if isinstance(message, events_pb2.DriftDetected):
                     alarms.append((index, message.detector, message.feature, message.model_version))
                     self.log.append(

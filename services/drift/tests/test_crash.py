@@ -134,14 +134,14 @@ def without_crash(
     out: list[Message] = []
     for message in scenario.boot:
         now += 1
-        out.extend(engine.on_label(label_seen(message), now))
+        out.extend(engine.on_label(label_seen(message), now).events)
     engine.on_promoted(1, None, now)
     for served in scenario.predictions:
         now += 1
-        out.extend(engine.on_prediction(prediction_seen(served), now))
+        out.extend(engine.on_prediction(prediction_seen(served), now).events)
     for message in scenario.labels:
         now += 1
-        out.extend(engine.on_label(label_seen(message), now))
+        out.extend(engine.on_label(label_seen(message), now).events)
     return engine, out
 
 

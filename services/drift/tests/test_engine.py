@@ -24,8 +24,8 @@ def drifts(out: list[Message]) -> list[events_pb2.DriftDetected]:
 def feed(engine: DriftEngine, stream: Any, count: int, rate: float, **kw: Any) -> list[Message]:
     out: list[Message] = []
     for prediction, label, now in stream.events(count, rate, **kw):
-        out.extend(engine.on_prediction(prediction, now))
-        out.extend(engine.on_label(label, now))
+        out.extend(engine.on_prediction(prediction, now).events)
+        out.extend(engine.on_label(label, now).events)
     return out
 
 
@@ -195,7 +195,9 @@ def test_bootstrap_after_enough_labels_with_no_champion(kit: Any) -> None:
     engine = DriftEngine(kit.payments(), kit.engine_config(bootstrap_min_labels=50))
     out: list[Message] = []
     for i in range(80):
-        out += engine.on_label(LabelSeen(f"b{i}", "payments", i % 2, kit.T0_MS + i), kit.T0_MS + i)
+        out += engine.on_label(
+            LabelSeen(f"b{i}", "payments", i % 2, kit.T0_MS + i), kit.T0_MS + i
+        ).events
     asked = requests(out)
     assert len(asked) == 1
     assert asked[0].trigger == events_pb2.TRAINING_TRIGGER_BOOTSTRAP
@@ -203,7 +205,7 @@ def test_bootstrap_after_enough_labels_with_no_champion(kit: Any) -> None:
     # Its registration ends the request; with a champion no more bootstraps.
     assert engine.on_outcome("payments", asked[0].request_id, kit.T0_MS + 100)
     engine.on_promoted(1, kit.reference(), kit.T0_MS + 200)
-    later = engine.on_label(LabelSeen("x", "payments", 1, kit.T0_MS), kit.T0_MS + 10**9)
+    later = engine.on_label(LabelSeen("x", "payments", 1, kit.T0_MS), kit.T0_MS + 10**9).events
     assert requests(later) == []
 
 
@@ -213,7 +215,7 @@ def test_bootstrap_request_id_is_the_same_on_a_replay(kit: Any) -> None:
         engine = DriftEngine(kit.payments(), kit.engine_config(bootstrap_min_labels=10))
         out: list[Message] = []
         for i in range(10):
-            out += engine.on_label(LabelSeen(f"b{i}", "payments", 1, i), i)
+            out += engine.on_label(LabelSeen(f"b{i}", "payments", 1, i), i).events
         ids.append(requests(out)[0].request_id)
     assert ids[0] == ids[1]
 
@@ -229,7 +231,7 @@ def test_promotion_resets_detectors_and_ends_the_request_in_flight(kit: Any) -> 
     assert engine.statistics().get(("psi", "amount")) is None, "windows start empty"
     # Version 1 traffic after the promotion does not feed version 2's detectors.
     for prediction, _, now in stream.events(600, 0.5, amount_scale=90.0):
-        assert engine.on_prediction(prediction, now) == []
+        assert engine.on_prediction(prediction, now).events == []
     assert asked and engine.ignored == 600
 
 
@@ -242,8 +244,8 @@ def test_replayed_predictions_and_labels_do_not_count_twice(kit: Any) -> None:
         engine.on_label(label, now)
     before = (engine.labels.total, engine.joiner.stats.joined, engine.statistics())
     for prediction, label, now in pairs:
-        assert engine.on_prediction(prediction, now) == []
-        assert engine.on_label(label, now) == []
+        assert engine.on_prediction(prediction, now).events == []
+        assert engine.on_label(label, now).events == []
     assert (engine.labels.total, engine.joiner.stats.joined, engine.statistics()) == before
 
 
@@ -263,6 +265,8 @@ def test_state_round_trip_rebuilds_the_same_engine(kit: Any) -> None:
     out_live: list[Message] = []
     out_restored: list[Message] = []
     for prediction, label, now in tail:
-        out_live += live.on_prediction(prediction, now) + live.on_label(label, now)
-        out_restored += restored.on_prediction(prediction, now) + restored.on_label(label, now)
+        out_live += live.on_prediction(prediction, now).events + live.on_label(label, now).events
+        out_restored += (
+            restored.on_prediction(prediction, now).events + restored.on_label(label, now).events
+        )
     assert out_live and out_live == out_restored

@@ -22,7 +22,7 @@ from driftloop.v1 import events_pb2
 from driftloop_core.broker import free_port
 from driftloop_core.kafka import Outgoing, Publisher, Topics
 from driftloop_core.settings import Settings
-from driftloop_drift.bootstrap import DriftService
+from driftloop_drift.bootstrap import build
 from driftloop_drift.config import DriftSettings
 
 pytestmark = pytest.mark.integration
@@ -122,7 +122,7 @@ async def test_bootstrap_then_drift_then_restart_without_duplicates(
     model = f"m{unique}"
     featureset = kit.payments(model)
     outputs = Outputs(stack_settings, model)
-    service = DriftService(stack_settings, featureset, config, grpc_address="127.0.0.1:0")
+    service = build(stack_settings, featureset, config, grpc_address="127.0.0.1:0")
     await service.start()
     await outputs.start()
     try:
@@ -176,7 +176,7 @@ async def test_bootstrap_then_drift_then_restart_without_duplicates(
         assert request.parent_drift_id == drift.drift_id
         assert request.window.WhichOneof("kind") in ("time_range", "last_n")
         await asyncio.sleep(1.0)
-        engine = service.consumer.engine if service.consumer else None
+        engine = service.application.engine
         assert engine is not None
         before = (engine.labels.total, engine.joiner.stats.joined, engine.champion)
         assert before == (3060, 3000, 1)
@@ -184,11 +184,11 @@ async def test_bootstrap_then_drift_then_restart_without_duplicates(
         await service.stop()
 
     # Start again: the state is back, and nothing is asked twice.
-    again = DriftService(stack_settings, featureset, config, grpc_address="127.0.0.1:0")
+    again = build(stack_settings, featureset, config, grpc_address="127.0.0.1:0")
     await again.start()
     try:
         await outputs.poll(3.0)
-        engine = again.consumer.engine if again.consumer else None
+        engine = again.application.engine
         assert engine is not None
         assert (engine.labels.total, engine.champion) == (3060, 1)
         assert engine.policy.in_flight is not None

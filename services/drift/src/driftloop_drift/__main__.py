@@ -16,7 +16,7 @@ from driftloop_core.runtime import run_with_featureset
 from driftloop_core.settings import Settings, load_settings
 from pydantic import ValidationError
 
-from driftloop_drift.bootstrap import DriftService
+from driftloop_drift.bootstrap import build
 from driftloop_drift.config import load_drift_settings
 
 log = get_logger("driftloop_drift")
@@ -28,7 +28,7 @@ async def serve(settings: Settings, featureset: FeatureSet) -> int:
     except ValidationError as error:
         log.error("drift_settings_invalid", error=str(error))
         return 2
-    return await DriftService(settings, featureset, config).run_until_signal()
+    return await build(settings, featureset, config).run_until_signal()
 
 
 def main() -> int:

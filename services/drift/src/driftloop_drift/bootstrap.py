@@ -1,9 +1,10 @@
 """Composition root of the drift service: state store, engine, consumer, publisher,
 registry client and a health-only gRPC server, on one event loop.
 
-Nothing opens a file, a socket or a client before `DriftService.start()`;
-tests build it with their own settings (a private home, a unique model, port 0)
-and run it in-process.
+`build` wires the parts and opens nothing: the state file is opened, the
+publisher and the consumer connect and the server listens in
+`DriftService.start()`. Tests build it with their own settings (a private home,
+a unique model, port 0) and run it in-process.
 """
 
 from __future__ import annotations
@@ -13,49 +14,53 @@ import contextlib
 import sqlite3
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.grpc.server import GrpcServer, build_server
-from driftloop_core.kafka import Publisher, TopicSpec, default_topic_specs, ensure_topics
+from driftloop_core.kafka import (
+    ConsumerLoop,
+    Publisher,
+    TopicSpec,
+    default_topic_specs,
+    ensure_topics,
+)
 from driftloop_core.logging import get_logger
 from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
 
 from driftloop_drift.adapters.registry import RegistryReferences
-from driftloop_drift.adapters.state import StateStore
+from driftloop_drift.adapters.state import DriftStateStore
+from driftloop_drift.application import DriftApplication
 from driftloop_drift.config import DriftSettings
-from driftloop_drift.entrypoints.kafka import DriftConsumer
+from driftloop_drift.entrypoints.kafka import build_consumer
 from driftloop_drift.handlers import DriftEngine
+from driftloop_drift.outbox import Outbox
+from driftloop_drift.ports import References
 
 log = get_logger(__name__)
 
 
 class DriftService:
+    """The drift service's running parts, started and stopped together."""
+
     def __init__(
         self,
         settings: Settings,
-        featureset: FeatureSet,
         config: DriftSettings,
         *,
-        grpc_address: str | None = None,
+        application: DriftApplication,
+        consumer: ConsumerLoop,
+        publisher: Publisher,
+        server: GrpcServer,
     ) -> None:
         self.settings = settings
-        self.featureset = featureset
         self.config = config
-        self.address = grpc_address or settings.endpoints.drift
-        self.publisher = Publisher(settings)
-        self.server: GrpcServer | None = None
-        self.store: StateStore | None = None
-        self.consumer: DriftConsumer | None = None
+        self.application = application
+        self.consumer = consumer
+        self.publisher = publisher
+        self.server = server
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-
-    def _engine(self, state: dict[str, Any] | None) -> DriftEngine:
-        engine_config = self.config.engine_config()
-        if state is None:
-            return DriftEngine(self.featureset, engine_config)
-        return DriftEngine.from_json(self.featureset, engine_config, state)
 
     async def start(self) -> None:
         kafka = self.settings.kafka
@@ -69,53 +74,33 @@ class DriftService:
                 ),
             ],
         )
-        self.store = StateStore(self.config.state_file(self.settings, self.featureset.name))
         await self.publisher.start()
-        self.consumer = DriftConsumer(
-            self._engine,
-            self.config,
-            AIOKafkaConsumer(
-                **kafka.client_options(),
-                client_id=f"{kafka.client_id_prefix}-{self.settings.service_name}",
-                enable_auto_commit=False,
-                max_poll_records=kafka.max_poll_records,
-            ),
-            self.publisher,
-            self.store,
-            RegistryReferences(self.settings, self.config.registry_timeout_s),
-            self.settings.service_name,
-        )
+        # Loads the state, publishes what its outbox holds, and seeks to its positions.
         await self.consumer.start()
-        self.server = build_server(self.settings, [], self.address)
+        await self.application.start()
         await self.server.start()
         self._task = asyncio.create_task(self.consumer.run(), name="drift")
-        log.info("drift_ready", health=self.server.endpoint, model=self.featureset.name)
+        log.info("drift_ready", health=self.server.endpoint, model=self.application.model)
 
     @property
     def endpoint(self) -> str:
-        assert self.server is not None, "DriftService.start() was not awaited"
         return self.server.endpoint
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        if self.server is not None:
-            await self.server.health.enter_graceful_shutdown()
-        if self.consumer is not None:
-            self.consumer.request_stop()
+        await self.server.health.enter_graceful_shutdown()
+        self.consumer.request_stop()
         try:
             if self._task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
         finally:
-            if self.consumer is not None:
-                await self.consumer.stop()
-            if self.server is not None:
-                await self.server.stop()
+            await self.consumer.stop()
+            await self.application.close()
+            await self.server.stop()
             await self.publisher.stop()
-            if self.store is not None:
-                self.store.close()
             log.info("drift_stopped")
 
     async def run_until_signal(self) -> int:
@@ -127,3 +112,38 @@ class DriftService:
             lambda: [self._task] if self._task is not None else [],
             (KafkaError, OSError, RuntimeError, sqlite3.Error),
         )
+
+
+def build(
+    settings: Settings,
+    featureset: FeatureSet,
+    config: DriftSettings,
+    *,
+    grpc_address: str | None = None,
+    references: References | None = None,
+) -> DriftService:
+    """Assemble the drift service; call it inside the event loop that will run it."""
+    engine_config = config.engine_config()
+
+    def engine(state: dict[str, Any] | None) -> DriftEngine:
+        if state is None:
+            return DriftEngine(featureset, engine_config)
+        return DriftEngine.from_json(featureset, engine_config, state)
+
+    publisher = Publisher(settings)
+    store = DriftStateStore(config.state_file(settings, featureset.name))
+    application = DriftApplication(
+        engine,
+        store,
+        Outbox(store, publisher),
+        references or RegistryReferences(settings, config.registry_timeout_s),
+        snapshot_interval_s=config.snapshot_interval_s,
+    )
+    return DriftService(
+        settings,
+        config,
+        application=application,
+        consumer=build_consumer(settings, config, application, publisher),
+        publisher=publisher,
+        server=build_server(settings, [], grpc_address or settings.endpoints.drift),
+    )

@@ -2,7 +2,8 @@
 
 Transport-neutral and clock-free: the Kafka entrypoint (or a test) decodes
 records into `PredictionSeen` / `LabelSeen` and hands them over with the time
-they were produced; the engine answers with the events to publish. It watches
+they were produced; the engine answers with an `EngineResult`: the events to
+publish, and the detections that asked for no training. It watches
 the model of one feature set and only the champion version's traffic: a
 promotion resets every detector (new reference bins, empty windows) and ends
 the request in flight.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from driftloop.v1 import common_pb2, events_pb2
@@ -48,6 +49,27 @@ ESTIMATE_EVERY = 10
 
 
 @dataclass(frozen=True)
+class Suppressed:
+    """A detection that asked for no training: one in flight, or cooling down."""
+
+    drift_id: str
+    why: str
+
+
+@dataclass
+class EngineResult:
+    """What one input decided: events to publish, in order, and the detections
+    that asked for no training, with why."""
+
+    events: list[Message] = field(default_factory=list)
+    suppressed: list[Suppressed] = field(default_factory=list)
+
+    def add(self, other: EngineResult) -> None:
+        self.events.extend(other.events)
+        self.suppressed.extend(other.suppressed)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     policy: PolicyConfig
     pending_ttl_ms: int
@@ -69,7 +91,6 @@ class DriftEngine:
         self.policy = RetrainPolicy(self.model, config.policy)
         self.clock_ms = 0
         self.ignored = 0  # predictions of another model or version than the champion
-        self.suppressed: list[tuple[str, str]] = []  # (drift id, why no request) of the last call
         self._performance: PerformanceMonitor | None = None
         self._data: list[PsiMonitor | KswinMonitor] = []
         # The champion's 0/1 error stream since its promotion, for the change point.
@@ -80,18 +101,18 @@ class DriftEngine:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_prediction(self, prediction: PredictionSeen, now_ms: int) -> list[Message]:
+    def on_prediction(self, prediction: PredictionSeen, now_ms: int) -> EngineResult:
         self._tick(now_ms)
         if prediction.model != self.model:
             self.ignored += 1
-            return []
+            return EngineResult()
         if self.champion is None:
             # The promotion has not reached us (or the registry was unreachable):
             # the version that serves is the champion.
             self.on_promoted(prediction.version, None, now_ms)
         if prediction.version != self.champion or self.joiner.seen_prediction(prediction.event_id):
             self.ignored += prediction.version != self.champion
-            return []
+            return EngineResult()
         alarms: list[Alarm] = []
         for monitor in self._data:
             value = prediction.features.get(monitor.feature)
@@ -107,14 +128,14 @@ class DriftEngine:
             )
         return self._raise(alarms, now_ms)
 
-    def on_label(self, label: LabelSeen, now_ms: int) -> list[Message]:
+    def on_label(self, label: LabelSeen, now_ms: int) -> EngineResult:
         self._tick(now_ms)
+        result = EngineResult()
         if label.model != self.model or not self.labels.add(label.event_id, label.event_time_ms):
-            return []
-        out: list[Message] = []
+            return result
         joined = self.joiner.add_label(label, now_ms)
         if joined is not None:
-            out.extend(
+            result.add(
                 self._raise(
                     self._on_error(
                         joined.event_id, joined.version, joined.error, joined.event_time_ms
@@ -124,9 +145,9 @@ class DriftEngine:
             )
         decision = self.policy.on_label(self.labels, self.champion is not None, now_ms)
         if decision.request is not None:
-            out.append(decision.request)
-        out.extend(self._pending_request(now_ms))
-        return out
+            result.events.append(decision.request)
+        result.events.extend(self._pending_request(now_ms))
+        return result
 
     def on_promoted(
         self,
@@ -218,12 +239,11 @@ class DriftEngine:
         self._estimate = (self._errors_seen, change)
         return change
 
-    def _raise(self, alarms: list[Alarm], now_ms: int) -> list[Message]:
-        self.suppressed = []
-        out: list[Message] = []
+    def _raise(self, alarms: list[Alarm], now_ms: int) -> EngineResult:
+        result = EngineResult()
         for alarm in alarms:
             drift = self._drift_detected(alarm, now_ms)
-            out.append(drift)
+            result.events.append(drift)
             # Without an estimate of its own, the detection itself: rows after it
             # are surely after the change (the error stream usually places it
             # earlier while the request waits).
@@ -232,10 +252,10 @@ class DriftEngine:
                 drift, change.event_time_ms, alarm.last.event_time_ms, now_ms
             )
             if decision.reason:
-                self.suppressed.append((drift.drift_id, decision.reason))
+                result.suppressed.append(Suppressed(drift.drift_id, decision.reason))
         if alarms:
-            out.extend(self._pending_request(now_ms))
-        return out
+            result.events.extend(self._pending_request(now_ms))
+        return result
 
     def _pending_request(self, now_ms: int) -> list[Message]:
         """The pending drift's training request, once its post-drift rows are there."""

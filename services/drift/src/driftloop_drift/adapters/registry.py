@@ -8,26 +8,18 @@ the service runs its performance detector meanwhile and asks again later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 import grpc.aio
-from driftloop.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from driftloop.v1 import registry_pb2, registry_pb2_grpc
 from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings
 
-
-class RegistryUnavailable(Exception):
-    """The registry did not answer."""
-
-
-@dataclass(frozen=True)
-class ChampionReference:
-    version: int
-    reference: dict[str, common_pb2.ReferenceDistribution]
+from driftloop_drift.ports import ChampionReference, RegistryUnavailable
 
 
 class RegistryReferences:
+    """`ports.References` over the registry's gRPC API, one channel per lookup."""
+
     def __init__(self, settings: Settings, timeout_s: float) -> None:
         self._settings = settings
         self._target = settings.endpoints.registry

@@ -37,15 +37,25 @@ class Saved:
     outbox: list[OutboxEvent]
 
 
-class StateStore:
+class DriftStateStore:
+    """The SQLite file of one model's drift state, opened by the first `load`."""
+
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(
+        self._opened: sqlite3.Connection | None = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._opened is not None, "DriftStateStore.load() was not called"
+        return self._opened
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(
             "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1),"
             " data TEXT NOT NULL, saved_at REAL NOT NULL);"
             "CREATE TABLE IF NOT EXISTS positions (topic TEXT NOT NULL, partition INTEGER NOT NULL,"
@@ -54,9 +64,12 @@ class StateStore:
             " event_id TEXT NOT NULL UNIQUE, message TEXT NOT NULL, key TEXT NOT NULL,"
             " payload BLOB NOT NULL);"
         )
+        self._opened = db
 
     def load(self) -> Saved:
         with self._lock:
+            if self._opened is None:
+                self._open()
             row = self._db.execute("SELECT data FROM state WHERE id = 1").fetchone()
             positions = {
                 (str(topic), int(partition)): int(offset)
@@ -109,4 +122,6 @@ class StateStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._opened is not None:
+                self._opened.close()
+                self._opened = None

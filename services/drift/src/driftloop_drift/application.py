@@ -1,0 +1,259 @@
+"""The drift service's application layer: one engine, its saved state, its outbox.
+
+The Kafka entrypoint decodes records and calls `on_prediction`, `on_label`,
+`on_promoted`, `on_registered` and `on_training_failed`; the engine decides,
+and this layer counts what it decided (metrics and logs) and keeps the events
+for the outbox. It holds the positions of the source partitions the state
+reflects (`load` and `store` are the consumer's `StoredOffsets`): after each
+batch the state and the next offsets are saved together, at most every
+`snapshot_interval_s`, and always before an event goes out. An event is first
+written to the outbox in the same transaction as the state that decided it,
+then published, then removed from the outbox.
+
+It also asks the registry for the champion's reference bins: at start, on a
+promotion, and again every `REFERENCE_RETRY_S` while the registry cannot be
+reached (the performance detector runs alone meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.logging import get_logger
+from google.protobuf.message import Message
+
+from driftloop_drift import metrics
+from driftloop_drift.adapters.state import DriftStateStore, OutboxEvent, Position
+from driftloop_drift.domain.join import LabelSeen, PredictionSeen
+from driftloop_drift.handlers import DriftEngine, EngineResult
+from driftloop_drift.outbox import Outbox, outbox_event
+from driftloop_drift.ports import ChampionReference, References, RegistryUnavailable
+
+log = get_logger(__name__)
+
+# How often a missing champion reference is asked for again.
+REFERENCE_RETRY_S = 30.0
+
+EngineFactory = Callable[[dict[str, Any] | None], DriftEngine]
+
+
+class DriftApplication:
+    """The engine of one model with its state store, outbox and registry lookups."""
+
+    def __init__(
+        self,
+        engine_factory: EngineFactory,
+        store: DriftStateStore,
+        outbox: Outbox,
+        references: References,
+        *,
+        snapshot_interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine_factory = engine_factory
+        self._store = store
+        self._outbox = outbox
+        self._references = references
+        self._snapshot_interval_s = snapshot_interval_s
+        self._clock = clock
+        self._engine: DriftEngine | None = None
+        self._resumed = False
+        self._positions: dict[Position, int] = {}
+        self._decided: list[Message] = []  # events of records whose positions are not stored yet
+        self._dirty = False  # the state has changed since it was saved
+        self._ahead = False  # inputs were handled whose positions are not stored yet
+        self._saved_at = 0.0
+        self._reference_tried_at = 0.0
+
+    @property
+    def engine(self) -> DriftEngine:
+        assert self._engine is not None, "DriftApplication.load() was not awaited"
+        return self._engine
+
+    @property
+    def model(self) -> str:
+        return self.engine.model
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load(self) -> dict[Position, int]:
+        """Rebuild the engine from the saved state, publish what the outbox holds,
+        and return the positions to read from."""
+        saved = await asyncio.to_thread(self._store.load)
+        self._engine = self._engine_factory(saved.state)
+        self._resumed = saved.state is not None
+        self._positions = dict(saved.positions)
+        await self._outbox.publish(saved.outbox)
+        return dict(self._positions)
+
+    async def start(self) -> None:
+        """Ask for the champion's reference when the saved state has none."""
+        engine = self.engine
+        if engine.champion is None or engine.needs_reference:
+            await self._fetch_reference(engine.champion)
+        log.info(
+            "drift_started",
+            model=engine.model,
+            champion=engine.champion,
+            resumed=self._resumed,
+            labelled=engine.labels.total,
+            state=str(self._store.path),
+        )
+
+    async def close(self) -> None:
+        """Save what changed since the last save, unless inputs were handled whose
+        positions never came (a batch that failed): those records are read again."""
+        if self._engine is not None and self._dirty:
+            if self._ahead:
+                log.warning("drift_state_not_saved", reason="a batch was handled but not settled")
+            else:
+                await self._save([])
+        await asyncio.to_thread(self._store.close)
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_prediction(self, prediction: PredictionSeen, now_ms: int) -> None:
+        self._count(self.engine.on_prediction(prediction, now_ms))
+
+    def on_label(self, label: LabelSeen, now_ms: int) -> None:
+        self._count(self.engine.on_label(label, now_ms))
+
+    async def on_promoted(self, promoted: events_pb2.ModelPromoted, now_ms: int) -> None:
+        """A new champion of this model: its reference, and every detector reset."""
+        engine = self.engine
+        self._ahead = self._dirty = True
+        if promoted.model != engine.model or promoted.to_version == engine.champion:
+            return
+        reference = await self._reference_for(promoted.to_version)
+        engine.on_promoted(promoted.to_version, reference, now_ms)
+        log.info(
+            "drift_detectors_reset",
+            model=promoted.model,
+            version=promoted.to_version,
+            reference=sorted(reference or ()),
+        )
+
+    def on_registered(self, registered: events_pb2.ModelRegistered, now_ms: int) -> None:
+        if self._answered(registered.model, registered.request_id, now_ms):
+            log.info(
+                "training_request_answered",
+                request_id=registered.request_id,
+                outcome="registered",
+                version=registered.version,
+            )
+
+    def on_training_failed(self, failed: events_pb2.TrainingFailed, now_ms: int) -> None:
+        if self._answered(failed.model, failed.request_id, now_ms):
+            log.info(
+                "training_request_answered",
+                request_id=failed.request_id,
+                outcome="failed",
+                stage=failed.stage,
+            )
+
+    def expire(self) -> None:
+        """Drop the halves of the join that waited too long (after each batch)."""
+        self.engine.expire(self.engine.clock_ms)
+
+    def _answered(self, model: str, request_id: str, now_ms: int) -> bool:
+        self._ahead = self._dirty = True
+        return self.engine.on_outcome(model, request_id, now_ms)
+
+    def _count(self, result: EngineResult) -> None:
+        """Metrics and logs of what the engine decided; its events wait for the outbox."""
+        self._ahead = self._dirty = True
+        model = self.engine.model
+        for message in result.events:
+            if isinstance(message, events_pb2.DriftDetected):
+                kind = events_pb2.DriftKind.Name(message.kind).removeprefix("DRIFT_KIND_").lower()
+                metrics.DETECTIONS.labels(model, kind, message.detector).inc()
+                log.warning(
+                    "drift_detected",
+                    model=model,
+                    version=message.model_version,
+                    detector=message.detector,
+                    feature=message.feature,
+                    statistic=message.statistic,
+                    threshold=message.threshold,
+                    window=message.window_size,
+                    drift_id=message.drift_id,
+                )
+            elif isinstance(message, events_pb2.TrainingRequested):
+                trigger = events_pb2.TrainingTrigger.Name(message.trigger)
+                metrics.TRAINING_REQUESTS.labels(
+                    model, trigger.removeprefix("TRAINING_TRIGGER_").lower()
+                ).inc()
+                log.info(
+                    "training_requested",
+                    model=model,
+                    request_id=message.request_id,
+                    trigger=trigger,
+                    reason=message.reason,
+                )
+        for suppressed in result.suppressed:
+            metrics.SUPPRESSED.labels(model).inc()
+            log.info(
+                "training_request_suppressed",
+                model=model,
+                drift_id=suppressed.drift_id,
+                why=suppressed.why,
+            )
+        self._decided.extend(result.events)
+
+    # ------------------------------------------------------------------ state and outbox
+
+    async def store(self, positions: Mapping[Position, int]) -> None:
+        """The next offsets of a handled batch: saved with the state at once when it
+        decided events (which are then published), else by `tick` when due."""
+        self._positions.update(positions)
+        self._ahead = False
+        self._dirty = True
+        if self._decided:
+            events = [outbox_event(message) for message in self._decided]
+            await self._save(events)
+            self._decided = []
+            await self._outbox.publish(events)
+
+    async def tick(self) -> None:
+        """After every poll: the periodic save, the reference retry, the statistics."""
+        now = self._clock()
+        if self._dirty and not self._ahead and now - self._saved_at >= self._snapshot_interval_s:
+            await self._save([])
+        engine = self.engine
+        if engine.needs_reference and now - self._reference_tried_at >= REFERENCE_RETRY_S:
+            await self._fetch_reference(engine.champion)
+        for (detector, feature), value in engine.statistics().items():
+            metrics.STATISTIC.labels(engine.model, feature, detector).set(value)
+
+    async def _save(self, events: list[OutboxEvent]) -> None:
+        state = self.engine.to_json()
+        await asyncio.to_thread(self._store.save, state, dict(self._positions), events)
+        self._saved_at = self._clock()
+        self._dirty = False
+
+    # ------------------------------------------------------------------ registry
+
+    async def _reference_for(
+        self, version: int
+    ) -> dict[str, common_pb2.ReferenceDistribution] | None:
+        found = await self._lookup(version)
+        return None if found is None else found.reference
+
+    async def _fetch_reference(self, version: int | None) -> None:
+        found = await self._lookup(version)
+        if found is not None:
+            self.engine.on_promoted(found.version, found.reference, self.engine.clock_ms)
+            self._dirty = True
+
+    async def _lookup(self, version: int | None) -> ChampionReference | None:
+        """That version (the champion when None); None when absent or unreachable."""
+        self._reference_tried_at = self._clock()
+        try:
+            return await self._references.lookup(self.engine.model, version)
+        except RegistryUnavailable as error:
+            log.warning("champion_reference_unavailable", version=version, error=str(error))
+            return None

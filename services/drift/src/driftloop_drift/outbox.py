@@ -1,0 +1,115 @@
+"""The drift events decided but not yet acknowledged, and the trace each is published in.
+
+An event goes out only after it was stored in the outbox with the state that
+decided it (`DriftStateStore.save`); `Outbox.publish` sends it under the event
+id chosen then and removes it from the outbox once the broker acknowledged it.
+After a crash the same events go out again, under the same ids.
+
+A detection starts the retrain loop's trace: a `drift.detected` root span. The
+training request it causes is published inside it (in the same batch) or in a
+`drift.retrain_requested` child of it (once its post-drift rows are there, a
+later batch), so the whole loop reads as one trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from driftloop.v1 import events_pb2
+from driftloop_core.kafka.topics import kind_of_message
+from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from driftloop_drift.adapters.state import DriftStateStore, OutboxEvent
+from driftloop_drift.ports import EventPublisher
+
+_tracer = trace.get_tracer("driftloop.drift")
+# Span contexts of recent detections, for the request one of them causes later.
+# Kept in memory: after a restart in between, the request starts its own trace.
+DETECTIONS_REMEMBERED = 256
+_DETECTED = events_pb2.DriftDetected.DESCRIPTOR.full_name
+_REQUESTED = events_pb2.TrainingRequested.DESCRIPTOR.full_name
+
+
+def outbox_event(message: Message) -> OutboxEvent:
+    """A decided event as the outbox keeps it: its id, type, key and payload."""
+    if isinstance(message, events_pb2.DriftDetected):
+        event_id, key = message.drift_id, message.model
+    elif isinstance(message, events_pb2.TrainingRequested):
+        event_id, key = message.request_id, message.model
+    else:
+        raise TypeError(f"the drift engine does not publish {type(message).__name__}")
+    return OutboxEvent(event_id, message.DESCRIPTOR.full_name, key, message.SerializeToString())
+
+
+class Outbox:
+    """Publishes stored events in their loop spans, then marks them published."""
+
+    def __init__(self, store: DriftStateStore, publisher: EventPublisher) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._detections: OrderedDict[str, trace.SpanContext] = OrderedDict()
+
+    async def publish(self, events: Sequence[OutboxEvent]) -> None:
+        if not events:
+            return
+        loops: dict[str, trace.Span] = {}
+        try:
+            for event in events:
+                kind = kind_of_message(event.message)
+                with trace.use_span(self._loop_span(event, loops), end_on_exit=False):
+                    await self._publisher.publish(
+                        kind.topic,
+                        event.payload,
+                        key=event.key,
+                        ce_type=kind.ce_type,
+                        event_id=event.event_id,
+                    )
+        finally:
+            for span in loops.values():
+                span.end()
+        await asyncio.to_thread(self._store.published, [event.event_id for event in events])
+
+    def _loop_span(self, event: OutboxEvent, loops: dict[str, trace.Span]) -> trace.Span:
+        """The span a drift event is published in: a new `drift.detected` root for a
+        detection; for the request it causes, that detection's span, or a
+        `drift.retrain_requested` child of it when the request comes later."""
+        if event.message == _DETECTED:
+            detected = events_pb2.DriftDetected.FromString(event.payload)
+            span = _tracer.start_span(
+                "drift.detected",
+                context=Context(),
+                attributes={
+                    "driftloop.model": detected.model,
+                    "driftloop.model_version": detected.model_version,
+                    "driftloop.drift.detector": detected.detector,
+                    "driftloop.drift.feature": detected.feature,
+                    "driftloop.drift.statistic": detected.statistic,
+                },
+            )
+            loops[detected.drift_id] = span
+            self._detections[detected.drift_id] = span.get_span_context()
+            while len(self._detections) > DETECTIONS_REMEMBERED:
+                self._detections.popitem(last=False)
+            return span
+        if event.message == _REQUESTED:
+            requested = events_pb2.TrainingRequested.FromString(event.payload)
+            drift_id = requested.parent_drift_id
+            if drift_id in loops:
+                return loops[drift_id]
+            detection = self._detections.get(drift_id)
+            if detection is not None:
+                span = _tracer.start_span(
+                    "drift.retrain_requested",
+                    context=trace.set_span_in_context(trace.NonRecordingSpan(detection)),
+                    attributes={
+                        "driftloop.model": requested.model,
+                        "driftloop.request_id": requested.request_id,
+                    },
+                )
+                loops[f"request:{requested.request_id}"] = span
+                return span
+        return trace.INVALID_SPAN
