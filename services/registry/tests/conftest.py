@@ -279,20 +279,33 @@ class PostgresServer:
             as_user = ["runuser", "-u", "postgres", "--"]
         server = cls(bindir, root, free_port(), as_user)
         try:
-            data = str(root / "data")
-            server._run("initdb", "-D", data, "-U", "driftloop", "-A", "trust", "-E", "UTF8", "-N")
-            # Durability off: the cluster is thrown away after the session.
-            options = (
-                f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
-            )
             server._run(
-                "pg_ctl", "-D", data, "-l", str(root / "server.log"), "-o", options, "-w", "start"
+                "initdb", "-D", server.data, "-U", "driftloop", "-A", "trust", "-E", "UTF8", "-N"
             )
+            server.resume()
         except BaseException:
             server.stop()
             raise
         return server
+
+    @property
+    def data(self) -> str:
+        return str(self.root / "data")
+
+    def halt(self) -> None:
+        """Stop the server, cutting its sessions, and keep its data: every
+        database is unreachable until `resume`."""
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server on its port, returning once it accepts connections."""
+        # Durability off: the cluster is thrown away after the session.
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        )
+        log = str(self.root / "server.log")
+        self._run("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-w", "start")
 
     def _run(self, tool: str, *args: str) -> None:
         command = [*self.as_user, str(self.bindir / tool), *args]
@@ -320,7 +333,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         if (self.root / "data" / "postmaster.pid").exists():
-            pg_ctl = [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.root / "data")]
+            pg_ctl = [*self.as_user, str(self.bindir / "pg_ctl"), "-D", self.data]
             stop = [*pg_ctl, "-m", "immediate", "-w", "stop"]
             subprocess.run(stop, cwd=self.root, capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
