@@ -31,11 +31,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka import TopicPartition
 from opentelemetry.trace import Status, StatusCode
 
-from driftloop_core.kafka.consumer import CONSUMED, LAG, group_consumer, reader
+from driftloop_core.kafka.assignment import (
+    Rebalances,
+    assign_all,
+    commit_owned,
+    first_assignment,
+    known_positions,
+    record_lag,
+)
+from driftloop_core.kafka.consumer import CONSUMED, group_consumer, reader
 from driftloop_core.kafka.deadletter import DeadLetterWriter
 from driftloop_core.kafka.policies import (
     CommitAfterBatch,
@@ -130,11 +137,11 @@ class ConsumerLoop:
         await consumer.start()
         self._started = True
         if isinstance(policy, StoredOffsets):
-            await self._assign_all(stored)
+            self._positions.update(await assign_all(consumer, self._topics, stored))
             return
-        consumer.subscribe(list(self._topics), listener=_Rebalance(self))
+        consumer.subscribe(list(self._topics), listener=Rebalances(self._revoked, self._assigned))
         if isinstance(policy, FromLatest):
-            await self._join(policy.assignment_timeout_s)
+            await first_assignment(consumer, self.group_id, policy.assignment_timeout_s)
             self._first_assignment_done = True
 
     def _build(self) -> Any:
@@ -146,40 +153,6 @@ class ConsumerLoop:
         return group_consumer(
             self._settings, group_id=self.group_id, client_suffix=self._client_suffix, **options
         )
-
-    async def _assign_all(self, stored: Any) -> None:
-        consumer = self._consumer
-        await consumer.topics()
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in self._topics
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        consumer.assign(partitions)
-        fresh = []
-        for tp in partitions:
-            position = stored.get((tp.topic, tp.partition))
-            if position is None:
-                fresh.append(tp)
-            else:
-                consumer.seek(tp, position)
-                self._positions[tp] = position
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-
-    async def _join(self, timeout_s: float) -> None:
-        """Wait for the first assignment and fix its positions (FromLatest)."""
-        consumer = self._consumer
-        deadline = time.monotonic() + timeout_s
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                # The assignment that comes later catches up like a rejoin.
-                log.warning("assignment_slow", group=self.group_id)
-                return
-            # getmany drives the group join; nothing is returned before assignment.
-            await consumer.getmany(timeout_ms=100)
-        for tp in consumer.assignment():
-            await consumer.position(tp)
 
     def request_stop(self) -> None:
         """Finish the record (or batch) in hand, settle it, and leave the loop."""
@@ -365,11 +338,11 @@ class ConsumerLoop:
             positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
         policy = self._policy
         if isinstance(policy, CommitAfterBatch):
-            await self._commit(positions)
+            await commit_owned(self._consumer, self.group_id, positions)
         elif isinstance(policy, StoredOffsets):
             self._positions.update(positions)
             await policy.store({(tp.topic, tp.partition): p for tp, p in self._positions.items()})
-            self._record_lag(positions)
+            record_lag(self._consumer, self.group_id, positions)
         elif isinstance(policy, FlushThenCommit):
             if not self._taken:
                 self._first_taken_at = time.monotonic()
@@ -398,41 +371,7 @@ class ConsumerLoop:
             positions = dict(self._positions)
             self._positions.clear()
             self._taken = 0
-            await self._commit(positions)
-
-    async def _commit(self, positions: dict[TopicPartition, int]) -> None:
-        """Commit what this member still owns."""
-        consumer = self._consumer
-        assert consumer is not None
-        owned = consumer.assignment()
-        lost = [tp for tp in positions if tp not in owned]
-        if lost:
-            # The partitions' new owner reads those records again.
-            log.warning("commit_skipped_after_rebalance", partitions=sorted(map(str, lost)))
-            positions = {tp: p for tp, p in positions.items() if tp in owned}
-        if not positions:
-            return
-        try:
-            await consumer.commit(positions)
-        except (CommitFailedError, IllegalStateError) as error:
-            log.warning(
-                "commit_refused",
-                group=self.group_id,
-                partitions=sorted(str(tp) for tp in positions),
-                error=type(error).__name__,
-                meaning="the group moved on without this member: its records are read again",
-            )
-            return
-        self._record_lag(positions)
-
-    def _record_lag(self, positions: dict[TopicPartition, int]) -> None:
-        consumer = self._consumer
-        for tp, position in positions.items():
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(
-                    max(highwater - position, 0)
-                )
+            await commit_owned(self._consumer, self.group_id, positions)
 
     # ------------------------------------------------------------------ rebalances
 
@@ -461,25 +400,9 @@ class ConsumerLoop:
     async def _catch_up(
         self, partitions: set[TopicPartition], on_reassigned: Callable[[], Awaitable[None]]
     ) -> None:
-        try:
-            for tp in partitions:
-                await self._consumer.position(tp)
-        except IllegalStateError:
-            return  # reassigned again meanwhile: that assignment catches up
-        await on_reassigned()
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """aiokafka's rebalance callbacks, handed to the loop."""
-
-    def __init__(self, loop: ConsumerLoop) -> None:
-        self._loop = loop
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._loop._revoked()
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._loop._assigned(set(assigned))
+        # Reassigned again meanwhile: that assignment catches up.
+        if await known_positions(self._consumer, partitions):
+            await on_reassigned()
 
 
 async def _in_order(previous: asyncio.Task[None], current: asyncio.Task[None]) -> None:
