@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -48,6 +49,9 @@ class EchoServicer:
     async def fail(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         raise RuntimeError("secret database password in this message")
 
+    async def down(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        raise sqlite3.OperationalError("unable to open database file")
+
     async def reject(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "amount: must be >= 0")
         raise AssertionError("abort returned")
@@ -78,6 +82,7 @@ class EchoServicer:
             {
                 "Echo": grpc.unary_unary_rpc_method_handler(self.echo),
                 "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
+                "Down": grpc.unary_unary_rpc_method_handler(self.down),
                 "Reject": grpc.unary_unary_rpc_method_handler(self.reject),
                 "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
                 "Count": grpc.unary_stream_rpc_method_handler(self.count),
@@ -210,6 +215,20 @@ async def test_unexpected_exception_becomes_internal_logged_once_and_server_carr
     assert len(failures) == 1
     assert "RuntimeError: secret database password" in failures[0]
     assert '"grpc_method": "Fail"' in failures[0]
+
+
+async def test_a_dependency_outage_answers_unavailable_so_callers_retry(
+    channel: grpc.aio.Channel,
+) -> None:
+    before = _handled("Down", "UNAVAILABLE")
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _unary(channel, "Down")(b"x", timeout=5)
+
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "OperationalError" in raised.value.details()
+    assert "database file" not in raised.value.details()
+    assert _handled("Down", "UNAVAILABLE") == before + 1
 
 
 async def test_deliberate_abort_passes_through_untouched(

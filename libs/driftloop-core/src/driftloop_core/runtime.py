@@ -38,21 +38,37 @@ def featureset_or_none(settings: Settings) -> FeatureSet | None:
         return None
 
 
+def run_service(
+    settings: Settings,
+    serve: Callable[[], Coroutine[Any, Any, int | None]],
+    *,
+    metrics: bool = True,
+) -> int:
+    """A service's `main`: telemetry, /metrics (unless another process of the
+    service serves them), then `serve()` to its end; its result is the exit
+    code (None: 0). Telemetry is flushed on the way out, whatever happens."""
+    telemetry = init_telemetry(settings)
+    if metrics:
+        serve_metrics(settings)
+    try:
+        return asyncio.run(serve()) or 0
+    finally:
+        telemetry.shutdown()
+
+
 def run_with_featureset(
     settings: Settings, serve: Callable[[FeatureSet], Coroutine[Any, Any, int | None]]
 ) -> int:
-    """A feature-set service's `main`: telemetry, /metrics, the feature set (exit 2
-    when invalid), then `serve(featureset)` to its end; its result is the exit
-    code (None: 0). Telemetry is flushed on the way out, whatever happens."""
-    telemetry = init_telemetry(settings)
-    serve_metrics(settings)
-    featureset = featureset_or_none(settings)
-    if featureset is None:
-        return 2
-    try:
-        return asyncio.run(serve(featureset)) or 0
-    finally:
-        telemetry.shutdown()
+    """`run_service` for a service that needs the feature set: it exits 2 when
+    the feature set is invalid, else `serve(featureset)` runs."""
+
+    async def with_featureset() -> int | None:
+        featureset = featureset_or_none(settings)
+        if featureset is None:
+            return 2
+        return await serve(featureset)
+
+    return run_service(settings, with_featureset)
 
 
 async def serve_until_signal(

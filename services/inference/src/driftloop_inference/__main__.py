@@ -9,15 +9,14 @@ serves /metrics (one port cannot be shared), so its figures are its own traffic.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 from types import FrameType
 
+from driftloop_core.runtime import run_service
 from driftloop_core.settings import load_settings
-from driftloop_core.telemetry import init_telemetry, serve_metrics
 
 from driftloop_inference.bootstrap import InferenceService
 from driftloop_inference.config import load_inference_settings
@@ -48,14 +47,10 @@ def main() -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, forward)
-    telemetry = init_telemetry(settings)
-    if WORKER_ENV not in os.environ:
-        serve_metrics(settings)
     service = InferenceService(settings, config, settings.endpoints.inference)
     try:
-        code = asyncio.run(service.run_until_signal())
+        return run_service(settings, service.run_until_signal, metrics=WORKER_ENV not in os.environ)
     finally:
-        telemetry.shutdown()
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -64,7 +59,6 @@ def main() -> int:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
-    return code
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ once per method:
    which also lands on the span as ``rpc.grpc.status_code`` (a cancelled or
    timed-out call included, which the instrumentation alone records as OK);
 2. errors: an exception a handler did not mean to raise becomes ``INTERNAL`` with a
-   short message, logged once with its traceback; a deliberate
+   short message, logged once with its traceback (``UNAVAILABLE`` when it is a
+   dependency's passing outage, see ``kafka.retry.is_transient``); a deliberate
    ``context.abort(...)`` passes through untouched.
 
 Metrics and errors stay in one layer: a chain of generic interceptors cost about
@@ -39,6 +40,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Histogram
 
+from driftloop_core.kafka.retry import is_transient
 from driftloop_core.logging import get_logger
 
 __all__ = [
@@ -157,8 +159,24 @@ def _final_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
 
 
 async def _abort_internal(context: Any, full_method: str, error: Exception) -> None:
-    """Log ``error`` with its traceback and answer INTERNAL; raises AbortError."""
+    """Log ``error`` with its traceback and answer INTERNAL; raises AbortError.
+
+    A passing outage of a dependency (a database, a disk, a peer: what the
+    Kafka consumers retry) answers UNAVAILABLE instead, naming only the error's
+    type, so that callers retry as they would against a restarting server."""
     service, method = split_method(full_method)
+    if is_transient(error):
+        _log.warning(
+            "grpc_dependency_unavailable",
+            grpc_service=service,
+            grpc_method=method,
+            error_type=type(error).__name__,
+            error=str(error)[:200],
+        )
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"a dependency is unavailable ({type(error).__name__}); retry",
+        )
     _log.error(
         "grpc_handler_failed",
         grpc_service=service,
