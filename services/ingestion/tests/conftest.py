@@ -7,7 +7,6 @@ with `unique` and read back only their own.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -15,13 +14,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from driftloop.v1 import events_pb2
 from driftloop_core.featureset import FeatureSet, default_featureset_path, load_featureset
 from driftloop_core.kafka.topics import Topics, TopicSpec, ensure_topics
 from driftloop_core.settings import Settings
 from driftloop_ingestion.bootstrap import IngestionService, build
 from driftloop_ingestion.config import IngestionSettings
+from driftloop_testing import collect
 
 
 @dataclass
@@ -122,26 +122,7 @@ class KafkaIO:
     ) -> list[Any]:
         """Records of `topic` that `keep` accepts: waits until `at_least` arrived,
         then for `quiet_s` more with nothing new, so that extra records show up."""
-        reader = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=self.settings.kafka.bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await reader.start()
-        found: list[Any] = []
-        try:
-            async with asyncio.timeout(30):
-                quiet_since = time.monotonic()
-                while len(found) < at_least or time.monotonic() - quiet_since < quiet_s:
-                    batch = await reader.getmany(timeout_ms=100)
-                    new = [r for records in batch.values() for r in records if keep(r)]
-                    if new:
-                        found.extend(new)
-                        quiet_since = time.monotonic()
-        finally:
-            await reader.stop()
-        return found
+        return await collect(self.settings.kafka, topic, keep, at_least=at_least, quiet_s=quiet_s)
 
     async def read_valid(
         self, prefix: str, *, at_least: int, quiet_s: float = 0.5

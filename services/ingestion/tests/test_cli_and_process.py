@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from driftloop_core.broker import free_port
 from driftloop_core.settings import Settings
 from driftloop_ingestion.bootstrap import IngestionService
 from driftloop_ingestion.config import IngestionSettings
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from driftloop_testing import health
+from grpc_health.v1 import health_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -103,16 +103,6 @@ async def test_cli_fails_when_ingestion_is_unreachable(tmp_path: Path) -> None:
     assert "UNAVAILABLE" in err
     code, _, err = await run_cli("ingest", str(tmp_path / "missing.jsonl"))
     assert code == 2 and "no such file" in err
-
-
-async def health(endpoint: str) -> int:
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.aio.AioRpcError:
-            return -1
-        return int(reply.status)
 
 
 async def test_service_process_serves_consumes_and_stops_on_sigterm(

@@ -15,14 +15,12 @@ missing, so in CI (CI=true) their absence fails the tests instead of skipping th
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any, TypeVar
 
 import onnx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.broker import free_port
@@ -39,6 +37,7 @@ from driftloop_registry.adapters.schema import open_engine
 from driftloop_registry.adapters.store import SqlRegistryStore
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
+from driftloop_testing import collect, eventually
 from google.protobuf.message import Message
 from onnx import TensorProto, helper
 from pydantic import SecretStr
@@ -171,50 +170,15 @@ async def read_topic(
 ) -> list[tuple[dict[str, bytes], M]]:
     """Records keyed `key` on `topic`, from the start, once at least `count` arrived
     (then a short pause to catch any extra ones)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await consumer.start()
-    found: list[tuple[dict[str, bytes], M]] = []
-    try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(await consumer_partitions(consumer, topic))
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        deadline = time.monotonic() + within
-        settle: float | None = None
-        while time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    if record.key == key.encode():
-                        found.append((dict(record.headers or ()), kind.FromString(record.value)))
-            if len(found) >= count:
-                settle = settle or time.monotonic() + 0.5
-                if time.monotonic() >= settle:
-                    break
-        return found
-    finally:
-        await consumer.stop()
-
-
-async def consumer_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return set(partitions)
-        await consumer.force_metadata_update()
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"topic {topic} has no partitions")
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 20.0) -> Any:
-    """The first truthy result of `check`, polled for `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.2)
+    records = await collect(
+        settings.kafka,
+        topic,
+        lambda r: r.key == key.encode(),
+        at_least=count,
+        timeout_s=within,
+        or_fewer=True,
+    )
+    return [(dict(r.headers or ()), kind.FromString(r.value)) for r in records]
 
 
 @pytest.fixture
@@ -224,7 +188,12 @@ def read_events() -> Callable[..., Awaitable[list[tuple[dict[str, bytes], Any]]]
 
 @pytest.fixture
 def wait_for() -> Callable[..., Awaitable[Any]]:
-    return eventually
+    """`check`'s first truthy result within `within` seconds (the test fails after)."""
+
+    def wait(check: Callable[[], Awaitable[Any]], within: float = 20.0) -> Awaitable[Any]:
+        return eventually(check, within, "the registry")
+
+    return wait
 
 
 @pytest.fixture

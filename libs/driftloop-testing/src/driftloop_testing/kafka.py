@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -63,3 +64,41 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 30.
         return [r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)]]
     finally:
         await consumer.stop()
+
+
+async def collect(
+    kafka: KafkaSettings,
+    topic: str,
+    keep: Callable[[Any], bool] = lambda record: True,
+    *,
+    at_least: int,
+    quiet_s: float = 0.5,
+    timeout_s: float = 30.0,
+    or_fewer: bool = False,
+) -> list[Any]:
+    """Records of `topic` (from its start) that `keep` accepts: waits until
+    `at_least` arrived, then for `quiet_s` more with nothing new, so that extra
+    ones (a duplicate, a second dead letter) show up too. After `timeout_s`,
+    raises TimeoutError, or with `or_fewer` returns what arrived (to show that
+    something did not)."""
+    reader = AIOKafkaConsumer(
+        topic, **kafka.client_options(), auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await reader.start()
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while len(found) < at_least or time.monotonic() - quiet_since < quiet_s:
+            if time.monotonic() > deadline:
+                if or_fewer:
+                    break
+                raise TimeoutError(f"{len(found)} of {at_least} records on {topic}")
+            batch = await reader.getmany(timeout_ms=100)
+            new = [r for records in batch.values() for r in records if keep(r)]
+            if new:
+                found.extend(new)
+                quiet_since = time.monotonic()
+    finally:
+        await reader.stop()
+    return found
