@@ -37,7 +37,7 @@ from driftloop_registry.adapters.schema import open_engine
 from driftloop_registry.adapters.store import SqlRegistryStore
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
-from driftloop_testing import collect, eventually
+from driftloop_testing import collect, eventually, model_trained
 from google.protobuf.message import Message
 from onnx import TensorProto, helper
 from pydantic import SecretStr
@@ -113,11 +113,13 @@ def make_trained(
         champion_version: int | None = None,
         scale: float = 1.0,
     ) -> events_pb2.ModelTrained:
-        artifact = artifacts.put(tiny_onnx(scale))
-        message = events_pb2.ModelTrained(
-            request_id=request_id,
-            model=model_name,
-            artifact=artifact,
+        return model_trained(
+            model_name,
+            artifacts.put(tiny_onnx(scale)),
+            request_id,
+            auc,
+            champion_auc=champion_auc,
+            champion_version=champion_version,
             signature=common_pb2.ModelSignature(
                 inputs=[common_pb2.TensorSpec(name="features", datatype="FP32", shape=[-1, 2])],
                 outputs=[
@@ -125,18 +127,10 @@ def make_trained(
                 ],
             ),
             metrics={"roc_auc": auc, "accuracy": 0.9},
-            dataset=common_pb2.Dataset(uri="/tmp/train.parquet", sha256="d" * 64, row_count=500),
+            row_count=500,
             params={"max_depth": "4"},
-            code_version="test",
-            feature_names=["amount", "hour"],
             algorithm="hist_gradient_boosting",
-            eval_rows=100,
         )
-        if champion_auc is not None:
-            message.champion_metrics["roc_auc"] = champion_auc
-        if champion_version is not None:
-            message.champion_version = champion_version
-        return message
 
     return make
 

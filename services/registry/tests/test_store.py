@@ -13,28 +13,25 @@ from driftloop_registry.domain import (
     Status,
 )
 from driftloop_registry.ports import RegistryStore
+from driftloop_testing import model_trained
 
 
 def trained(
     request_id: str, auc: float, champion_auc: float | None = None, champion: int | None = None
 ) -> events_pb2.ModelTrained:
-    message = events_pb2.ModelTrained(
-        request_id=request_id,
-        model="payments",
-        artifact=common_pb2.Artifact(uri="/a", sha256="ab" * 32, size_bytes=10),
+    return model_trained(
+        "payments",
+        common_pb2.Artifact(uri="/a", sha256="ab" * 32, size_bytes=10),
+        request_id,
+        auc,
+        champion_auc=champion_auc,
+        champion_version=champion,
         signature=common_pb2.ModelSignature(
             inputs=[common_pb2.TensorSpec(name="x", datatype="FP32", shape=[-1, 2])]
         ),
-        metrics={"roc_auc": auc},
         params={"max_depth": "3"},
         dataset=common_pb2.Dataset(uri="/d.parquet", sha256="cd" * 32, row_count=100),
-        code_version="0.1.0",
     )
-    if champion_auc is not None:
-        message.champion_metrics["roc_auc"] = champion_auc
-    if champion is not None:
-        message.champion_version = champion
-    return message
 
 
 def test_versions_increase_and_the_gate_decides(store: RegistryStore) -> None:

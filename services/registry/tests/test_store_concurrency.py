@@ -18,6 +18,7 @@ from typing import TypeVar
 from driftloop.v1 import common_pb2, events_pb2
 from driftloop_registry.domain import GatePolicy, PreconditionError, Status
 from driftloop_registry.ports import RegistryStore
+from driftloop_testing import model_trained
 
 T = TypeVar("T")
 WRITERS = 8
@@ -26,13 +27,8 @@ ROUNDS = 5
 
 
 def trained(request_id: str, auc: float, model: str = "payments") -> events_pb2.ModelTrained:
-    return events_pb2.ModelTrained(
-        request_id=request_id,
-        model=model,
-        artifact=common_pb2.Artifact(uri="/a", sha256="ab" * 32, size_bytes=10),
-        metrics={"roc_auc": auc},
-        dataset=common_pb2.Dataset(uri="/d.parquet", sha256="cd" * 32, row_count=100),
-    )
+    artifact = common_pb2.Artifact(uri="/a", sha256="ab" * 32, size_bytes=10)
+    return model_trained(model, artifact, request_id, auc)
 
 
 def all_at_once(calls: list[Callable[[], T]]) -> list[T]:
