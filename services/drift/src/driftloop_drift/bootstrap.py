@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -40,27 +41,19 @@ from driftloop_drift.ports import References
 log = get_logger(__name__)
 
 
+@dataclass
 class DriftService:
     """The drift service's running parts, started and stopped together."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        config: DriftSettings,
-        *,
-        application: DriftApplication,
-        consumer: ConsumerLoop,
-        publisher: Publisher,
-        server: GrpcServer,
-    ) -> None:
-        self.settings = settings
-        self.config = config
-        self.application = application
-        self.consumer = consumer
-        self.publisher = publisher
-        self.server = server
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
+    settings: Settings
+    config: DriftSettings
+    _: KW_ONLY
+    application: DriftApplication
+    consumer: ConsumerLoop
+    publisher: Publisher
+    server: GrpcServer
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stopped: bool = field(default=False, init=False)
 
     async def start(self) -> None:
         kafka = self.settings.kafka

@@ -9,6 +9,7 @@ feature store and the registry.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import KW_ONLY, dataclass, field
 
 from aiokafka.errors import KafkaError
 from driftloop_core.artifacts import ArtifactStore
@@ -29,30 +30,22 @@ from driftloop_trainer.training import TrainingConfig
 log = get_logger(__name__)
 
 
+@dataclass
 class TrainerService:
     """The trainer's running parts, started and stopped together."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        publisher: Publisher,
-        consumer: ConsumerLoop,
-        server: GrpcServer,
-        ledger: RequestLedger,
-        create_topics: bool,
-    ) -> None:
-        self.settings = settings
-        self.publisher = publisher
-        self.consumer = consumer
-        self.server = server
-        self.ledger = ledger
-        self._create_topics = create_topics
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
+    settings: Settings
+    _: KW_ONLY
+    publisher: Publisher
+    consumer: ConsumerLoop
+    server: GrpcServer
+    ledger: RequestLedger
+    create_topics: bool
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stopped: bool = field(default=False, init=False)
 
     async def start(self) -> None:
-        if self._create_topics:
+        if self.create_topics:
             await ensure_topics(self.settings.kafka, default_topic_specs(self.settings.kafka))
         await self.publisher.start()
         await self.consumer.start()
