@@ -16,7 +16,7 @@ from driftloop_core.broker import free_port
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_core.kafka import Outgoing, Publisher
 from driftloop_core.settings import Settings
-from driftloop_features.bootstrap import FeatureStore
+from driftloop_features.bootstrap import FeatureStore, build
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -116,7 +116,7 @@ async def store_factory(settings: Settings) -> AsyncIterator[list[FeatureStore]]
 
 
 async def start_store(settings: Settings, stores: list[FeatureStore]) -> FeatureStore:
-    store = FeatureStore(settings, FS, f"127.0.0.1:{free_port()}")
+    store = build(settings, FS, f"127.0.0.1:{free_port()}")
     stores.append(store)
     await store.start()
     async with grpc.aio.insecure_channel(store.server.endpoint) as channel:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from driftloop_core.settings import Settings, load_settings
-from driftloop_features.app import build_faust_app
+from driftloop_features.adapters.faust_app import build_faust_app
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 

@@ -29,14 +29,15 @@ from driftloop_core.kafka import (
     ensure_topics,
 )
 from driftloop_core.settings import Settings, load_settings
+from driftloop_features.adapters.duckdb_reader import OfflineStore
+from driftloop_features.adapters.parquet_log import write_parquet_atomic
+from driftloop_features.entrypoints.grpc import training_set_response
+from driftloop_features.entrypoints.offline_sink import OfflineSink, SinkProgress
 from driftloop_features.offline import (
     HAS_LABEL_HEADER,
     LABEL_TYPE,
     ROW_TYPE,
     InvalidWindowError,
-    OfflineSink,
-    OfflineStore,
-    SinkProgress,
     UnknownModelError,
     decode_record,
     labels_schema,
@@ -44,8 +45,6 @@ from driftloop_features.offline import (
     offline_label,
     offline_row,
     rows_schema,
-    training_set_response,
-    write_parquet_atomic,
 )
 
 FEATURESET_YAML = """
@@ -329,7 +328,7 @@ def test_digest_names_the_content_across_builds_and_processes(
         f"""
         from driftloop_core.featureset import load_featureset
         from driftloop_core.settings import load_settings
-        from driftloop_features.offline import OfflineStore
+        from driftloop_features.adapters.duckdb_reader import OfflineStore
         store = OfflineStore(
             load_settings(home={str(home)!r}), load_featureset({str(featureset_file)!r})
         )

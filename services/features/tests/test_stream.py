@@ -15,13 +15,14 @@ import pytest
 from driftloop.v1 import common_pb2, events_pb2, features_pb2, features_pb2_grpc
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_core.grpc.server import build_server
-from driftloop_core.kafka import Topics
+from driftloop_core.kafka import Outgoing, PoisonMessage, Topics
 from driftloop_core.kafka.consumer import Record
 from driftloop_core.kafka.headers import make_headers, parse_headers
 from driftloop_core.settings import load_settings
+from driftloop_features.adapters.duckdb_reader import OfflineStore
 from driftloop_features.domain import EntityState, FeatureMath
+from driftloop_features.entrypoints.events import EventsAgent, Send
 from driftloop_features.entrypoints.grpc import FeatureServicer
-from driftloop_features.offline import OfflineStore
 from driftloop_features.stream import OBSERVED, StreamHandler
 
 FS = load_featureset(default_featureset_path())
@@ -41,36 +42,44 @@ def observed(event_id: str, entity: str, t_ms: int, amount: float) -> Record:
     )  # fmt: skip
 
 
+def events_agent(table: dict[str, Any], send: Send) -> EventsAgent:
+    async def no_deadletter(record: Record, poison: PoisonMessage) -> None:
+        raise AssertionError(f"dead-lettered: {poison.reason}")
+
+    return EventsAgent(StreamHandler(FeatureMath(FS), table), send, no_deadletter, group="test")
+
+
 async def test_loading_the_table_keeps_the_state_an_event_is_being_applied_to() -> None:
     table: dict[str, Any] = {}
 
-    async def send_at_once(*_: Any) -> None:
+    async def send_at_once(outgoing: Outgoing) -> None:
         return None
 
     # Before the crash: one event counted, in the table.
-    before = StreamHandler(FeatureMath(FS), table, send_at_once, service="features")
-    await before.handle(observed("e0", "c1", T0, 10.0))
+    before = events_agent(table, send_at_once)
+    await before.process(observed("e0", "c1", T0, 10.0))
 
     # After the restart the stream resumes with an empty cache; its next event is
     # suspended while its offline row is sent, and the states are loaded then.
     row_sent = asyncio.Event()
     release = asyncio.Event()
 
-    async def send_slowly(topic: str, *_: Any) -> None:
-        if topic == Topics.FEATURES_OFFLINE:
+    async def send_slowly(outgoing: Outgoing) -> None:
+        if outgoing.topic == Topics.FEATURES_OFFLINE:
             row_sent.set()
             await release.wait()
 
-    after = StreamHandler(FeatureMath(FS), table, send_slowly, service="features")
-    applying = asyncio.create_task(after.handle(observed("e1", "c1", T0 + 1000, 20.0)))
+    after = events_agent(table, send_slowly)
+    applying = asyncio.create_task(after.process(observed("e1", "c1", T0 + 1000, 20.0)))
     await asyncio.wait_for(row_sent.wait(), 5)
-    after.load_all()
+    after.handler.load_all()
     release.set()
     await applying
-    await after.handle(observed("e2", "c1", T0 + 2000, 30.0))
+    await after.process(observed("e2", "c1", T0 + 2000, 30.0))
 
     math = FeatureMath(FS)
-    values, _ = math.online(after.state("c1"), ["txn_count_10m"], as_of_ms=None, now_ms=T0 + 3000)
+    state = after.handler.state("c1")
+    values, _ = math.online(state, ["txn_count_10m"], as_of_ms=None, now_ms=T0 + 3000)
     assert values["txn_count_10m"] == 3
     # The table (what the next restart recovers) holds all three as well.
     assert [e.event_id for e in EntityState.from_json(table["c1"]).events] == ["e0", "e1", "e2"]

@@ -1,32 +1,24 @@
 """`python -m driftloop_features`: settings -> telemetry -> bootstrap -> run until a signal.
 
-Exits 0 after SIGTERM or SIGINT and a clean stop, 2 when the feature set is invalid.
+Exits 0 after SIGTERM or SIGINT and a clean stop, 2 when the feature set is
+invalid, 1 when the offline sink or the Faust agent cannot go on (`driftloop
+up` restarts it; what was not committed is read again).
 """
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.runtime import run_with_featureset
 from driftloop_core.settings import Settings, load_settings
 
-from driftloop_features.bootstrap import FeatureStore
+from driftloop_features.bootstrap import build
 
 
-async def serve(settings: Settings, featureset: FeatureSet) -> None:
-    store = FeatureStore(settings, featureset, settings.endpoints.features)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await store.start()
-    try:
-        await stop.wait()
-    finally:
-        await store.stop()
+async def serve(settings: Settings, featureset: FeatureSet) -> int:
+    # Built inside the running loop: the Faust app binds to it.
+    return await build(settings, featureset).run_until_signal()
 
 
 def main() -> int:

@@ -1,7 +1,9 @@
 """Composition root of the feature store: Faust stream, offline sink, gRPC server.
 
-All three share one event loop and one entity state; nothing opens a socket or
-a file before `FeatureStore.start()`.
+All three share one event loop and one entity state. `build()` wires the parts
+and opens nothing; `FeatureStore.start()` connects them, and
+`run_until_signal()` serves until SIGTERM/SIGINT or until a background part
+(the offline sink, the Faust agent) cannot go on.
 """
 
 from __future__ import annotations
@@ -9,81 +11,88 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError
 from driftloop.v1 import features_pb2_grpc
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.grpc.server import GrpcServer, build_server
-from driftloop_core.kafka import Publisher, ensure_topics
+from driftloop_core.kafka import Publisher, Topics, TopicSpec, ensure_topics
+from driftloop_core.kafka.deadletter import DeadLetterWriter
 from driftloop_core.kafka.topics import default_topic_specs
+from driftloop_core.runtime import serve_until_signal
 from driftloop_core.settings import Settings
 
-from driftloop_features.app import FeaturesApp, attach_agent, build_faust_app, faust_topic_specs
+from driftloop_features.adapters.duckdb_reader import OfflineStore
+from driftloop_features.adapters.faust_app import (
+    APP_ID,
+    FeaturesApp,
+    build_faust_app,
+    faust_topic_specs,
+)
 from driftloop_features.domain import EntityState, FeatureMath
+from driftloop_features.entrypoints.events import EventsAgent, StreamAgent
 from driftloop_features.entrypoints.grpc import FeatureServicer
-from driftloop_features.offline import OfflineSink, OfflineStore
+from driftloop_features.entrypoints.offline_sink import DEFAULT_GROUP, OfflineSink
 from driftloop_features.stream import StreamHandler
 
 log = structlog.get_logger(__name__)
 SERVICE_NAME = "driftloop.v1.FeatureService"
+# The failures that mean "restart me"; anything else is a bug.
+RESTART_ON = (KafkaError, OSError, RuntimeError)
 
 
 @dataclass
-class FeatureStore:
-    settings: Settings
-    featureset: FeatureSet
-    address: str
-    faust: FeaturesApp = field(init=False)
-    handler: StreamHandler = field(init=False)
-    server: GrpcServer = field(init=False)
-    sink: OfflineSink = field(init=False)
-    publisher: Publisher = field(init=False)
-    recovered: bool = field(default=False, init=False)
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
+class Recovery:
+    """Whether the entity table is recovered and loaded: lookups wait for it."""
 
-    def __post_init__(self) -> None:
-        math = FeatureMath(self.featureset)
-        self.faust = build_faust_app(self.settings)
-        topics: dict[str, Any] = {}
+    done: bool = False
 
-        async def send(
-            topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
-        ) -> None:
-            target = topics.get(topic)
-            if target is None:
-                target = topics[topic] = self.faust.app.topic(
-                    topic, key_serializer="raw", value_serializer="raw"
-                )
-            await target.send(key=key, value=value, headers=headers)
 
-        self.handler = StreamHandler(math, self.faust.table, send, service="features")
-        attach_agent(self.faust, self.handler, self.settings)
-        self.publisher = Publisher(self.settings)
-        self.sink = OfflineSink(self.settings, self.featureset, publisher=self.publisher)
-        servicer = FeatureServicer(
-            math,
-            self._state_of,
-            OfflineStore(self.settings, self.featureset),
-            ready=lambda: self.recovered,
-        )
-        self.server = build_server(
-            self.settings,
-            [(features_pb2_grpc.add_FeatureServiceServicer_to_server, servicer, SERVICE_NAME)],
-            self.address,
-            # The lookup path is traced inside its caller's trace (inference's
-            # Predict) but starts none of its own at thousands of calls a second.
-            untraced_roots=[f"/{SERVICE_NAME}/GetOnlineFeatures"],
-        )
+def state_lookup(handler: StreamHandler) -> Callable[[str], EntityState | None]:
+    """The state a lookup reads: the stream's, once it holds an event."""
 
-    def _state_of(self, entity_id: str) -> EntityState | None:
-        state = self.handler.cache.get(entity_id)
+    def state_of(entity_id: str) -> EntityState | None:
+        state = handler.cache.get(entity_id)
         return state if state is not None and state.events else None
 
+    return state_of
+
+
+class FeatureStore:
+    """The running feature store; `tasks` are the background work it watches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        faust: FeaturesApp,
+        app_id: str,
+        handler: StreamHandler,
+        stream: StreamAgent,
+        sink: OfflineSink,
+        publisher: Publisher,
+        server: GrpcServer,
+        recovery: Recovery,
+        topics: list[TopicSpec],
+    ) -> None:
+        self.settings = settings
+        self.faust = faust
+        self.app_id = app_id
+        self.handler = handler
+        self.stream = stream
+        self.sink = sink
+        self.publisher = publisher
+        self.server = server
+        self.recovery = recovery
+        self.tasks: list[asyncio.Task[Any]] = []
+        self._topics = topics
+
     async def start(self) -> None:
-        kafka = self.settings.kafka
-        await ensure_topics(kafka, default_topic_specs(kafka) + faust_topic_specs(self.settings))
+        await ensure_topics(self.settings.kafka, self._topics)
         await self.publisher.start()
         await self.server.start()
         # Not ready until the table is recovered: lookups would be wrong before.
@@ -91,8 +100,24 @@ class FeatureStore:
         await self.server.set_serving("", False)
         await self.faust.start()
         await self.sink.start()
-        self._tasks.append(asyncio.create_task(self.sink.run(), name="offline-sink"))
-        self._tasks.append(asyncio.create_task(self._ready_after_recovery(), name="recovery"))
+        self.tasks.append(asyncio.create_task(self.sink.run(), name="offline-sink"))
+        self.tasks.append(asyncio.create_task(self._watch_faust(), name="faust-worker"))
+        self.tasks.append(asyncio.create_task(self._ready_after_recovery(), name="recovery"))
+
+    async def _watch_faust(self) -> None:
+        """End (raising) when the agent meets an error it cannot retry, or when
+        the Faust worker stops or crashes on its own."""
+        failed = asyncio.ensure_future(self.stream.wait_failed())
+        stopped = asyncio.ensure_future(self.faust.wait_until_stopped())
+        try:
+            await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (failed, stopped):
+                waiter.cancel()
+        if failed.done() and not failed.cancelled():
+            error = failed.result()
+            raise RuntimeError(f"the events.valid agent failed: {error!r}") from error
+        raise RuntimeError("the Faust worker stopped")
 
     async def _ready_after_recovery(self) -> None:
         tables: Any = self.faust.app.tables
@@ -106,7 +131,7 @@ class FeatureStore:
         # garbage collector from walking it again and again (p99 pauses).
         gc.freeze()
         log.info("features_states_loaded", entities=loaded)
-        self.recovered = True
+        self.recovery.done = True
         await self.server.set_serving(SERVICE_NAME, True)
         await self.server.set_serving("", True)
         log.info("features_ready", endpoint=self.server.endpoint)
@@ -114,13 +139,89 @@ class FeatureStore:
     async def stop(self) -> None:
         await self.server.set_serving(SERVICE_NAME, False)
         self.sink.request_stop()
-        for task in self._tasks:
-            if task.get_name() == "recovery":
+        self.stream.request_stop()
+        for task in self.tasks:
+            if task.get_name() != "offline-sink":
                 task.cancel()
-        for task in self._tasks:
+        for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                try:
+                    await task
+                except RESTART_ON as error:
+                    log.error("features_task_failed", task=task.get_name(), error=repr(error))
+        self.tasks.clear()
         await self.sink.stop()
         await self.faust.stop()
         await self.server.stop()
         await self.publisher.stop()
+
+    async def run_until_signal(self) -> int:
+        """Serve until SIGTERM/SIGINT (0), or until the offline sink or the Faust
+        agent cannot go on (1: restarted, and what was not committed is read again)."""
+        return await serve_until_signal(
+            "features", self.start, self.stop, lambda: self.tasks, RESTART_ON
+        )
+
+
+def build(
+    settings: Settings,
+    featureset: FeatureSet,
+    address: str | None = None,
+    *,
+    app_id: str = APP_ID,
+    source_topic: str = Topics.VALID,
+    offline_topic: str = Topics.FEATURES_OFFLINE,
+    offline_group: str = DEFAULT_GROUP,
+    deadletter_topic: str = Topics.DEADLETTER,
+) -> FeatureStore:
+    """The feature store, wired; nothing connects and no file opens here. The
+    topics and the Faust app id are parameters so tests can run stores side by side."""
+    kafka = settings.kafka
+    math = FeatureMath(featureset)
+    faust = build_faust_app(settings, app_id=app_id)
+    publisher = Publisher(settings)
+    handler = StreamHandler(math, faust.table, offline_topic=offline_topic)
+    deadletters = DeadLetterWriter(publisher, deadletter_topic, settings.service_name)
+    stream = StreamAgent(EventsAgent(handler, faust.send, deadletters.write, group=app_id), kafka)
+    stream.attach(faust, topic=source_topic)
+    sink = OfflineSink(
+        settings,
+        featureset,
+        publisher,
+        topic=offline_topic,
+        group_id=offline_group,
+        deadletter_topic=deadletter_topic,
+    )
+    recovery = Recovery()
+    servicer = FeatureServicer(
+        math,
+        state_lookup(handler),
+        OfflineStore(settings, featureset),
+        ready=lambda: recovery.done,
+    )
+    server = build_server(
+        settings,
+        [(features_pb2_grpc.add_FeatureServiceServicer_to_server, servicer, SERVICE_NAME)],
+        address or settings.endpoints.features,
+        # The lookup path is traced inside its caller's trace (inference's
+        # Predict) but starts none of its own at thousands of calls a second.
+        untraced_roots=[f"/{SERVICE_NAME}/GetOnlineFeatures"],
+    )
+    extra = {source_topic, offline_topic, deadletter_topic} - set(Topics.all())
+    topics = [
+        *default_topic_specs(kafka),
+        *faust_topic_specs(settings, app_id),
+        *(TopicSpec(name, kafka.partitions, kafka.replication_factor) for name in sorted(extra)),
+    ]
+    return FeatureStore(
+        settings,
+        faust=faust,
+        app_id=app_id,
+        handler=handler,
+        stream=stream,
+        sink=sink,
+        publisher=publisher,
+        server=server,
+        recovery=recovery,
+        topics=topics,
+    )

@@ -15,15 +15,11 @@ from typing import Any
 
 import grpc
 from driftloop.v1 import features_pb2, features_pb2_grpc
+from driftloop_core.values import fill_feature_value
 
+from driftloop_features.adapters.duckdb_reader import OfflineStore, TrainingSetFile
 from driftloop_features.domain import EntityState, FeatureMath, FeatureStatus
-from driftloop_features.offline import (
-    InvalidWindowError,
-    OfflineStore,
-    UnknownModelError,
-    training_set_response,
-)
-from driftloop_features.stream import set_feature_value
+from driftloop_features.offline import InvalidWindowError, UnknownModelError
 
 _STATUS = {
     FeatureStatus.PRESENT: features_pb2.FEATURE_STATUS_PRESENT,
@@ -108,7 +104,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 if value is None:
                     statuses[name] = not_found
                 else:
-                    set_feature_value(entry_values[name], value)
+                    fill_feature_value(entry_values[name], value)
                     statuses[name] = found
             entry.updated_at.FromMilliseconds(state.latest_time_ms)
         return response
@@ -130,3 +126,12 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         except InvalidWindowError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return training_set_response(result)
+
+
+def training_set_response(training_set: TrainingSetFile) -> features_pb2.GetTrainingSetResponse:
+    """The GetTrainingSet reply: the dataset, its feature columns, and rows if asked."""
+    return features_pb2.GetTrainingSetResponse(
+        dataset=training_set.dataset(),
+        feature_names=list(training_set.feature_names),
+        rows=list(training_set.rows or ()),
+    )

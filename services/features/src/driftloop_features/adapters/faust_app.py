@@ -11,32 +11,30 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from driftloop_core.kafka.consumer import Record
-from driftloop_core.kafka.headers import parse_headers
+from driftloop_core.kafka import Outgoing, Record
+from driftloop_core.kafka.headers import make_headers, parse_headers
 from driftloop_core.kafka.offsets import true_end_offsets
-from driftloop_core.kafka.topics import Topics, TopicSpec
+from driftloop_core.kafka.topics import TopicSpec
 from driftloop_core.settings import KafkaSettings, Settings
 from faust.transport.drivers import aiokafka as aiokafka_driver
-
-from driftloop_features.stream import StreamHandler
 
 APP_ID = "driftloop-features"
 TABLE = "entities"
 
 
-def changelog_topic() -> str:
-    return f"{APP_ID}-{TABLE}-changelog"
+def changelog_topic(app_id: str = APP_ID) -> str:
+    return f"{app_id}-{TABLE}-changelog"
 
 
-def faust_topic_specs(settings: Settings) -> list[TopicSpec]:
+def faust_topic_specs(settings: Settings, app_id: str = APP_ID) -> list[TopicSpec]:
     kafka = settings.kafka
     return [
         TopicSpec(
-            changelog_topic(),
+            changelog_topic(app_id),
             kafka.partitions,
             kafka.replication_factor,
             config=(("cleanup.policy", "compact"),),
@@ -50,14 +48,41 @@ def store_url() -> str:
 
 @dataclass
 class FeaturesApp:
+    """The Faust app, its entity table, and its producer for what the stream publishes."""
+
     app: faust.App
     table: Any
+    source: str
+    _topics: dict[str, Any] = field(default_factory=dict)
 
     async def start(self) -> None:
         await self.app.start()
 
     async def stop(self) -> None:
         await self.app.stop()
+
+    async def wait_until_stopped(self) -> None:
+        """Return when the app stops or crashes."""
+        await self.app.wait_until_stopped()
+
+    async def send(self, outgoing: Outgoing) -> None:
+        """Hand a record to Faust's producer, with CloudEvents headers and the
+        current trace context. It is buffered: Faust flushes its producer before
+        it commits the offsets of the events that caused it."""
+        topic = self._topics.get(outgoing.topic)
+        if topic is None:
+            topic = self._topics[outgoing.topic] = self.app.topic(
+                outgoing.topic, key_serializer="raw", value_serializer="raw"
+            )
+        headers = make_headers(
+            outgoing.ce_type,
+            self.source,
+            event_id=outgoing.event_id,
+            content_type=outgoing.content_type,
+            extra=outgoing.extra_headers,
+        )
+        key = outgoing.key.encode() if isinstance(outgoing.key, str) else outgoing.key
+        await topic.send(key=key, value=outgoing.value, headers=headers.to_kafka())
 
 
 def correct_faust_highwaters(kafka: KafkaSettings) -> None:
@@ -84,13 +109,13 @@ def correct_faust_highwaters(kafka: KafkaSettings) -> None:
     setattr(thread, "_driftloop_corrected", True)  # noqa: B010
 
 
-def build_faust_app(settings: Settings) -> FeaturesApp:
+def build_faust_app(settings: Settings, *, app_id: str = APP_ID) -> FeaturesApp:
     correct_faust_highwaters(settings.kafka)
     options = settings.kafka.faust_options()
     datadir = settings.ephemeral_dir / "features"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        APP_ID,
+        app_id,
         **options,
         store=store_url(),
         datadir=str(datadir),
@@ -108,45 +133,7 @@ def build_faust_app(settings: Settings) -> FeaturesApp:
         key_type=str,
         help="Per-entity feature state: recent events and latest raw fields.",
     )
-    return FeaturesApp(app, table)
-
-
-def attach_agent(features: FeaturesApp, handler: StreamHandler, settings: Settings) -> None:
-    """Run `handler` over `events.valid`, with the record shaped as the core consumer's."""
-    topic = features.app.topic(
-        Topics.VALID,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.kafka.partitions,
-    )
-
-    async def process(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            await handler.handle(
-                Record(
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                    value=message.value or b"",
-                    headers=parse_headers(_header_pairs(message.headers)),
-                    raw_headers=tuple(_header_pairs(message.headers)),
-                    timestamp_ms=int((message.timestamp or 0) * 1000),
-                )
-            )
-
-    features.app.agent(topic, name="driftloop_features.process")(process)
-
-
-def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
-    if headers is None:
-        return []
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)
+    return FeaturesApp(app, table, source=f"/driftloop/{settings.service_name}")
 
 
 def _credentials(settings: Settings) -> Any:
@@ -161,3 +148,26 @@ def _credentials(settings: Settings) -> Any:
     if kafka.security_protocol == "SSL":
         return faust.SSLCredentials(settings.kafka.client_options()["ssl_context"])
     return None
+
+
+def record_of(message: Any) -> Record:
+    """A Faust message as the record the core consumer hands out."""
+    headers = _header_pairs(message.headers)
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value or b"",
+        headers=parse_headers(headers),
+        raw_headers=tuple(headers),
+        timestamp_ms=int((message.timestamp or 0) * 1000),
+    )
+
+
+def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers)
