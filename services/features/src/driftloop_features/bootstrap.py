@@ -88,7 +88,9 @@ class FeatureStore:
         self.publisher = publisher
         self.server = server
         self.recovery = recovery
+        # What must run for as long as the service does: one ending is a failure.
         self.tasks: list[asyncio.Task[Any]] = []
+        self._recovery_task: asyncio.Task[None] | None = None
         self._topics = topics
 
     async def start(self) -> None:
@@ -102,7 +104,8 @@ class FeatureStore:
         await self.sink.start()
         self.tasks.append(asyncio.create_task(self.sink.run(), name="offline-sink"))
         self.tasks.append(asyncio.create_task(self._watch_faust(), name="faust-worker"))
-        self.tasks.append(asyncio.create_task(self._ready_after_recovery(), name="recovery"))
+        # Not watched: it ends, done, once the table is recovered.
+        self._recovery_task = asyncio.create_task(self._ready_after_recovery(), name="recovery")
 
     async def _watch_faust(self) -> None:
         """End (raising) when the agent meets an error it cannot retry, or when
@@ -140,6 +143,10 @@ class FeatureStore:
         await self.server.set_serving(SERVICE_NAME, False)
         self.sink.request_stop()
         self.stream.request_stop()
+        if self._recovery_task is not None:
+            self._recovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery_task
         for task in self.tasks:
             if task.get_name() != "offline-sink":
                 task.cancel()
