@@ -12,6 +12,16 @@ Its whole state is plain data (`to_json` / `from_json`): detector inputs since
 their last reset, the pending halves of the join, the labelled event ids and
 the retrain policy, so the service can store it beside the source offsets it
 reflects and rebuild it exactly after a crash.
+
+Warm-up: an aggregate over a window W of event time moves steadily while its
+windows are still filling, which a data-drift detector would take for drift.
+The engine counts the deployment as starting at the earliest event time it has
+seen of its model (a label or a prediction), and feeds an aggregate's value to
+its detectors only once the event is at least W past that start. The champion's
+reference bins for an aggregate are not used: the registry does not say whether
+the training rows' windows were full (a first model is trained on the first
+labelled rows), so an aggregate's PSI compares against a baseline of its first
+warm live values under the champion instead.
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ from driftloop_drift.domain.policy import (
 )
 
 STATE_FORMAT = 2
+# Warm values of an aggregate that form its PSI baseline, in PSI windows.
+BASELINE_WINDOWS = 2
 # New error-stream values between two estimates of the change point.
 ESTIMATE_EVERY = 10
 
@@ -90,6 +102,14 @@ class DriftEngine:
         self.labels = LabelLedger(config.label_memory)
         self.policy = RetrainPolicy(self.model, config.policy)
         self.clock_ms = 0
+        # Earliest event time seen of this model: where every aggregate window began filling.
+        self.first_event_ms: int | None = None
+        # How long each watched aggregate takes to fill its window (raw fields: absent).
+        self._warmup_ms = {
+            agg.name: int(agg.window.total_seconds() * 1000)
+            for agg in featureset.aggregations
+            if agg.name in featureset.drift_features
+        }
         self.ignored = 0  # predictions of another model or version than the champion
         self._performance: PerformanceMonitor | None = None
         self._data: list[PsiMonitor | KswinMonitor] = []
@@ -106,6 +126,7 @@ class DriftEngine:
         if prediction.model != self.model:
             self.ignored += 1
             return EngineResult()
+        self._seen_event(prediction.event_time_ms)
         if self.champion is None:
             # The promotion has not reached us (or the registry was unreachable):
             # the version that serves is the champion.
@@ -116,7 +137,7 @@ class DriftEngine:
         alarms: list[Alarm] = []
         for monitor in self._data:
             value = prediction.features.get(monitor.feature)
-            if value is None:
+            if value is None or not self.is_warm(monitor.feature, prediction.event_time_ms):
                 continue
             alarm = monitor.update(Point(prediction.event_id, prediction.event_time_ms, value))
             if alarm is not None:
@@ -133,6 +154,7 @@ class DriftEngine:
         result = EngineResult()
         if label.model != self.model or not self.labels.add(label.event_id, label.event_time_ms):
             return result
+        self._seen_event(label.event_time_ms)
         joined = self.joiner.add_label(label, now_ms)
         if joined is not None:
             result.add(
@@ -178,6 +200,13 @@ class DriftEngine:
         self._tick(now_ms)
         self.joiner.expire(self.clock_ms)
 
+    def is_warm(self, feature: str, event_time_ms: int) -> bool:
+        """Whether `feature`'s window was full at `event_time_ms` (raw fields always are)."""
+        warmup = self._warmup_ms.get(feature)
+        if warmup is None:
+            return True
+        return self.first_event_ms is not None and event_time_ms - self.first_event_ms >= warmup
+
     @property
     def needs_reference(self) -> bool:
         return self.champion is not None and not self.reference
@@ -191,6 +220,10 @@ class DriftEngine:
         return out
 
     # ------------------------------------------------------------------ internals
+
+    def _seen_event(self, event_time_ms: int) -> None:
+        if self.first_event_ms is None or event_time_ms < self.first_event_ms:
+            self.first_event_ms = event_time_ms
 
     def _tick(self, now_ms: int) -> None:
         # Service time only moves forward, whatever order the partitions come in.
@@ -206,7 +239,11 @@ class DriftEngine:
         for feature in self._featureset.drift_features:
             reference = self.reference.get(feature)
             numeric = self._featureset.feature_type(feature) in ("float", "int")
-            if spec.psi.enabled and reference is not None and reference.WhichOneof("kind"):
+            if spec.psi.enabled and feature in self._warmup_ms:
+                # An aggregate: against its first warm values (see the module docstring).
+                baseline = BASELINE_WINDOWS * spec.psi.window
+                self._data.append(PsiMonitor(feature, None, spec.psi, baseline, numeric))
+            elif spec.psi.enabled and reference is not None and reference.WhichOneof("kind"):
                 # A reference without bins (no values in training) cannot be compared.
                 with contextlib.suppress(ValueError):
                     self._data.append(PsiMonitor(feature, reference, spec.psi))
@@ -301,6 +338,7 @@ class DriftEngine:
             "format": STATE_FORMAT,
             "model": self.model,
             "clock_ms": self.clock_ms,
+            "first_event_ms": self.first_event_ms,
             "champion": self.champion,
             "reference": {
                 name: json_format.MessageToDict(ref) for name, ref in self.reference.items()
@@ -327,6 +365,7 @@ class DriftEngine:
             )
         engine = cls(featureset, config)
         engine.clock_ms = int(data["clock_ms"])
+        engine.first_event_ms = data.get("first_event_ms")
         engine.champion = data["champion"]
         engine.reference = {
             name: json_format.ParseDict(ref, common_pb2.ReferenceDistribution())

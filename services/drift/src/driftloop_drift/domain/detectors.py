@@ -31,6 +31,8 @@ from driftloop_drift.domain.changepoint import categorical_change_point
 # Floor for a bin's share when computing PSI, so an empty bin costs a finite amount.
 PSI_EPSILON = 1e-4
 OTHER_CATEGORY = "\x00other"
+# Bins of a reference built from live values.
+REFERENCE_BINS = 10
 
 
 def _river(factory: Any, **params: Any) -> Any:
@@ -197,26 +199,90 @@ def psi(expected: np.ndarray[Any, Any], counts: np.ndarray[Any, Any]) -> float:
     return float(np.sum((actual - reference) * np.log(actual / reference)))
 
 
+def live_reference(
+    values: Sequence[float | str], numeric: bool, bins: int = REFERENCE_BINS
+) -> common_pb2.ReferenceDistribution:
+    """Reference bins of live values, built as the trainer builds them from its rows:
+    quantile edges for numbers, shares for categories."""
+    if numeric:
+        numbers = [float(v) for v in values if not isinstance(v, str) and not math.isnan(v)]
+        if not numbers:
+            raise ValueError("no numeric value to bin")
+        array = np.asarray(numbers, dtype=np.float64)
+        edges = np.unique(np.quantile(array, np.linspace(0.0, 1.0, bins + 1)))
+        if len(edges) < 2:
+            edges = np.asarray([edges[0], edges[0] + 1.0])
+        index = np.clip(np.searchsorted(edges, array, side="right") - 1, 0, len(edges) - 2)
+        counts = np.bincount(index, minlength=len(edges) - 1)
+        return common_pb2.ReferenceDistribution(
+            numeric=common_pb2.NumericDistribution(
+                edges=[float(e) for e in edges],
+                fractions=[float(c) / len(array) for c in counts],
+            ),
+            count=len(array),
+        )
+    names = [v for v in values if isinstance(v, str)]
+    if not names:
+        raise ValueError("no category to count")
+    shares = {name: names.count(name) / len(names) for name in set(names)}
+    return common_pb2.ReferenceDistribution(
+        categorical=common_pb2.CategoricalDistribution(frequencies=shares), count=len(names)
+    )
+
+
 class PsiMonitor:
-    """PSI of a feature's last `window` values against the champion's reference bins."""
+    """PSI of a feature's last `window` values against reference bins.
+
+    The reference is the champion's (its training rows), or, when `reference`
+    is None, built from the first `baseline` values this monitor is fed: for
+    features whose training rows may have been computed over windows that were
+    not yet full (aggregates), the first warm live values are the only
+    reference known to be stationary.
+    """
 
     detector = "psi"
 
     def __init__(
-        self, feature: str, reference: common_pb2.ReferenceDistribution, spec: PsiSpec
+        self,
+        feature: str,
+        reference: common_pb2.ReferenceDistribution | None,
+        spec: PsiSpec,
+        baseline: int = 0,
+        numeric: bool = True,
     ) -> None:
         self.feature = feature
-        self._binning = Binning(reference)
         self._spec = spec
+        self._numeric = numeric
+        self._baseline_size = baseline
+        self._baseline: list[Point] | None = None if reference is not None else []
+        self._binning: Binning | None = None if reference is None else Binning(reference)
         self._window: deque[tuple[Point, int]] = deque()
-        self._counts = np.zeros(self._binning.bins, dtype=np.int64)
+        self._counts = np.zeros(0 if self._binning is None else self._binning.bins, dtype=np.int64)
         self._statistic: float | None = None
 
     @property
     def statistic(self) -> float | None:
         return self._statistic
 
+    def _collect(self, point: Point) -> None:
+        assert self._baseline is not None
+        self._baseline.append(point)
+        if len(self._baseline) < self._baseline_size:
+            return
+        try:
+            self._binning = Binning(
+                live_reference([p.value for p in self._baseline], self._numeric)
+            )
+        except ValueError:
+            # No value in the baseline could be binned: start collecting again.
+            self._baseline = []
+            return
+        self._counts = np.zeros(self._binning.bins, dtype=np.int64)
+
     def update(self, point: Point) -> Alarm | None:
+        if self._binning is None:
+            self._collect(point)
+            return None
         index = self._binning.bin_of(point.value)
         if index is None:
             return None
@@ -251,7 +317,9 @@ class PsiMonitor:
             self.update(point)
 
     def history(self) -> list[list[Any]]:
-        return [point.to_json() for point, _ in self._window]
+        # A live baseline is replayed first, so the same bins are built again.
+        baseline = [point.to_json() for point in self._baseline or ()]
+        return baseline + [point.to_json() for point, _ in self._window]
 
 
 class KswinMonitor:
