@@ -182,7 +182,7 @@ class DriftDetected(_message.Message):
     def __init__(self, drift_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[_Union[DriftKind, str]] = ..., detector: _Optional[str] = ..., feature: _Optional[str] = ..., statistic: _Optional[float] = ..., threshold: _Optional[float] = ..., window_size: _Optional[int] = ..., first_event_id: _Optional[str] = ..., last_event_id: _Optional[str] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_range: _Optional[_Union[_common_pb2.TimeRange, _Mapping]] = ...) -> None: ...
 
 class TrainingRequested(_message.Message):
-    __slots__ = ("request_id", "model", "reason", "trigger", "window", "parent_drift_id", "requested_at", "requested_by")
+    __slots__ = ("request_id", "model", "reason", "trigger", "window", "parent_drift_id", "requested_at", "requested_by", "expected_labelled_rows")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class TrainingRequested(_message.Message):
     PARENT_DRIFT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_LABELLED_ROWS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     reason: str
@@ -199,7 +200,8 @@ class TrainingRequested(_message.Message):
     parent_drift_id: str
     requested_at: _timestamp_pb2.Timestamp
     requested_by: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., reason: _Optional[str] = ..., trigger: _Optional[_Union[TrainingTrigger, str]] = ..., window: _Optional[_Union[_common_pb2.DataWindow, _Mapping]] = ..., parent_drift_id: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requested_by: _Optional[str] = ...) -> None: ...
+    expected_labelled_rows: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., reason: _Optional[str] = ..., trigger: _Optional[_Union[TrainingTrigger, str]] = ..., window: _Optional[_Union[_common_pb2.DataWindow, _Mapping]] = ..., parent_drift_id: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requested_by: _Optional[str] = ..., expected_labelled_rows: _Optional[int] = ...) -> None: ...
 
 class TrainingFailed(_message.Message):
     __slots__ = ("request_id", "model", "stage", "reason", "failed_at")
