@@ -24,11 +24,13 @@ log = get_logger("driftloop_trainer")
 
 async def serve(settings: Settings, featureset: FeatureSet) -> int:
     try:
-        config = TrainerSettings().training_config()
+        trainer_settings = TrainerSettings()
+        config = trainer_settings.training_config()
     except ValueError as error:
         log.error("trainer_settings_invalid", error=str(error))
         return 2
-    return await build(settings, featureset, config=config).run_until_signal()
+    service = build(settings, featureset, config=config, window_wait=trainer_settings.window_wait())
+    return await service.run_until_signal()
 
 
 def main() -> int:

@@ -26,6 +26,7 @@ from driftloop_trainer.entrypoints.kafka import GROUP_ID, TrainingRequests, buil
 from driftloop_trainer.handlers import TrainingRunner
 from driftloop_trainer.ports import ChampionSource, TrainingSetSource
 from driftloop_trainer.training import TrainingConfig
+from driftloop_trainer.window import WindowWait
 
 log = get_logger(__name__)
 
@@ -87,6 +88,7 @@ def build(
     training_sets: TrainingSetSource | None = None,
     champions: ChampionSource | None = None,
     config: TrainingConfig | None = None,
+    window_wait: WindowWait | None = None,
     grpc_address: str | None = None,
     topic: str = Topics.TRAINING_REQUESTED,
     group_id: str = GROUP_ID,
@@ -99,6 +101,7 @@ def build(
         champions or RegistryChampions(settings),
         ArtifactStore.from_settings(settings),
         config or TrainingConfig(),
+        window_wait or WindowWait(),
     )
     publisher = Publisher(settings)
     ledger = RequestLedger(settings.home / "trainer" / "requests.sqlite")

@@ -2,7 +2,8 @@
 
 They sit beside the shared `Settings`: no other service needs to know which
 estimator the trainer fits. `DRIFTLOOP_TRAINER_ALGORITHM=logistic_regression`
-switches from the HistGradientBoosting default.
+switches from the HistGradientBoosting default; `DRIFTLOOP_TRAINER_WINDOW_WAIT_S`
+bounds the wait for a window the offline log does not hold yet.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftloop_trainer.training import Algorithm, TrainingConfig
+from driftloop_trainer.window import WindowWait
 
 
 class TrainerSettings(BaseSettings):
@@ -25,6 +27,9 @@ class TrainerSettings(BaseSettings):
     min_rows: int = Field(default=30, ge=3)
     # OpenMP threads per training stage (see TrainingConfig.threads).
     threads: int = Field(default=1, ge=1)
+    # How long a run waits for the offline log to hold the labelled rows its
+    # requester counted in the window (see driftloop_trainer.window).
+    window_wait_s: float = Field(default=120.0, ge=0)
 
     def training_config(self) -> TrainingConfig:
         if self.train_fraction + self.validation_fraction >= 1:
@@ -37,3 +42,6 @@ class TrainerSettings(BaseSettings):
             min_rows=self.min_rows,
             threads=self.threads,
         )
+
+    def window_wait(self) -> WindowWait:
+        return WindowWait(timeout_s=self.window_wait_s)

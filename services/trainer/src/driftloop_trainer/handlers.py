@@ -48,6 +48,7 @@ from driftloop_trainer.training import (
     search,
     time_split,
 )
+from driftloop_trainer.window import WindowWait, complete_training_set
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("driftloop.trainer")
@@ -143,6 +144,7 @@ class TrainingRunner:
     champions: ChampionSource
     artifacts: ArtifactStore
     config: TrainingConfig = field(default_factory=TrainingConfig)
+    window_wait: WindowWait = field(default_factory=WindowWait)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def run(self, request: events_pb2.TrainingRequested) -> events_pb2.ModelTrained:
@@ -153,7 +155,9 @@ class TrainingRunner:
                 raise TrainingError(
                     "load_data", f"this trainer serves model {fs.name!r}, not {request.model!r}"
                 )
-            training_set = await self.training_sets.training_set(request.model, request.window)
+            training_set = await complete_training_set(
+                self.training_sets, request, self.window_wait
+            )
             data = await in_thread(
                 config.threads, lambda: load_training_data(training_set.path, fs)
             )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import pyarrow.parquet as pq
 from driftloop.v1 import common_pb2
 from driftloop_core.artifacts import sha256_hex
 
@@ -87,5 +88,6 @@ class FileTrainingSets:
         else:
             dataset.uri = str(self._path)
             dataset.sha256 = sha256_hex(self._path.read_bytes())
+            dataset.row_count = pq.read_metadata(self._path).num_rows
         dataset.requested.CopyFrom(window)
         return TrainingSet(self._path, dataset)
