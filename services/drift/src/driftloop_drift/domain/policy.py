@@ -253,6 +253,9 @@ class RetrainPolicy:
             parent_drift_id=pending.drift_id,
             requested_at=timestamp(now_ms),
             requested_by=REQUESTED_BY,
+            expected_labelled_rows=post_drift
+            if window.HasField("time_range")
+            else min(self._config.last_n, labels.total),
         )
         self.pending = None
         return Decision(self._start(request, now_ms), "")
@@ -278,6 +281,7 @@ class RetrainPolicy:
             window=common_pb2.DataWindow(last_n=self._config.last_n),
             requested_at=timestamp(now_ms),
             requested_by=REQUESTED_BY,
+            expected_labelled_rows=min(self._config.last_n, labels.total),
         )
         return Decision(self._start(request, now_ms), "")
 
