@@ -165,7 +165,7 @@ async def read_topic(
     """Records keyed `key` on `topic`, from the start, once at least `count` arrived
     (then a short pause to catch any extra ones)."""
     records = await collect(
-        settings.kafka,
+        settings,
         topic,
         lambda r: r.key == key.encode(),
         at_least=count,

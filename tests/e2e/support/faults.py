@@ -628,4 +628,4 @@ def codes(counter: Counter[str]) -> str:
 
 async def read_topic(clients: Clients, topic: str) -> list[Any]:
     """Every record of `topic` up to its current end."""
-    return await read_records(clients.settings.kafka, topic)
+    return await read_records(clients.settings, topic)

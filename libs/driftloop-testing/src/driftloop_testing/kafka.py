@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
+from driftloop_core.kafka.consumer import reader
 from driftloop_core.kafka.offsets import true_end_offsets
-from driftloop_core.settings import KafkaSettings
+from driftloop_core.settings import Settings
 
 
 async def produce_json(
@@ -42,9 +43,10 @@ async def produce_json(
     return sent
 
 
-async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 30.0) -> list[Any]:
+async def read_topic(settings: Settings, topic: str, *, timeout_s: float = 30.0) -> list[Any]:
     """Every record of `topic` up to its current end, in partition order."""
-    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
+    kafka = settings.kafka
+    consumer = reader(settings, client_suffix="test-reader")
     await consumer.start()
     try:
         await consumer.topics()
@@ -67,7 +69,7 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 30.
 
 
 async def collect(
-    kafka: KafkaSettings,
+    settings: Settings,
     topic: str,
     keep: Callable[[Any], bool] = lambda record: True,
     *,
@@ -81,10 +83,8 @@ async def collect(
     ones (a duplicate, a second dead letter) show up too. After `timeout_s`,
     raises TimeoutError, or with `or_fewer` returns what arrived (to show that
     something did not)."""
-    reader = AIOKafkaConsumer(
-        topic, **kafka.client_options(), auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await reader.start()
+    consumer = reader(settings, topic, client_suffix="test-collect")
+    await consumer.start()
     found: list[Any] = []
     try:
         deadline = time.monotonic() + timeout_s
@@ -94,11 +94,11 @@ async def collect(
                 if or_fewer:
                     break
                 raise TimeoutError(f"{len(found)} of {at_least} records on {topic}")
-            batch = await reader.getmany(timeout_ms=100)
+            batch = await consumer.getmany(timeout_ms=100)
             new = [r for records in batch.values() for r in records if keep(r)]
             if new:
                 found.extend(new)
                 quiet_since = time.monotonic()
     finally:
-        await reader.stop()
+        await consumer.stop()
     return found
