@@ -12,6 +12,7 @@ import pytest
 from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.featureset import FeatureSet
+from driftloop_core.kafka import Stopped
 from driftloop_trainer.config import TrainerSettings
 from driftloop_trainer.handlers import TrainingRunner
 from driftloop_trainer.ports import FileTrainingSets, NoChampion, TrainingSet
@@ -106,6 +107,24 @@ async def test_a_window_the_log_never_completes_fails_naming_counts_and_wait(
     assert waited is not None and float(waited[1]) >= 0.5
     assert source.asked > 2  # asked again while waiting, not once
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").iterdir())
+
+
+async def test_a_stop_while_waiting_gives_up_at_once_and_fails_nothing(
+    tmp_path: Path, training_set: Path, featureset: FeatureSet
+) -> None:
+    """Stopping the service mid-wait raises `Stopped` (the consumer then leaves the
+    request uncommitted for the next start) instead of waiting the wait out."""
+    source = LaggingOfflineLog(holding_only(training_set, 269, tmp_path / "log.parquet"))
+    runner = runner_over(
+        source, featureset, tmp_path, WindowWait(timeout_s=60, first_delay_s=5, max_delay_s=5)
+    )
+    asyncio.get_running_loop().call_later(0.3, runner.stopping.set)
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Stopped):
+        await runner.run(drift_request(expected=400))
+
+    assert asyncio.get_running_loop().time() - started < 5
 
 
 async def test_a_request_with_no_count_trains_on_what_is_there(

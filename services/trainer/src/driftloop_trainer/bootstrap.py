@@ -107,6 +107,7 @@ def build(
     ledger = RequestLedger(settings.home / "trainer" / "requests.sqlite")
     requests = TrainingRequests(runner, publisher, ledger)
     consumer = build_consumer(settings, requests, publisher, topic=topic, group_id=group_id)
+    runner.stopping = consumer.stopping
     server = build_server(settings, [], grpc_address or settings.endpoints.trainer)
     return TrainerService(
         settings,

@@ -10,6 +10,7 @@ CPU-bound stages run in a worker thread so the event loop keeps heartbeating.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import pyarrow as pa
 from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.artifacts import ArtifactDigestError, ArtifactStore
 from driftloop_core.featureset import FeatureSet
+from driftloop_core.kafka import Stopped
 from driftloop_core.logging import get_logger
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -146,6 +148,15 @@ class TrainingRunner:
     config: TrainingConfig = field(default_factory=TrainingConfig)
     window_wait: WindowWait = field(default_factory=WindowWait)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Set when the service stops: a run waiting for its window gives up at
+    # once (`Stopped`), and its request stays uncommitted for the next start.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        if self.stopping.is_set():
+            raise Stopped("waiting for the training window")
 
     async def run(self, request: events_pb2.TrainingRequested) -> events_pb2.ModelTrained:
         fs = self.featureset
@@ -156,7 +167,7 @@ class TrainingRunner:
                     "load_data", f"this trainer serves model {fs.name!r}, not {request.model!r}"
                 )
             training_set = await complete_training_set(
-                self.training_sets, request, self.window_wait
+                self.training_sets, request, self.window_wait, sleep=self._pause
             )
             data = await in_thread(
                 config.threads, lambda: load_training_data(training_set.path, fs)

@@ -11,7 +11,7 @@ from driftloop_core.kafka.policies import (
 )
 from driftloop_core.kafka.publisher import Outgoing, Publisher
 from driftloop_core.kafka.record import PoisonMessage, Record, TransientError
-from driftloop_core.kafka.retry import is_transient
+from driftloop_core.kafka.retry import Stopped, is_transient
 from driftloop_core.kafka.topics import Topics, TopicSpec, default_topic_specs, ensure_topics
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "PoisonMessage",
     "Publisher",
     "Record",
+    "Stopped",
     "StoredOffsets",
     "TopicSpec",
     "Topics",

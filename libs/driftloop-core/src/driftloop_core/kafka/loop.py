@@ -154,6 +154,12 @@ class ConsumerLoop:
             self._settings, group_id=self.group_id, client_suffix=self._client_suffix, **options
         )
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once the loop was asked to stop: a handler that waits on something
+        may give up early by raising `retry.Stopped`, leaving its record uncommitted."""
+        return self._stopping
+
     def request_stop(self) -> None:
         """Finish the record (or batch) in hand, settle it, and leave the loop."""
         self._stopping.set()
