@@ -101,7 +101,6 @@ MALFORMED = [
     ("bad category", {"channel": "bike"}, "channel", "category"),
     ("bad timestamp", {"ts": "yesterday"}, "ts", "timestamp"),
     ("bad label value", {"is_fraud": 2}, "is_fraud", "label"),
-    ("label for unknown id", "LABEL", "event_id", "unknown_event_id"),
 ]
 
 
@@ -111,9 +110,7 @@ async def test_each_rejection_is_invalid_argument_naming_field_and_rule(
     async with insecure_channel(service.endpoint, settings) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         for name, change, field, rule in MALFORMED:
-            if change == "LABEL":
-                body = json.dumps({"event_id": f"{unique}-never-seen", "is_fraud": 1})
-            elif isinstance(change, str):
+            if isinstance(change, str):
                 body = change
             else:
                 body = json.dumps(event(f"{unique}-bad", now_ms, **change))
@@ -128,6 +125,39 @@ async def test_each_rejection_is_invalid_argument_naming_field_and_rule(
             trailing = dict(error.trailing_metadata() or ())
             assert trailing.get("driftloop-field") == field, name
             assert trailing.get("driftloop-rule") == rule, name
+
+
+async def test_label_before_its_observation_is_held_then_flows_after_it(
+    start_service: Any, settings: Settings, unique: str, now_ms: int, kafka_io: Any
+) -> None:
+    service = await start_service(consume=False, max_held_labels=1)
+    label = json.dumps({"event_id": f"{unique}-1", "is_fraud": 1})
+    async with insecure_channel(service.endpoint, settings) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        held = await stub.Ingest(ingest_pb2.IngestRequest(json=label))
+        again = await stub.Ingest(ingest_pb2.IngestRequest(json=label))
+        # One label already waits, the most this service allows.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            other = json.dumps({"event_id": f"{unique}-2", "is_fraud": 0})
+            await stub.Ingest(ingest_pb2.IngestRequest(json=other))
+        observed = await stub.Ingest(
+            ingest_pb2.IngestRequest(
+                json=json.dumps(event(f"{unique}-1", now_ms, customer_id="c5"))
+            )
+        )
+        after = await stub.Ingest(ingest_pb2.IngestRequest(json=label))
+    assert (held.kind, held.held, held.duplicate) == (ingest_pb2.EVENT_KIND_LABEL, True, False)
+    assert (again.held, again.duplicate) == (True, True)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(caught.value.trailing_metadata() or ())["driftloop-rule"] == "held_labels_full"
+    assert (observed.kind, observed.held) == (ingest_pb2.EVENT_KIND_OBSERVATION, False)
+    assert (after.held, after.duplicate) == (False, True)
+    records = await kafka_io.read_valid(f"{unique}-", at_least=2)
+    assert [type(r.message).__name__ for r in records] == ["Observation", "Label"]
+    observation, late = records
+    assert late.key == "c5" and late.message.entity_id == "c5" and late.message.label == 1
+    assert late.partition == observation.partition and late.offset > observation.offset
+    assert service.index.held_count() == 0
 
 
 async def test_raw_event_form_is_judged_like_json(
@@ -194,11 +224,10 @@ async def test_stream_counts_lists_rejections_and_publishes_the_valid(
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         reply = await stub.IngestStream(requests())
 
-    assert (reply.accepted, reply.rejected, reply.duplicates) == (120, 3, 1)
+    assert (reply.accepted, reply.rejected, reply.duplicates, reply.held) == (121, 2, 1, 1)
     assert [(r.index, r.event_id, r.field, r.rule) for r in reply.rejections] == [
         (10, f"{unique}-bad10", "amount", "min"),
         (60, "", "", "json"),
-        (121, f"{unique}-unseen", "event_id", "unknown_event_id"),
     ]
     assert reply.rejections[0].reason == "amount: must be >= 0, got -1"
 

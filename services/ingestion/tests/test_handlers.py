@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -35,23 +36,10 @@ class Clock:
         return self.ms / 1000
 
 
-class MemoryIndex:
-    def __init__(self) -> None:
-        self.rows: dict[str, IndexEntry] = {}
-
-    def lookup(self, event_ids: Collection[str]) -> dict[str, IndexEntry]:
-        return {i: self.rows[i] for i in event_ids if i in self.rows}
-
-    def record(self, observations: Sequence[IndexEntry], labelled: Sequence[str]) -> None:
-        for entry in observations:
-            self.rows[entry.event_id] = entry
-        for event_id in labelled:
-            self.rows[event_id] = self.rows[event_id]._replace(labelled=True)
-
-
 class Sink:
     def __init__(self) -> None:
         self.batches: list[list[Publication]] = []
+        self.letters: list[events_pb2.DeadLetter] = []
         self.fail = False
         self.gate: asyncio.Event | None = None
 
@@ -61,6 +49,11 @@ class Sink:
         if self.fail:
             raise PublishFailed("broker down")
         self.batches.append(list(events))
+
+    async def deadletter(self, letters: Sequence[bytes]) -> None:
+        if self.fail:
+            raise PublishFailed("broker down")
+        self.letters.extend(events_pb2.DeadLetter.FromString(letter) for letter in letters)
 
     @property
     def published(self) -> list[Publication]:
@@ -73,8 +66,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def index() -> MemoryIndex:
-    return MemoryIndex()
+def index(tmp_path: Path, clock: Clock) -> SqliteEventIndex:
+    return SqliteEventIndex(tmp_path / "events.db", retention=timedelta(hours=3), clock=clock)
 
 
 @pytest.fixture
@@ -82,8 +75,7 @@ def sink() -> Sink:
     return Sink()
 
 
-@pytest.fixture
-def ingestor(clock: Clock, index: MemoryIndex, sink: Sink) -> Ingestor:
+def make_ingestor(clock: Clock, index: SqliteEventIndex, sink: Sink, **options: Any) -> Ingestor:
     return Ingestor(
         Validator(load_featureset(default_featureset_path()), clock=clock),
         index,
@@ -91,7 +83,13 @@ def ingestor(clock: Clock, index: MemoryIndex, sink: Sink) -> Ingestor:
         dedup_window=timedelta(hours=1),
         label_horizon=timedelta(hours=3),
         clock=clock,
+        **options,
     )
+
+
+@pytest.fixture
+def ingestor(clock: Clock, index: SqliteEventIndex, sink: Sink) -> Ingestor:
+    return make_ingestor(clock, index, sink)
 
 
 def obs(event_id: str, entity: str = "c1", **extra: object) -> Incoming:
@@ -112,7 +110,7 @@ def label(event_id: str, value: int = 1) -> Incoming:
 
 
 async def test_valid_events_are_published_keyed_by_entity_and_indexed(
-    ingestor: Ingestor, sink: Sink, index: MemoryIndex
+    ingestor: Ingestor, sink: Sink, index: SqliteEventIndex
 ) -> None:
     outcomes = await ingestor.ingest([obs("e1", "c1"), obs("bad", amount=-1), obs("e2", "c2")])
     assert outcomes[0] == Accepted("e1", OBSERVATION, False, "c1")
@@ -130,7 +128,7 @@ async def test_valid_events_are_published_keyed_by_entity_and_indexed(
     assert message.event_time.ToMilliseconds() == START_MS - 60_000
     assert message.ingested_at.ToMilliseconds() == START_MS
     assert message.feature_set == "payments" and not message.HasField("label")
-    assert set(index.rows) == {"e1", "e2"}
+    assert set(index.lookup(["e1", "e2", "e3"])) == {"e1", "e2"} and index.count() == 2
 
 
 async def test_duplicates_within_the_window_are_acknowledged_not_republished(
@@ -168,17 +166,16 @@ async def test_late_label_takes_its_observations_entity_and_time(
 
 
 async def test_label_in_the_same_batch_after_its_observation(
-    ingestor: Ingestor, sink: Sink, index: MemoryIndex
+    ingestor: Ingestor, sink: Sink, index: SqliteEventIndex
 ) -> None:
-    outcomes = await ingestor.ingest([label("e1"), obs("e1", "c3"), label("e1"), label("e1")])
-    assert isinstance(outcomes[0], Rejection) and outcomes[0].rule == "unknown_event_id"
-    assert outcomes[1:] == [
+    outcomes = await ingestor.ingest([obs("e1", "c3"), label("e1"), label("e1")])
+    assert outcomes == [
         Accepted("e1", OBSERVATION, False, "c3"),
         Accepted("e1", LABEL, False, "c3"),
         Accepted("e1", LABEL, True, "c3"),
     ]
     assert [p.kind for p in sink.published] == [OBSERVATION, LABEL]
-    assert index.rows["e1"].labelled
+    assert index.lookup(["e1"])["e1"].labelled
 
 
 async def test_observation_carrying_its_label_makes_a_late_label_a_duplicate(
@@ -189,30 +186,107 @@ async def test_observation_carrying_its_label_makes_a_late_label_a_duplicate(
     assert await ingestor.ingest([label("e1")]) == [Accepted("e1", LABEL, True, "c1")]
 
 
-async def test_label_for_unknown_or_too_old_event_is_rejected(
+async def test_label_for_a_too_old_observation_is_rejected(
     ingestor: Ingestor, clock: Clock
 ) -> None:
-    [unknown] = await ingestor.ingest([label("nope")])
-    assert isinstance(unknown, Rejection)
-    assert (unknown.field, unknown.rule, unknown.event_id) == (
-        "event_id",
-        "unknown_event_id",
-        "nope",
-    )
-    assert "event_id: no observation 'nope' was accepted in the last 3h" in unknown.reason
     await ingestor.ingest([obs("e1")])
     clock.ms += 3 * 3_600_000 + 1
     [too_old] = await ingestor.ingest([label("e1")])
-    assert isinstance(too_old, Rejection) and too_old.rule == "unknown_event_id"
+    assert isinstance(too_old, Rejection)
+    assert (too_old.field, too_old.rule, too_old.event_id) == ("event_id", "unknown_event_id", "e1")
+    assert "event_id: observation 'e1' was accepted more than 3h ago" in too_old.reason
+
+
+def kinds(sink: Sink) -> list[tuple[str, str]]:
+    return [(p.kind, p.event_id) for p in sink.published]
+
+
+async def test_label_before_its_observation_is_held_then_flows_right_after_it(
+    ingestor: Ingestor, sink: Sink, index: SqliteEventIndex
+) -> None:
+    # Same batch: the label first, then a repeat of it, then its observation.
+    outcomes = await ingestor.ingest([label("a"), label("a"), obs("a", "c9"), obs("x")])
+    assert outcomes == [
+        Accepted("a", LABEL, False, "c9"),
+        Accepted("a", LABEL, True, "", held=True),
+        Accepted("a", OBSERVATION, False, "c9"),
+        Accepted("x", OBSERVATION, False, "c1"),
+    ]
+    assert kinds(sink) == [(OBSERVATION, "a"), (LABEL, "a:label"), (OBSERVATION, "x")]
+    # A later batch: held, acknowledged again as a duplicate, then released.
+    assert await ingestor.ingest([label("b", 0)]) == [Accepted("b", LABEL, False, "", held=True)]
+    assert await ingestor.ingest([label("b", 0)]) == [Accepted("b", LABEL, True, "", held=True)]
+    assert index.held_count() == 1 and len(sink.published) == 3
+    await ingestor.ingest([obs("b", "c8")])
+    assert kinds(sink)[3:] == [(OBSERVATION, "b"), (LABEL, "b:label")]
+    released = events_pb2.Label.FromString(sink.published[4].value)
+    assert (released.entity_id, released.label, sink.published[4].key) == ("c8", 0, "c8")
+    assert index.held_count() == 0
+    # Once released the label is an ordinary duplicate.
+    assert await ingestor.ingest([label("b", 0)]) == [Accepted("b", LABEL, True, "c8")]
+    assert len(sink.published) == 5
+
+
+async def test_held_label_of_an_observation_carrying_its_own_label_is_a_repeat(
+    ingestor: Ingestor, sink: Sink, index: SqliteEventIndex
+) -> None:
+    await ingestor.ingest([label("a")])
+    await ingestor.ingest([obs("a", is_fraud=0)])
+    assert kinds(sink) == [(OBSERVATION, "a")] and index.held_count() == 0
+
+
+async def test_held_labels_are_bounded(clock: Clock, index: SqliteEventIndex, sink: Sink) -> None:
+    ingestor = make_ingestor(clock, index, sink, max_held_labels=2)
+    outcomes = await ingestor.ingest([label("a"), label("b"), label("c")])
+    assert [getattr(o, "held", None) for o in outcomes[:2]] == [True, True]
+    full = outcomes[2]
+    assert isinstance(full, Rejection) and (full.rule, full.event_id) == ("held_labels_full", "c")
+    assert "2 labels already wait" in full.reason
+    await ingestor.ingest([obs("a")])  # releases one: room for another
+    assert await ingestor.ingest([label("c")]) == [Accepted("c", LABEL, False, "", held=True)]
+
+
+async def test_a_held_label_whose_observation_never_comes_is_deadlettered_after_the_wait(
+    clock: Clock, index: SqliteEventIndex, sink: Sink
+) -> None:
+    ingestor = make_ingestor(clock, index, sink)
+    raw = Incoming(b'{"event_id": "late", "is_fraud": 1}', ("t.raw", 1, 42, START_MS))
+    await ingestor.ingest([raw, label("soon")])
+    clock.ms += 24 * 3_600_000
+    assert await ingestor.expire_held() == 0  # exactly the wait: still held
+    clock.ms += 1
+    await ingestor.ingest([obs("soon")])
+    assert await ingestor.expire_held() == 1
+    [letter] = sink.letters
+    assert (letter.rule, letter.field, letter.event_id) == ("label_unmatched", "event_id", "late")
+    assert "no observation 'late' arrived within 24h" in letter.reason
+    assert letter.payload == raw.payload
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("t.raw", 1, 42)
+    assert index.held_count() == 0 and kinds(sink)[-1] == (LABEL, "soon:label")
+    # Its observation arriving after all flows alone; the label was dead-lettered.
+    await ingestor.ingest([obs("late")])
+    assert kinds(sink)[-1] == (OBSERVATION, "late")
+
+
+async def test_held_labels_survive_a_restart(
+    tmp_path: Path, clock: Clock, ingestor: Ingestor, index: SqliteEventIndex, sink: Sink
+) -> None:
+    await ingestor.ingest([label("a")])
+    index.close()
+    reopened = SqliteEventIndex(tmp_path / "events.db", retention=timedelta(hours=3), clock=clock)
+    again = make_ingestor(clock, reopened, sink)
+    assert reopened.held_count() == 1
+    await again.ingest([obs("a")])
+    assert kinds(sink) == [(OBSERVATION, "a"), (LABEL, "a:label")]
 
 
 async def test_failed_publish_records_nothing_so_a_retry_publishes(
-    ingestor: Ingestor, sink: Sink, index: MemoryIndex
+    ingestor: Ingestor, sink: Sink, index: SqliteEventIndex
 ) -> None:
     sink.fail = True
     with pytest.raises(PublishFailed):
         await ingestor.ingest([obs("e1")])
-    assert index.rows == {}
+    assert index.count() == 0
     sink.fail = False
     assert await ingestor.ingest([obs("e1")]) == [Accepted("e1", OBSERVATION, False, "c1")]
     assert len(sink.published) == 1

@@ -62,8 +62,13 @@ class Index:
     def lookup(self, event_ids: Collection[str]) -> dict[str, IndexEntry]:
         return {}
 
-    def record(self, observations: Sequence[IndexEntry], labelled: Sequence[str]) -> None:
+    def record(
+        self, observations: Sequence[IndexEntry], labelled: Sequence[str], **held: Any
+    ) -> None:
         self.recorded.extend(entry.event_id for entry in observations)
+
+    def held_count(self) -> int:
+        return 0
 
 
 class Sink:

@@ -59,8 +59,8 @@ async def test_raw_events_flow_bad_ones_are_deadlettered_and_replays_change_noth
         (
             {"event_id": f"{unique}-nobody", "is_fraud": 1},
             "event_id",
-            "unknown_event_id",
-            f"event_id: no observation '{unique}-nobody'",
+            "held_labels_full",
+            f"event_id: no observation '{unique}-nobody' has arrived yet",
         ),
         (obs(17, is_fraud=5), "is_fraud", "label", "is_fraud: must be 0 or 1, got 5"),
     ]
@@ -69,7 +69,8 @@ async def test_raw_events_flow_bad_ones_are_deadlettered_and_replays_change_noth
     lines += [*(line(b[0]) for b in bad[5:]), line(good[2]), line(late_label), line(no_id)]
     positions = await kafka_io.produce_lines(config.source_topic, lines)
 
-    service = await start_service()
+    # No label may wait for its observation here (that is test_labels_any_order's).
+    service = await start_service(max_held_labels=0)
     await consumed(service, len(lines))
 
     # Every bad record is dead-lettered once, with reason, rule, payload and origin.
@@ -130,7 +131,7 @@ async def test_raw_events_flow_bad_ones_are_deadlettered_and_replays_change_noth
     # under a new group: every id is remembered, so again nothing new, and the
     # record without an id gets the same id as the first time.
     await service.stop()
-    restarted = await start_service(group_id=f"{config.group_id}.again")
+    restarted = await start_service(group_id=f"{config.group_id}.again", max_held_labels=0)
     await consumed(restarted, len(lines) + len(replay))
     assert len(await kafka_io.read_valid(f"{unique}-", at_least=4, quiet_s=1.0)) == 4
     assert len(await kafka_io.read_valid(anon_id, at_least=1, quiet_s=0.5)) == 1

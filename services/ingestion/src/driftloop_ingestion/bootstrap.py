@@ -150,6 +150,7 @@ class IngestionService:
         if self.consumer is not None:
             self._tasks.append(asyncio.create_task(self.consumer.run(), name="consume"))
         self._tasks.append(asyncio.create_task(self._prune_periodically(), name="prune"))
+        self._tasks.append(asyncio.create_task(self._expire_periodically(), name="expire"))
         log.info(
             "ingestion_started",
             grpc=self.server.endpoint,
@@ -157,6 +158,8 @@ class IngestionService:
             index=str(self.index.path),
             dedup_window_s=self.config.dedup_window.total_seconds(),
             label_horizon_s=self.config.label_horizon.total_seconds(),
+            label_wait_s=self.config.label_wait.total_seconds(),
+            held_labels=self.index.held_count(),
         )
 
     async def _use_broker(self) -> None:
@@ -213,6 +216,23 @@ class IngestionService:
             (KafkaError, PublishFailed, sqlite3.Error, OSError, RuntimeError),
         )
 
+    async def _expire_periodically(self) -> None:
+        """Dead-letter held labels whose wait ran out; a failure to publish them
+        ends the service (exit 1) with the labels still held."""
+        interval = self.config.label_expiry_interval.total_seconds()
+        while True:
+            expired = 0
+            while (step := await self.ingestor.expire_held()) > 0:
+                expired += step
+            if expired:
+                log.warning(
+                    "held_labels_expired",
+                    count=expired,
+                    label_wait_s=self.config.label_wait.total_seconds(),
+                    topic=self.config.deadletter_topic,
+                )
+            await asyncio.sleep(interval)
+
     async def _prune_periodically(self) -> None:
         interval = self.config.prune_interval.total_seconds()
         while True:
@@ -244,9 +264,11 @@ def build(
     ingestor = Ingestor(
         Validator(featureset, clock=clock, max_event_bytes=config.max_event_bytes),
         index,
-        KafkaEventSink(publisher),
+        KafkaEventSink(publisher, config.deadletter_topic),
         dedup_window=config.dedup_window,
         label_horizon=config.label_horizon,
+        label_wait=config.label_wait,
+        max_held_labels=config.max_held_labels,
         clock=clock,
     )
     consumer = build_consumer(settings, config, ingestor, publisher) if consume else None

@@ -28,6 +28,13 @@ class IngestionSettings(BaseSettings):
     dedup_window: Duration = timedelta(hours=24)
     # A late label may reference an observation accepted at most this long ago.
     label_horizon: Duration = timedelta(days=7)
+    # A label whose observation has not arrived is held this long, then
+    # dead-lettered (rule "label_unmatched"); at most `max_held_labels` wait at
+    # once, beyond which a label is rejected (rule "held_labels_full").
+    label_wait: Duration = timedelta(hours=24)
+    max_held_labels: int = Field(default=1_000_000, ge=0)
+    # How often held labels past the wait are looked for.
+    label_expiry_interval: Duration = timedelta(minutes=1)
     # How often rows older than both windows are deleted from the event index.
     prune_interval: Duration = timedelta(minutes=10)
     # Kafka side: the consumer group and the topics it reads and writes.

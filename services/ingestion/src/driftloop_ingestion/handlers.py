@@ -21,11 +21,20 @@ that moment: an id the index saw before it is published again when a producer
 replays it, since only the lost broker had it, and still names the entity of
 its late label. Such a label goes out each time it is sent until its
 observation is replayed; consumers drop the repeats by event id.
+
+Labels and observations arrive in any order: a label producer rarely knows the
+entity, so its records land on other partitions than their observations and
+can overtake them. A label for an id the index has never seen is held (in the
+index, so it survives a restart) and published right after its observation
+when that is accepted, in the same batch or a later one, either way in. At
+most `max_held_labels` wait at once; one that waited `label_wait` in vain is
+dead-lettered by `expire_held` with rule `label_unmatched`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -33,9 +42,20 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from opentelemetry import trace
 
-from driftloop_ingestion.messages import ObservationEncoder, label_message
-from driftloop_ingestion.metrics import EVENTS, REJECTIONS
-from driftloop_ingestion.rules import EVENT_ID, RULE_UNKNOWN_EVENT_ID, Problem, Rejection
+from driftloop_ingestion.messages import (
+    ObservationEncoder,
+    label_message,
+    unmatched_label_deadletter,
+)
+from driftloop_ingestion.metrics import EVENTS, HELD_LABELS, LABELS_EXPIRED, REJECTIONS
+from driftloop_ingestion.rules import (
+    EVENT_ID,
+    RULE_HELD_LABELS_FULL,
+    RULE_LABEL_UNMATCHED,
+    RULE_UNKNOWN_EVENT_ID,
+    Problem,
+    Rejection,
+)
 from driftloop_ingestion.validation import Origin, Validated, Validator, ValidObservation
 
 tracer = trace.get_tracer("driftloop.ingestion")
@@ -59,12 +79,14 @@ class Incoming(NamedTuple):
 
 
 class Accepted(NamedTuple):
-    """An event that passed; `duplicate` when it was seen before and not published."""
+    """An event that passed; `duplicate` when it was seen before and not published;
+    `held` for a label waiting for its observation (its entity still unknown)."""
 
     event_id: str
     kind: Kind
     duplicate: bool
     entity_id: str
+    held: bool = False
 
 
 Outcome = Accepted | Rejection
@@ -80,15 +102,46 @@ class IndexEntry(NamedTuple):
     labelled: bool
 
 
+class HeldLabel(NamedTuple):
+    """A label waiting for its observation: its raw payload and origin are kept
+    for the dead letter it becomes if the observation never comes."""
+
+    event_id: str
+    label: int
+    held_at_ms: int
+    payload: bytes
+    origin: Origin | None
+
+
 class EventIndex(Protocol):
-    """Accepted observations by event id; survives restarts."""
+    """Accepted observations and held labels by event id; survives restarts."""
 
     def lookup(self, event_ids: Collection[str]) -> Mapping[str, IndexEntry]:
         """The entries of those ids that are known (a missing id is unknown)."""
         ...
 
-    def record(self, observations: Sequence[IndexEntry], labelled: Sequence[str]) -> None:
-        """Store new or refreshed observations and mark ids as labelled, atomically."""
+    def record(
+        self,
+        observations: Sequence[IndexEntry],
+        labelled: Sequence[str],
+        *,
+        hold: Sequence[HeldLabel] = (),
+        release: Sequence[str] = (),
+    ) -> None:
+        """Store new or refreshed observations, mark ids as labelled, hold new
+        labels and forget released ones, atomically."""
+        ...
+
+    def held(self, event_ids: Collection[str]) -> Mapping[str, HeldLabel]:
+        """The held labels of those ids."""
+        ...
+
+    def held_count(self) -> int:
+        """How many labels are held."""
+        ...
+
+    def held_before(self, held_before_ms: int, limit: int) -> Sequence[HeldLabel]:
+        """Up to `limit` labels held since before `held_before_ms`, oldest first."""
         ...
 
 
@@ -105,6 +158,10 @@ class Publication(NamedTuple):
 class EventSink(Protocol):
     async def publish(self, events: Sequence[Publication]) -> None:
         """Return once every event is acknowledged; raise `PublishFailed` otherwise."""
+        ...
+
+    async def deadletter(self, letters: Sequence[bytes]) -> None:
+        """Dead-letter encoded `DeadLetter`s; same acknowledgement contract as `publish`."""
         ...
 
 
@@ -128,6 +185,8 @@ class Ingestor:
         *,
         dedup_window: timedelta,
         label_horizon: timedelta,
+        label_wait: timedelta = timedelta(hours=24),
+        max_held_labels: int = 1_000_000,
         clock: Callable[[], float] = time.time,
         published_since_ms: int = 0,
     ) -> None:
@@ -142,7 +201,11 @@ class Ingestor:
         self._dedup_window_ms = int(dedup_window / timedelta(milliseconds=1))
         self._label_horizon = label_horizon
         self._label_horizon_ms = int(label_horizon / timedelta(milliseconds=1))
+        self._label_wait = label_wait
+        self._label_wait_ms = int(label_wait / timedelta(milliseconds=1))
+        self._max_held = max_held_labels
         self._clock = clock
+        HELD_LABELS.set(index.held_count())
         # Event ids of batches between lookup and record, with a future each
         # batch completes when it is done; another batch with one of those ids waits.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
@@ -168,7 +231,7 @@ class Ingestor:
         ) as span:
             done = await self._claim(ids)
             try:
-                outcomes = await self._resolve(checked, ids)
+                outcomes = await self._resolve(batch, checked, ids)
             finally:
                 self._release(ids, done)
             published, duplicates, rejected = _tally(outcomes, source)
@@ -199,19 +262,25 @@ class Ingestor:
                 del self._in_flight[event_id]
         done.set_result(None)
 
-    async def _resolve(self, checked: list[Validated], ids: set[str]) -> list[Outcome]:
+    async def _resolve(
+        self, batch: Sequence[Incoming], checked: list[Validated], ids: set[str]
+    ) -> list[Outcome]:
         now_ms = int(self._clock() * 1000)
         on_broker_after = self.published_since_ms
         dedup_after = max(now_ms - self._dedup_window_ms, on_broker_after)
         join_after = now_ms - self._label_horizon_ms
-        known = self._index.lookup(ids) if ids else {}
+        index = self._index
+        known = index.lookup(ids) if ids else {}
+        held_count = index.held_count()
+        held = index.held(ids) if ids and held_count else {}
         accepted: dict[str, IndexEntry] = {}  # observations accepted in this batch
         labelled: set[str] = set()  # earlier observations labelled in this batch
+        # Labels held by this batch, with their position in `outcomes`.
+        holding: dict[str, tuple[int, HeldLabel]] = {}
+        release: list[str] = []  # labels held before, released by this batch
         publications: list[Publication] = []
         outcomes: list[Outcome] = []
-        feature_set = self._feature_set
-        encode = self._encoder.encode
-        for event in checked:
+        for item, event in zip(batch, checked, strict=True):
             if isinstance(event, Rejection):
                 outcomes.append(event)
                 continue
@@ -223,73 +292,161 @@ class Ingestor:
                     assert entity is not None
                     outcomes.append(Accepted(event_id, OBSERVATION, True, entity.entity_id))
                     continue
-                accepted[event_id] = IndexEntry(
-                    event_id,
-                    event.entity_id,
-                    event.event_time_ms,
-                    now_ms,
-                    event.label is not None,
+                entry = IndexEntry(
+                    event_id, event.entity_id, event.event_time_ms, now_ms, event.label is not None
                 )
                 publications.append(
                     Publication(
-                        encode(event, ingested_at_ms=now_ms),
+                        self._encoder.encode(event, ingested_at_ms=now_ms),
                         OBSERVATION,
                         event.entity_id,
                         event_id,
                     )
                 )
                 outcomes.append(Accepted(event_id, OBSERVATION, False, event.entity_id))
+                waiting = holding.pop(event_id, None)
+                if waiting is None and event_id in held:
+                    release.append(event_id)
+                    waiting = (-1, held[event_id])
+                if waiting is not None:
+                    position, label = waiting
+                    # An observation that carries its own label makes the held one a repeat.
+                    if not entry.labelled:
+                        entry = entry._replace(labelled=True)
+                        publications.append(self._label(event_id, label.label, entry, now_ms))
+                    if position >= 0:
+                        outcomes[position] = Accepted(
+                            event_id, LABEL, event.label is not None, event.entity_id
+                        )
+                accepted[event_id] = entry
                 continue
-            # A late label: its event id must name an observation seen before.
-            entry = accepted.get(event_id) or known.get(event_id)
-            if entry is None or entry.seen_at_ms < join_after:
+            # A late label: its event id should name an observation seen before.
+            joined = accepted.get(event_id) or known.get(event_id)
+            if joined is None:
+                if event_id in held or event_id in holding:
+                    outcomes.append(Accepted(event_id, LABEL, True, "", held=True))
+                elif held_count - len(release) + len(holding) >= self._max_held:
+                    outcomes.append(self._held_full(event_id))
+                else:
+                    early = HeldLabel(event_id, event.label, now_ms, _raw(item), item.origin)
+                    holding[event_id] = (len(outcomes), early)
+                    outcomes.append(Accepted(event_id, LABEL, False, "", held=True))
+                continue
+            if joined.seen_at_ms < join_after:
                 outcomes.append(self._unknown_event(event_id))
                 continue
-            if (entry.labelled and entry.seen_at_ms >= on_broker_after) or event_id in labelled:
-                outcomes.append(Accepted(event_id, LABEL, True, entry.entity_id))
+            if (joined.labelled and joined.seen_at_ms >= on_broker_after) or event_id in labelled:
+                outcomes.append(Accepted(event_id, LABEL, True, joined.entity_id))
                 continue
             if event_id in accepted:
-                accepted[event_id] = entry._replace(labelled=True)
+                accepted[event_id] = joined._replace(labelled=True)
             else:
                 labelled.add(event_id)
-            publications.append(
-                Publication(
-                    label_message(
-                        event_id=event_id,
-                        entity_id=entry.entity_id,
-                        label=event.label,
-                        event_time_ms=entry.event_time_ms,
-                        feature_set=feature_set,
-                        ingested_at_ms=now_ms,
-                    ).SerializeToString(),
-                    LABEL,
-                    entry.entity_id,
-                    label_cloudevent_id(event_id),
-                )
-            )
-            outcomes.append(Accepted(event_id, LABEL, False, entry.entity_id))
+            publications.append(self._label(event_id, event.label, joined, now_ms))
+            outcomes.append(Accepted(event_id, LABEL, False, joined.entity_id))
         if publications:
             await self._sink.publish(publications)
-            self._index.record(list(accepted.values()), sorted(labelled))
+        if publications or holding or release:
+            hold = [label for _, label in holding.values()]
+            index.record(list(accepted.values()), sorted(labelled), hold=hold, release=release)
+            if holding or release:
+                HELD_LABELS.set(held_count + len(holding) - len(release))
         return outcomes
 
-    def _unknown_event(self, event_id: str) -> Rejection:
-        hours = self._label_horizon / timedelta(hours=1)
-        return Rejection(
-            (
-                Problem(
-                    EVENT_ID,
-                    RULE_UNKNOWN_EVENT_ID,
-                    f"{EVENT_ID}: no observation {event_id!r} was accepted in the last "
-                    f"{hours:g}h, so this late label has nothing to label",
-                ),
-            ),
+    def _label(self, event_id: str, label: int, entry: IndexEntry, now_ms: int) -> Publication:
+        """A `Label` for `events.valid`, keyed by its observation's entity."""
+        message = label_message(
+            event_id=event_id,
+            entity_id=entry.entity_id,
+            label=label,
+            event_time_ms=entry.event_time_ms,
+            feature_set=self._feature_set,
+            ingested_at_ms=now_ms,
+        )
+        return Publication(
+            message.SerializeToString(), LABEL, entry.entity_id, label_cloudevent_id(event_id)
+        )
+
+    async def expire_held(self, limit: int = 1000) -> int:
+        """Dead-letter up to `limit` labels that waited `label_wait` for their
+        observation in vain; return how many.
+
+        The ids are claimed like a batch's, so a label is either released by an
+        observation arriving at this moment or dead-lettered, never both.
+        """
+        now_ms = int(self._clock() * 1000)
+        expired = self._index.held_before(now_ms - self._label_wait_ms, limit)
+        if not expired:
+            return 0
+        ids = {label.event_id for label in expired}
+        done = await self._claim(ids)
+        try:
+            still_held = self._index.held(ids)
+            letters = [label for label in expired if label.event_id in still_held]
+            if letters:
+                await self._sink.deadletter([self._unmatched(label, now_ms) for label in letters])
+                self._index.record([], [], release=[label.event_id for label in letters])
+        finally:
+            self._release(ids, done)
+        LABELS_EXPIRED.inc(len(letters))
+        HELD_LABELS.set(self._index.held_count())
+        return len(letters)
+
+    def _unmatched(self, label: HeldLabel, now_ms: int) -> bytes:
+        wait = _duration(self._label_wait)
+        letter = unmatched_label_deadletter(
+            event_id=label.event_id,
+            payload=label.payload,
+            origin=label.origin,
+            reason=f"{EVENT_ID}: no observation {label.event_id!r} arrived within {wait}, "
+            "so this label, held since it came first, has nothing to label",
+            rule=RULE_LABEL_UNMATCHED,
+            failed_at_ms=now_ms,
+        )
+        return letter.SerializeToString()
+
+    def _held_full(self, event_id: str) -> Rejection:
+        return _label_rejection(
             event_id,
+            RULE_HELD_LABELS_FULL,
+            f"no observation {event_id!r} has arrived yet and {self._max_held} labels "
+            "already wait for theirs, the most DRIFTLOOP_INGESTION_MAX_HELD_LABELS allows",
+        )
+
+    def _unknown_event(self, event_id: str) -> Rejection:
+        return _label_rejection(
+            event_id,
+            RULE_UNKNOWN_EVENT_ID,
+            f"observation {event_id!r} was accepted more than "
+            f"{_duration(self._label_horizon)} ago, so this late label can no longer label it",
         )
 
 
+def _label_rejection(event_id: str, rule: str, why: str) -> Rejection:
+    return Rejection((Problem(EVENT_ID, rule, f"{EVENT_ID}: {why}"),), event_id)
+
+
+def _duration(span: timedelta) -> str:
+    """`24h`, `90m` or `5s`: the way durations are configured."""
+    seconds = span / timedelta(seconds=1)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _raw(item: Incoming) -> bytes:
+    """An event's payload as a dead letter keeps it: JSON text, byte for byte."""
+    payload = item.payload
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
 def _tally(outcomes: Sequence[Outcome], source: str) -> tuple[int, int, int]:
-    published = duplicates = rejected = 0
+    published = duplicates = rejected = held = 0
     rules: dict[str, int] = {}
     for outcome in outcomes:
         if isinstance(outcome, Rejection):
@@ -297,10 +454,14 @@ def _tally(outcomes: Sequence[Outcome], source: str) -> tuple[int, int, int]:
             rules[outcome.rule] = rules.get(outcome.rule, 0) + 1
         elif outcome.duplicate:
             duplicates += 1
+        elif outcome.held:
+            held += 1
         else:
             published += 1
     if published:
         EVENTS.labels(source, "published").inc(published)
+    if held:
+        EVENTS.labels(source, "held").inc(held)
     if duplicates:
         EVENTS.labels(source, "duplicate").inc(duplicates)
     if rejected:

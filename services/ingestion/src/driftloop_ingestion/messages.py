@@ -23,7 +23,8 @@ from collections.abc import Callable
 from driftloop.v1 import events_pb2
 from driftloop_core.featureset import FeatureSet
 
-from driftloop_ingestion.validation import ValidObservation
+from driftloop_ingestion.rules import EVENT_ID
+from driftloop_ingestion.validation import Origin, ValidObservation
 
 _pack_double: Callable[[float], bytes] = struct.Struct("<d").pack
 _SMALL_VARINTS = tuple(bytes((value,)) for value in range(0x80))
@@ -195,3 +196,31 @@ def observation_message(
     if event.label is not None:
         message.label = event.label
     return message
+
+
+def unmatched_label_deadletter(
+    *,
+    event_id: str,
+    payload: bytes,
+    origin: Origin | None,
+    reason: str,
+    rule: str,
+    failed_at_ms: int,
+) -> events_pb2.DeadLetter:
+    """The dead letter of a held label whose observation never came: its raw
+    payload and, when it was read from Kafka, where from (topic, partition,
+    offset as `RawEvents` names the origin)."""
+    letter = events_pb2.DeadLetter(
+        reason=reason,
+        field=EVENT_ID,
+        rule=rule,
+        payload=payload,
+        service="ingestion",
+        event_id=event_id,
+    )
+    if origin is not None and len(origin) >= 3:
+        letter.source_topic = str(origin[0])
+        letter.source_partition = int(origin[1])
+        letter.source_offset = int(origin[2])
+    letter.failed_at.FromMilliseconds(failed_at_ms)
+    return letter

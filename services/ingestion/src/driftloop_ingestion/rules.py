@@ -16,8 +16,14 @@ details, dead-letter records):
     timestamp       not RFC 3339 with an offset or integral epoch milliseconds,
                     or outside [2000-01-01, now + 1 day]
     label           a label other than 0 or 1
-    unknown_event_id  a late label for an event id never seen (decided by the
-                    handler, which owns the event index)
+    unknown_event_id  a late label for an observation accepted longer ago
+                    than the label horizon (decided by the handler, which owns
+                    the event index; a label for an id never seen is held)
+    held_labels_full  a label for an id never seen, while the most labels
+                    allowed to wait for their observations already do
+                    (`DRIFTLOOP_INGESTION_MAX_HELD_LABELS`)
+    label_unmatched   a held label whose observation did not arrive within
+                    the label wait (`DRIFTLOOP_INGESTION_LABEL_WAIT`)
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ RULE_CATEGORY: Final = "category"
 RULE_TIMESTAMP: Final = "timestamp"
 RULE_LABEL: Final = "label"
 RULE_UNKNOWN_EVENT_ID: Final = "unknown_event_id"
+RULE_HELD_LABELS_FULL: Final = "held_labels_full"
+RULE_LABEL_UNMATCHED: Final = "label_unmatched"
 
 EVENT_ID: Final = "event_id"
 

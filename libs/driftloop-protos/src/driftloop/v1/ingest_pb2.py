@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from driftloop.v1 import common_pb2 as driftloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64riftloop/v1/ingest.proto\x12\x0c\x64riftloop.v1\x1a\x19\x64riftloop/v1/common.proto\"\x89\x01\n\x08RawEvent\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".driftloop.v1.RawEvent.FieldsEntry\x1aI\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\"O\n\rIngestRequest\x12\x0e\n\x04json\x18\x01 \x01(\tH\x00\x12%\n\x03raw\x18\x02 \x01(\x0b\x32\x16.driftloop.v1.RawEventH\x00\x42\x07\n\x05\x65vent\"\\\n\x0eIngestResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.driftloop.v1.EventKind\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"U\n\x13IngestStreamRequest\x12\x0e\n\x04json\x18\x01 \x01(\tH\x00\x12%\n\x03raw\x18\x02 \x01(\x0b\x32\x16.driftloop.v1.RawEventH\x00\x42\x07\n\x05\x65vent\"Y\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"{\n\x14IngestStreamResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\x12+\n\nrejections\x18\x04 \x03(\x0b\x32\x17.driftloop.v1.Rejection*Y\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_KIND_OBSERVATION\x10\x01\x12\x14\n\x10\x45VENT_KIND_LABEL\x10\x02\x32\xad\x01\n\rIngestService\x12\x43\n\x06Ingest\x12\x1b.driftloop.v1.IngestRequest\x1a\x1c.driftloop.v1.IngestResponse\x12W\n\x0cIngestStream\x12!.driftloop.v1.IngestStreamRequest\x1a\".driftloop.v1.IngestStreamResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64riftloop/v1/ingest.proto\x12\x0c\x64riftloop.v1\x1a\x19\x64riftloop/v1/common.proto\"\x89\x01\n\x08RawEvent\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".driftloop.v1.RawEvent.FieldsEntry\x1aI\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\"O\n\rIngestRequest\x12\x0e\n\x04json\x18\x01 \x01(\tH\x00\x12%\n\x03raw\x18\x02 \x01(\x0b\x32\x16.driftloop.v1.RawEventH\x00\x42\x07\n\x05\x65vent\"j\n\x0eIngestResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.driftloop.v1.EventKind\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x0c\n\x04held\x18\x04 \x01(\x08\"U\n\x13IngestStreamRequest\x12\x0e\n\x04json\x18\x01 \x01(\tH\x00\x12%\n\x03raw\x18\x02 \x01(\x0b\x32\x16.driftloop.v1.RawEventH\x00\x42\x07\n\x05\x65vent\"Y\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x89\x01\n\x14IngestStreamResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\x12+\n\nrejections\x18\x04 \x03(\x0b\x32\x17.driftloop.v1.Rejection\x12\x0c\n\x04held\x18\x05 \x01(\x03*Y\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_KIND_OBSERVATION\x10\x01\x12\x14\n\x10\x45VENT_KIND_LABEL\x10\x02\x32\xad\x01\n\rIngestService\x12\x43\n\x06Ingest\x12\x1b.driftloop.v1.IngestRequest\x1a\x1c.driftloop.v1.IngestResponse\x12W\n\x0cIngestStream\x12!.driftloop.v1.IngestStreamRequest\x1a\".driftloop.v1.IngestStreamResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RAWEVENT_FIELDSENTRY']._loaded_options = None
   _globals['_RAWEVENT_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=688
-  _globals['_EVENTKIND']._serialized_end=777
+  _globals['_EVENTKIND']._serialized_start=717
+  _globals['_EVENTKIND']._serialized_end=806
   _globals['_RAWEVENT']._serialized_start=71
   _globals['_RAWEVENT']._serialized_end=208
   _globals['_RAWEVENT_FIELDSENTRY']._serialized_start=135
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTREQUEST']._serialized_start=210
   _globals['_INGESTREQUEST']._serialized_end=289
   _globals['_INGESTRESPONSE']._serialized_start=291
-  _globals['_INGESTRESPONSE']._serialized_end=383
-  _globals['_INGESTSTREAMREQUEST']._serialized_start=385
-  _globals['_INGESTSTREAMREQUEST']._serialized_end=470
-  _globals['_REJECTION']._serialized_start=472
-  _globals['_REJECTION']._serialized_end=561
-  _globals['_INGESTSTREAMRESPONSE']._serialized_start=563
-  _globals['_INGESTSTREAMRESPONSE']._serialized_end=686
-  _globals['_INGESTSERVICE']._serialized_start=780
-  _globals['_INGESTSERVICE']._serialized_end=953
+  _globals['_INGESTRESPONSE']._serialized_end=397
+  _globals['_INGESTSTREAMREQUEST']._serialized_start=399
+  _globals['_INGESTSTREAMREQUEST']._serialized_end=484
+  _globals['_REJECTION']._serialized_start=486
+  _globals['_REJECTION']._serialized_end=575
+  _globals['_INGESTSTREAMRESPONSE']._serialized_start=578
+  _globals['_INGESTSTREAMRESPONSE']._serialized_end=715
+  _globals['_INGESTSERVICE']._serialized_start=809
+  _globals['_INGESTSERVICE']._serialized_end=982
 # @@protoc_insertion_point(module_scope)

@@ -39,14 +39,16 @@ class IngestRequest(_message.Message):
     def __init__(self, json: _Optional[str] = ..., raw: _Optional[_Union[RawEvent, _Mapping]] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
-    __slots__ = ("event_id", "kind", "duplicate")
+    __slots__ = ("event_id", "kind", "duplicate", "held")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     kind: EventKind
     duplicate: bool
-    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    held: bool
+    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., duplicate: _Optional[bool] = ..., held: _Optional[bool] = ...) -> None: ...
 
 class IngestStreamRequest(_message.Message):
     __slots__ = ("json", "raw")
@@ -71,13 +73,15 @@ class Rejection(_message.Message):
     def __init__(self, index: _Optional[int] = ..., event_id: _Optional[str] = ..., field: _Optional[str] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class IngestStreamResponse(_message.Message):
-    __slots__ = ("accepted", "rejected", "duplicates", "rejections")
+    __slots__ = ("accepted", "rejected", "duplicates", "rejections", "held")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: int
     duplicates: int
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+    held: int
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., held: _Optional[int] = ...) -> None: ...

@@ -11,6 +11,11 @@ is safe by construction: events are recorded here only after they were
 published, so a forgotten id is at worst published again and dropped by event
 id downstream.
 
+Labels that came before their observations wait in the `held` table, with
+their raw payload and origin for the dead letter they become if the wait runs
+out; holding, releasing and recording a batch's observations is one
+transaction, so after a crash a held label is either still held or published.
+
 The index also names the broker its ids were published to (by the cluster id
 of its metadata answers). A broker with another id holds none of them: the
 embedded broker, restarted, starts empty under a new id. `use_broker` then
@@ -20,13 +25,16 @@ event a duplicate (`Ingestor.published_since_ms`).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from driftloop_ingestion.handlers import IndexEntry
+from driftloop_ingestion.handlers import HeldLabel, IndexEntry
+from driftloop_ingestion.validation import Origin
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -37,6 +45,14 @@ CREATE TABLE IF NOT EXISTS events (
     labelled      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_seen_at ON events (seen_at_ms);
+CREATE TABLE IF NOT EXISTS held (
+    event_id   TEXT PRIMARY KEY,
+    label      INTEGER NOT NULL,
+    held_at_ms INTEGER NOT NULL,
+    payload    BLOB NOT NULL,
+    origin     TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS held_at ON held (held_at_ms);
 CREATE TABLE IF NOT EXISTS broker (
     id         INTEGER PRIMARY KEY CHECK (id = 1),
     cluster_id TEXT NOT NULL,
@@ -79,25 +95,35 @@ class SqliteEventIndex:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
+        (self._held_count,) = self._db.execute("SELECT count(*) FROM held").fetchone()
 
-    def lookup(self, event_ids: Collection[str]) -> dict[str, IndexEntry]:
-        found: dict[str, IndexEntry] = {}
+    def _select(self, columns: str, table: str, event_ids: Collection[str]) -> Iterator[Any]:
+        """Rows of `table` whose event id is one of `event_ids`."""
         ids = list(event_ids)
         for start in range(0, len(ids), _LOOKUP_CHUNK):
             chunk = ids[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                "SELECT event_id, entity_id, event_time_ms, seen_at_ms, labelled "
-                f"FROM events WHERE event_id IN ({marks})",
-                chunk,
+            yield from self._db.execute(
+                f"SELECT {columns} FROM {table} WHERE event_id IN ({marks})", chunk
             )
-            for event_id, entity_id, event_time_ms, seen_at_ms, labelled in rows:
-                found[event_id] = IndexEntry(
-                    event_id, entity_id, event_time_ms, seen_at_ms, bool(labelled)
-                )
-        return found
 
-    def record(self, observations: Sequence[IndexEntry], labelled: Sequence[str]) -> None:
+    def lookup(self, event_ids: Collection[str]) -> dict[str, IndexEntry]:
+        rows = self._select(
+            "event_id, entity_id, event_time_ms, seen_at_ms, labelled", "events", event_ids
+        )
+        return {
+            event_id: IndexEntry(event_id, entity_id, event_time_ms, seen_at_ms, bool(labelled))
+            for event_id, entity_id, event_time_ms, seen_at_ms, labelled in rows
+        }
+
+    def record(
+        self,
+        observations: Sequence[IndexEntry],
+        labelled: Sequence[str],
+        *,
+        hold: Sequence[HeldLabel] = (),
+        release: Sequence[str] = (),
+    ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -109,10 +135,40 @@ class SqliteEventIndex:
                     "UPDATE events SET labelled = 1 WHERE event_id = ?",
                     [(event_id,) for event_id in labelled],
                 )
+            if hold:
+                db.executemany(
+                    "INSERT OR IGNORE INTO held (event_id, label, held_at_ms, payload, origin) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (h.event_id, h.label, h.held_at_ms, h.payload, _origin_text(h.origin))
+                        for h in hold
+                    ],
+                )
+            if release:
+                db.executemany(
+                    "DELETE FROM held WHERE event_id = ?", [(event_id,) for event_id in release]
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        if hold or release:
+            (self._held_count,) = db.execute("SELECT count(*) FROM held").fetchone()
+
+    def held(self, event_ids: Collection[str]) -> dict[str, HeldLabel]:
+        rows = self._select("event_id, label, held_at_ms, payload, origin", "held", event_ids)
+        return {row[0]: _held_label(row) for row in rows}
+
+    def held_count(self) -> int:
+        return int(self._held_count)
+
+    def held_before(self, held_before_ms: int, limit: int) -> list[HeldLabel]:
+        rows = self._db.execute(
+            "SELECT event_id, label, held_at_ms, payload, origin FROM held "
+            "WHERE held_at_ms < ? ORDER BY held_at_ms LIMIT ?",
+            (held_before_ms, limit),
+        )
+        return [_held_label(row) for row in rows]
 
     def use_broker(self, cluster_id: str, now_ms: int) -> int:
         """Publish to the broker named `cluster_id` from now on; return the time
@@ -154,3 +210,13 @@ class SqliteEventIndex:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _origin_text(origin: Origin | None) -> str | None:
+    return None if origin is None else json.dumps(list(origin))
+
+
+def _held_label(row: tuple[Any, ...]) -> HeldLabel:
+    event_id, label, held_at_ms, payload, origin = row
+    where = None if origin is None else tuple(json.loads(origin))
+    return HeldLabel(event_id, label, held_at_ms, bytes(payload), where)

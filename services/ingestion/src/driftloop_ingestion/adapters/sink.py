@@ -1,4 +1,5 @@
-"""Valid events onto `events.valid`, a whole batch per round of acknowledgements.
+"""Valid events onto `events.valid`, a whole batch per round of acknowledgements,
+and the dead letters of labels whose observations never came.
 
 The handler hands over protobuf messages; this adapter turns them into records
 with CloudEvents headers through the shared `Publisher.publish_batch`, which
@@ -15,6 +16,7 @@ from driftloop_core.kafka.topics import kind_of_message
 
 from driftloop_ingestion.handlers import LABEL, OBSERVATION, Kind, Publication, PublishFailed
 
+_DEADLETTER_TYPE = kind_of_message("driftloop.v1.DeadLetter").ce_type
 _KINDS = {
     OBSERVATION: kind_of_message("driftloop.v1.Observation"),
     LABEL: kind_of_message("driftloop.v1.Label"),
@@ -22,8 +24,9 @@ _KINDS = {
 
 
 class KafkaEventSink:
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, deadletter_topic: str) -> None:
         self._publisher = publisher
+        self._deadletter_topic = deadletter_topic
         # Topic and CloudEvents type by kind, as `Outgoing.event` would pick them.
         self._routes: dict[Kind, tuple[str, str]] = {
             kind: (event_kind.topic, event_kind.ce_type) for kind, event_kind in _KINDS.items()
@@ -39,3 +42,13 @@ class KafkaEventSink:
             await self._publisher.publish_batch(records, trace_batch=True)
         except (KafkaError, ConnectionError, TimeoutError) as error:
             raise PublishFailed(f"events.valid did not acknowledge the batch: {error!r}") from error
+
+    async def deadletter(self, letters: Sequence[bytes]) -> None:
+        topic = self._deadletter_topic
+        records = [Outgoing(topic, letter, None, _DEADLETTER_TYPE) for letter in letters]
+        try:
+            await self._publisher.publish_batch(records, trace_batch=True)
+        except (KafkaError, ConnectionError, TimeoutError) as error:
+            raise PublishFailed(
+                f"{topic} did not acknowledge the dead letters: {error!r}"
+            ) from error

@@ -1,7 +1,8 @@
 """`driftloop.v1.IngestService`: raw events over gRPC, judged as on `events.raw`.
 
 A thin adapter: it turns requests into `Incoming` events, hands them to the
-ingestor and turns outcomes into replies. `Ingest` answers one event (a
+ingestor and turns outcomes into replies. `Ingest` answers one event (a label
+whose observation has not arrived is accepted with `held`; a
 rejection is `INVALID_ARGUMENT` whose details name each field and rule, with
 the first field and rule also in trailing metadata `driftloop-field` and
 `driftloop-rule`). `IngestStream` gathers events into batches as they arrive
@@ -105,7 +106,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, outcome.describe())
         return ingest_pb2.IngestResponse(
-            event_id=outcome.event_id, kind=_KINDS[outcome.kind], duplicate=outcome.duplicate
+            event_id=outcome.event_id,
+            kind=_KINDS[outcome.kind],
+            duplicate=outcome.duplicate,
+            held=outcome.held,
         )
 
     async def IngestStream(
@@ -202,6 +206,8 @@ class _StreamBatcher:
                 response.accepted += 1
                 if outcome.duplicate:
                     response.duplicates += 1
+                if outcome.held:
+                    response.held += 1
                 continue
             response.rejected += 1
             if len(response.rejections) < self._max_listed:
