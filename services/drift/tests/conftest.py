@@ -51,7 +51,7 @@ def reference(seed: int = 0) -> dict[str, common_pb2.ReferenceDistribution]:
     }
 
 
-def engine_config(**policy: int) -> EngineConfig:
+def engine_config(**policy: Any) -> EngineConfig:
     defaults = {
         "cooldown_ms": 60_000,
         "in_flight_timeout_ms": 600_000,

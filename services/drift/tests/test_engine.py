@@ -29,7 +29,7 @@ def feed(engine: DriftEngine, stream: Any, count: int, rate: float, **kw: Any) -
     return out
 
 
-def champion_engine(kit: Any, **policy: int) -> DriftEngine:
+def champion_engine(kit: Any, **policy: Any) -> DriftEngine:
     engine = DriftEngine(kit.payments(), kit.engine_config(**policy))
     engine.on_promoted(1, kit.reference(), kit.T0_MS)
     return engine
@@ -124,8 +124,9 @@ def test_retrain_waits_for_post_drift_rows_and_trains_on_them_alone(kit: Any) ->
 
 
 def test_pure_data_drift_trains_from_where_the_feature_changed(kit: Any) -> None:
-    """The error rate stays put, so the change point comes from the PSI window's bins."""
-    engine = champion_engine(kit, min_post_drift_rows=100)
+    """The error rate stays put, so the change point comes from the PSI window's bins
+    (when data drift alone is set to retrain)."""
+    engine = champion_engine(kit, min_post_drift_rows=100, data_drift_retrains=True)
     stream = kit.Stream(seed=4)
     feed(engine, stream, 600, 0.1)
     shift_ms = kit.T0_MS + (stream.n + 1) * 100
@@ -141,7 +142,9 @@ def test_pure_data_drift_trains_from_where_the_feature_changed(kit: Any) -> None
 
 
 def test_too_few_post_drift_rows_settles_for_the_last_n_after_the_wait(kit: Any) -> None:
-    engine = champion_engine(kit, min_post_drift_rows=100_000, post_drift_wait_ms=60_000)
+    engine = champion_engine(
+        kit, min_post_drift_rows=100_000, post_drift_wait_ms=60_000, data_drift_retrains=True
+    )
     stream = kit.Stream(seed=4)
     feed(engine, stream, 600, 0.1)
     out = feed(engine, stream, 700, 0.1, amount_scale=90.0)
@@ -166,7 +169,7 @@ def test_a_promotion_drops_the_pending_drift(kit: Any) -> None:
 
 
 def test_cooldown_and_in_flight_hold_back_further_requests(kit: Any) -> None:
-    engine = champion_engine(kit, cooldown_ms=10 * 60_000)
+    engine = champion_engine(kit, cooldown_ms=10 * 60_000, data_drift_retrains=True)
     stream = kit.Stream(seed=5)
     feed(engine, stream, 600, 0.1)
     first = requests(feed(engine, stream, 700, 0.1, amount_scale=90.0))
@@ -183,7 +186,9 @@ def test_cooldown_and_in_flight_hold_back_further_requests(kit: Any) -> None:
 
 
 def test_in_flight_times_out_so_the_loop_never_wedges(kit: Any) -> None:
-    engine = champion_engine(kit, cooldown_ms=0, in_flight_timeout_ms=120_000)
+    engine = champion_engine(
+        kit, cooldown_ms=0, in_flight_timeout_ms=120_000, data_drift_retrains=True
+    )
     stream = kit.Stream(seed=6)
     feed(engine, stream, 600, 0.1)
     assert len(requests(feed(engine, stream, 700, 0.1, amount_scale=90.0))) == 1
@@ -221,7 +226,7 @@ def test_bootstrap_request_id_is_the_same_on_a_replay(kit: Any) -> None:
 
 
 def test_promotion_resets_detectors_and_ends_the_request_in_flight(kit: Any) -> None:
-    engine = champion_engine(kit)
+    engine = champion_engine(kit, data_drift_retrains=True)
     stream = kit.Stream(seed=7)
     feed(engine, stream, 600, 0.1)
     asked = requests(feed(engine, stream, 700, 0.1, amount_scale=90.0))

@@ -42,6 +42,8 @@ class DriftSettings(BaseSettings):
     min_post_drift_rows: int = Field(default=300, ge=1)
     # A drift waits this long for them, then asks for the last `last_n` rows instead.
     post_drift_wait_s: float = Field(default=900.0, ge=0)
+    # Whether a data drift with no rise in the error stream still asks for training.
+    data_drift_retrains: bool = False
     # State is written at least this often while records flow (and before any publish).
     snapshot_interval_s: float = Field(default=1.0, gt=0)
     # SQLite file of the state; default DRIFTLOOP_HOME/ephemeral/drift/<model>.sqlite.
@@ -68,6 +70,7 @@ class DriftSettings(BaseSettings):
                 last_n=self.last_n,
                 min_post_drift_rows=self.min_post_drift_rows,
                 post_drift_wait_ms=int(self.post_drift_wait_s * 1000),
+                data_drift_retrains=self.data_drift_retrains,
             ),
             pending_ttl_ms=int(self.pending_ttl_s * 1000),
             max_pending=self.max_pending,

@@ -168,7 +168,7 @@ class DriftEngine:
         decision = self.policy.on_label(self.labels, self.champion is not None, now_ms)
         if decision.request is not None:
             result.events.append(decision.request)
-        result.events.extend(self._pending_request(now_ms))
+        result.add(self._pending_request(now_ms))
         return result
 
     def on_promoted(
@@ -290,16 +290,22 @@ class DriftEngine:
             )
             if decision.reason:
                 result.suppressed.append(Suppressed(drift.drift_id, decision.reason))
+            if decision.dropped:
+                why = f"replaced by performance drift {drift.drift_id}"
+                result.suppressed.append(Suppressed(decision.dropped, why))
         if alarms:
-            result.events.extend(self._pending_request(now_ms))
+            result.add(self._pending_request(now_ms))
         return result
 
-    def _pending_request(self, now_ms: int) -> list[Message]:
-        """The pending drift's training request, once its post-drift rows are there."""
+    def _pending_request(self, now_ms: int) -> EngineResult:
+        """The pending drift's training request, once its post-drift rows are there;
+        or the pending drift dropped, when the error stream never confirmed it."""
         if self.policy.pending is None:
-            return []
+            return EngineResult()
         decision = self.policy.on_pending(self.change_point_ms(), self.labels, now_ms)
-        return [] if decision.request is None else [decision.request]
+        if decision.dropped:
+            return EngineResult(suppressed=[Suppressed(decision.dropped, decision.reason)])
+        return EngineResult([] if decision.request is None else [decision.request])
 
     def _drift_detected(self, alarm: Alarm, now_ms: int) -> events_pb2.DriftDetected:
         version = self.champion or 0

@@ -15,6 +15,15 @@ last `last_n` labelled rows instead.
 Further drifts while one is pending only add to the record. With no champion
 and `bootstrap_min_labels` labelled events, a `bootstrap` run is asked for.
 
+The error stream decides. A data drift (PSI, KSWIN) asks for training only
+once the error stream shows a rise (the engine's change point), and is
+dropped when none shows within `post_drift_wait` (unless
+`data_drift_retrains`): a shift in the inputs that costs no accuracy needs no
+new model. A performance drift is never lost to a data drift: it replaces a
+data drift still waiting, and supersedes a request in flight whose rows the
+error stream did not choose (the superseded request's outcome is then
+ignored, as for any request no longer in flight).
+
 Request ids derive from the drift id (or the model's bootstrap attempt), so
 replaying the same inputs asks for the same run, which the trainer runs once.
 """
@@ -54,6 +63,9 @@ class PolicyConfig:
     min_post_drift_rows: int
     # How long a drift may wait for its post-drift rows before settling for the last N.
     post_drift_wait_ms: int = 15 * 60_000
+    # Whether a data drift the error stream never confirms still asks for training
+    # (the last `last_n` rows, after `post_drift_wait_ms`).
+    data_drift_retrains: bool = False
 
 
 @dataclass
@@ -73,6 +85,9 @@ class PendingDrift:
     # Event time of the last value the detector saw: no decision before the
     # labels reach it, since until then the error stream cannot show the change.
     detected_event_ms: int
+    performance: bool = False
+    # The request in flight this drift pushed aside, if any.
+    supersedes: str = ""
 
     def to_json(self) -> list[Any]:
         return [
@@ -85,6 +100,8 @@ class PendingDrift:
             self.since_ms,
             self.detector_change_ms,
             self.detected_event_ms,
+            self.performance,
+            self.supersedes,
         ]
 
     @classmethod
@@ -99,6 +116,8 @@ class PendingDrift:
             int(data[6]),
             int(data[7]),
             int(data[8]),
+            bool(data[9]) if len(data) > 9 else False,
+            str(data[10]) if len(data) > 10 else "",
         )
 
 
@@ -107,6 +126,9 @@ class InFlight:
     request_id: str
     trigger: int
     since_ms: int
+    # Its rows start where the error stream placed a change (else a performance
+    # drift may supersede it).
+    confirmed: bool = True
 
 
 class LabelLedger:
@@ -157,6 +179,8 @@ class Decision:
 
     request: events_pb2.TrainingRequested | None
     reason: str
+    # The pending drift this decision dropped without a request, if any.
+    dropped: str = ""
 
 
 class RetrainPolicy:
@@ -188,13 +212,27 @@ class RetrainPolicy:
         """Record a drift whose detector places the change at `change_ms` and saw
         values up to `detected_ms`; the request waits for post-drift rows (see
         `on_pending`)."""
+        performance = drift.kind == events_pb2.DRIFT_KIND_PERFORMANCE
+        flight = self.in_flight
+        supersedes = ""
+        if (
+            performance
+            and flight is not None
+            and flight.trigger == events_pb2.TRAINING_TRIGGER_DRIFT
+            and not flight.confirmed
+        ):
+            # Trained on rows the error stream did not choose: likely before this change.
+            supersedes = flight.request_id
+            self.in_flight = None
+            self.last_request_ms = None
         blocked = self._blocked(now_ms)
         if self.in_flight is not None:
             return Decision(None, blocked)
-        if self.pending is not None:
+        if self.pending is not None and (self.pending.performance or not performance):
             return Decision(
                 None, f"drift {self.pending.drift_id} already waits for post-drift rows"
             )
+        replaced = "" if self.pending is None else self.pending.drift_id
         self.pending = PendingDrift(
             drift.drift_id,
             drift.model_version,
@@ -205,8 +243,10 @@ class RetrainPolicy:
             now_ms,
             change_ms,
             detected_ms,
+            performance,
+            supersedes,
         )
-        return Decision(None, "")
+        return Decision(None, "", dropped=replaced)
 
     def on_pending(self, change_ms: int | None, labels: LabelLedger, now_ms: int) -> Decision:
         """The request of the pending drift, once its post-drift rows are there.
@@ -220,6 +260,14 @@ class RetrainPolicy:
         blocked = self._blocked(now_ms)
         if blocked:
             return Decision(None, blocked)
+        unconfirmed = not pending.performance and change_ms is None
+        if unconfirmed and not self._config.data_drift_retrains:
+            if now_ms - pending.since_ms < self._config.post_drift_wait_ms:
+                return Decision(None, "no rise in the error stream yet")
+            self.pending = None
+            return Decision(
+                None, "data drift without a rise in error: no training", pending.drift_id
+            )
         start_ms = pending.detector_change_ms if change_ms is None else change_ms
         post_drift = labels.since(start_ms)
         latest = labels.latest_ms
@@ -257,8 +305,11 @@ class RetrainPolicy:
             if window.HasField("time_range")
             else min(self._config.last_n, labels.total),
         )
+        if pending.supersedes:
+            request.reason += f"; supersedes request {pending.supersedes}"
         self.pending = None
-        return Decision(self._start(request, now_ms), "")
+        confirmed = window.HasField("time_range") and not unconfirmed
+        return Decision(self._start(request, now_ms, confirmed), "")
 
     def on_label(self, labels: LabelLedger, has_champion: bool, now_ms: int) -> Decision:
         """A bootstrap request when there is no champion and enough labelled events."""
@@ -286,9 +337,9 @@ class RetrainPolicy:
         return Decision(self._start(request, now_ms), "")
 
     def _start(
-        self, request: events_pb2.TrainingRequested, now_ms: int
+        self, request: events_pb2.TrainingRequested, now_ms: int, confirmed: bool = True
     ) -> events_pb2.TrainingRequested:
-        self.in_flight = InFlight(request.request_id, request.trigger, now_ms)
+        self.in_flight = InFlight(request.request_id, request.trigger, now_ms, confirmed)
         self.last_request_ms = now_ms
         return request
 
@@ -309,7 +360,7 @@ class RetrainPolicy:
         return {
             "in_flight": None
             if flight is None
-            else [flight.request_id, flight.trigger, flight.since_ms],
+            else [flight.request_id, flight.trigger, flight.since_ms, flight.confirmed],
             "pending": None if self.pending is None else self.pending.to_json(),
             "last_request_ms": self.last_request_ms,
             "bootstrap_attempts": self.bootstrap_attempts,
@@ -317,7 +368,7 @@ class RetrainPolicy:
 
     def load(self, data: dict[str, Any]) -> None:
         flight = data["in_flight"]
-        self.in_flight = None if flight is None else InFlight(flight[0], flight[1], flight[2])
+        self.in_flight = None if flight is None else InFlight(*flight)
         pending = data["pending"]
         self.pending = None if pending is None else PendingDrift.from_json(pending)
         self.last_request_ms = data["last_request_ms"]
