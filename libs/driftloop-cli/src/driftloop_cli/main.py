@@ -19,6 +19,7 @@ from rich.table import Table
 from driftloop_cli.commands import features as features_commands
 from driftloop_cli.commands import models as models_commands
 from driftloop_cli.commands import topics as topics_commands
+from driftloop_cli.commands.backtest import backtest
 from driftloop_cli.commands.demo import demo
 from driftloop_cli.commands.ingest import ingest
 from driftloop_cli.commands.predict import predict
@@ -103,6 +104,7 @@ app.command("train")(train)
 app.command("predict")(predict)
 app.command("traces")(traces)
 app.command("demo")(demo)
+app.command("backtest")(backtest)
 
 
 if __name__ == "__main__":

@@ -256,7 +256,7 @@ def build_report(
     }
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
@@ -305,12 +305,12 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
         else:
             lines.append("- No post-drift version was served before the run ended.")
         lines.append(
-            f"- Accuracy: {_percent(acc['before'])} before the drift, "
-            f"{_percent(acc['during'])} during it, {_percent(acc['after'])} after recovery."
+            f"- Accuracy: {percent(acc['before'])} before the drift, "
+            f"{percent(acc['during'])} during it, {percent(acc['after'])} after recovery."
         )
     else:
         lines.append(
-            f"- Stationary stream: accuracy {_percent(acc['before'])}, "
+            f"- Stationary stream: accuracy {percent(acc['before'])}, "
             f"{report['false_alarms']} drift detections, "
             f"{report['drift_retrains']} drift-triggered retraining runs."
         )
@@ -325,9 +325,10 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(report: Mapping[str, Any], sink: BinaryIO) -> None:
+def plot_accuracy(report: Mapping[str, Any], sink: BinaryIO, title: str | None = None) -> None:
     """Rolling accuracy over events, with the onset, the detection and each promotion,
-    as PNG bytes written to `sink`."""
+    as PNG bytes written to `sink`; reference lines (`report["reference"]["series"]`,
+    as a backtest writes them) beside it when present."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,6 +345,16 @@ def plot_accuracy(report: Mapping[str, Any], sink: BinaryIO) -> None:
                 linewidth=1.6,
                 label=f"rolling accuracy ({report['accuracy']['window']} predictions)",
             )
+        references = report.get("reference", {}).get("series", {})
+        for name, points in references.items():
+            if name != "driftloop" and points:
+                axes.plot(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    linewidth=1.0,
+                    alpha=0.8,
+                    label=f"river {name.upper()} (rolling)",
+                )
         drift = report["drift"]
         if drift.get("onset_event") is not None:
             axes.axvline(drift["onset_event"], color="tab:red", linestyle="--", label="drift onset")
@@ -369,7 +380,7 @@ def plot_accuracy(report: Mapping[str, Any], sink: BinaryIO) -> None:
         axes.set_ylabel("accuracy")
         scenario = report["scenario"]
         axes.set_title(
-            f"Driftloop demo: {scenario.get('kind')} scenario, seed {scenario.get('seed')}"
+            title or f"Driftloop demo: {scenario.get('kind')} scenario, seed {scenario.get('seed')}"
         )
         axes.grid(alpha=0.3)
         axes.plot([], [], color="tab:green", label="version starts serving")
