@@ -122,7 +122,7 @@ class KafkaIO:
     ) -> list[Any]:
         """Records of `topic` that `keep` accepts: waits until `at_least` arrived,
         then for `quiet_s` more with nothing new, so that extra records show up."""
-        return await collect(self.settings.kafka, topic, keep, at_least=at_least, quiet_s=quiet_s)
+        return await collect(self.settings, topic, keep, at_least=at_least, quiet_s=quiet_s)
 
     async def read_valid(
         self, prefix: str, *, at_least: int, quiet_s: float = 0.5
