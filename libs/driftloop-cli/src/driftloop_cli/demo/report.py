@@ -346,11 +346,13 @@ def plot_accuracy(report: Mapping[str, Any], sink: BinaryIO, title: str | None =
                 label=f"rolling accuracy ({report['accuracy']['window']} predictions)",
             )
         references = report.get("reference", {}).get("series", {})
+        colours = iter(("tab:purple", "tab:brown", "tab:gray"))
         for name, points in references.items():
             if name != "driftloop" and points:
                 axes.plot(
                     [p[0] for p in points],
                     [p[1] for p in points],
+                    color=next(colours, None),
                     linewidth=1.0,
                     alpha=0.8,
                     label=f"river {name.upper()} (rolling)",
