@@ -10,7 +10,8 @@ applies them: training rows and serving rows are the same numbers.
 
 An observation that never gets a label only feeds the aggregates (history):
 it is neither scored nor counted. A duplicate event id, or an event older than
-the store's grace horizon, is skipped as the store would skip it, and counted.
+the store's grace horizon, is skipped as the store would skip it, and counted;
+so is a label whose observation is not in the file.
 """
 
 from __future__ import annotations
@@ -106,9 +107,13 @@ def read_stream(lines: Iterable[str], featureset: FeatureSet, source: Path | str
             observations.append((number, checked))
             if checked.label is not None:
                 labels.setdefault(checked.event_id, checked.label)
+    observed = {seen.event_id for _, seen in observations}
+    orphans = sum(1 for event_id in labels if event_id not in observed)
     math_ = FeatureMath(featureset)
     states: dict[str, EntityState] = {}
     stream = Stream([], lines=count)
+    if orphans:
+        stream.skipped["label_without_observation"] = orphans
     for _number, seen in observations:
         state = states.setdefault(seen.entity_id, EntityState())
         row = math_.point_in_time_row(state, seen.event_time_ms, seen.values)
