@@ -13,13 +13,13 @@ import pytest
 from driftloop.v1 import events_pb2
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_ingestion.adapters.event_index import SqliteEventIndex
-from driftloop_ingestion.handlers import (
+from driftloop_ingestion.handlers import Ingestor
+from driftloop_ingestion.ports import (
     LABEL,
     OBSERVATION,
     Accepted,
     Incoming,
     IndexEntry,
-    Ingestor,
     Publication,
     PublishFailed,
 )

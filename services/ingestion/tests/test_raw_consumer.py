@@ -18,7 +18,8 @@ from driftloop_core.kafka.publisher import Publisher
 from driftloop_core.settings import load_settings
 from driftloop_ingestion.bootstrap import build_consumer
 from driftloop_ingestion.config import IngestionSettings
-from driftloop_ingestion.handlers import IndexEntry, Ingestor, Publication, PublishFailed
+from driftloop_ingestion.handlers import Ingestor
+from driftloop_ingestion.ports import IndexEntry, Publication, PublishFailed
 from driftloop_ingestion.validation import Validator
 
 TP = TopicPartition("events.raw", 0)

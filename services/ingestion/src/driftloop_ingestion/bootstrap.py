@@ -40,7 +40,8 @@ from driftloop_ingestion.adapters.sink import KafkaEventSink
 from driftloop_ingestion.config import IngestionSettings
 from driftloop_ingestion.entrypoints.grpc import SERVICE_NAME, IngestServicer
 from driftloop_ingestion.entrypoints.kafka import RawEvents
-from driftloop_ingestion.handlers import Ingestor, PublishFailed
+from driftloop_ingestion.handlers import Ingestor
+from driftloop_ingestion.ports import PublishFailed
 from driftloop_ingestion.validation import Validator
 
 log = get_logger(__name__)

@@ -36,9 +36,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple, Protocol
 
 from opentelemetry import trace
 
@@ -48,6 +47,19 @@ from driftloop_ingestion.messages import (
     unmatched_label_deadletter,
 )
 from driftloop_ingestion.metrics import EVENTS, HELD_LABELS, LABELS_EXPIRED, REJECTIONS
+from driftloop_ingestion.ports import (
+    LABEL,
+    OBSERVATION,
+    Accepted,
+    EventIndex,
+    EventSink,
+    HeldLabel,
+    Incoming,
+    IndexEntry,
+    Outcome,
+    Publication,
+    label_cloudevent_id,
+)
 from driftloop_ingestion.rules import (
     EVENT_ID,
     RULE_HELD_LABELS_FULL,
@@ -56,122 +68,9 @@ from driftloop_ingestion.rules import (
     Problem,
     Rejection,
 )
-from driftloop_ingestion.validation import Origin, Validated, Validator, ValidObservation
+from driftloop_ingestion.validation import Validated, Validator, ValidObservation
 
 tracer = trace.get_tracer("driftloop.ingestion")
-
-Kind = Literal["observation", "label"]
-OBSERVATION: Kind = "observation"
-LABEL: Kind = "label"
-
-
-class Incoming(NamedTuple):
-    """One raw event: JSON text, or an already decoded mapping (gRPC `RawEvent`).
-
-    `origin` names where the event was read from (e.g. a Kafka topic, partition,
-    offset and timestamp); an observation without an event id gets one derived
-    from it, so a replay of the same record gets the same id. Without an origin
-    a random id is given.
-    """
-
-    payload: bytes | str | Mapping[str, Any]
-    origin: Origin | None = None
-
-
-class Accepted(NamedTuple):
-    """An event that passed; `duplicate` when it was seen before and not published;
-    `held` for a label waiting for its observation (its entity still unknown)."""
-
-    event_id: str
-    kind: Kind
-    duplicate: bool
-    entity_id: str
-    held: bool = False
-
-
-Outcome = Accepted | Rejection
-
-
-class IndexEntry(NamedTuple):
-    """What the index remembers of an accepted observation."""
-
-    event_id: str
-    entity_id: str
-    event_time_ms: int
-    seen_at_ms: int
-    labelled: bool
-
-
-class HeldLabel(NamedTuple):
-    """A label waiting for its observation: its raw payload and origin are kept
-    for the dead letter it becomes if the observation never comes."""
-
-    event_id: str
-    label: int
-    held_at_ms: int
-    payload: bytes
-    origin: Origin | None
-
-
-class EventIndex(Protocol):
-    """Accepted observations and held labels by event id; survives restarts."""
-
-    def lookup(self, event_ids: Collection[str]) -> Mapping[str, IndexEntry]:
-        """The entries of those ids that are known (a missing id is unknown)."""
-        ...
-
-    def record(
-        self,
-        observations: Sequence[IndexEntry],
-        labelled: Sequence[str],
-        *,
-        hold: Sequence[HeldLabel] = (),
-        release: Sequence[str] = (),
-    ) -> None:
-        """Store new or refreshed observations, mark ids as labelled, hold new
-        labels and forget released ones, atomically."""
-        ...
-
-    def held(self, event_ids: Collection[str]) -> Mapping[str, HeldLabel]:
-        """The held labels of those ids."""
-        ...
-
-    def held_count(self) -> int:
-        """How many labels are held."""
-        ...
-
-    def held_before(self, held_before_ms: int, limit: int) -> Sequence[HeldLabel]:
-        """Up to `limit` labels held since before `held_before_ms`, oldest first."""
-        ...
-
-
-class Publication(NamedTuple):
-    """An encoded `Observation` or `Label` for `events.valid`, keyed by entity,
-    with its CloudEvents id."""
-
-    value: bytes
-    kind: Kind
-    key: str
-    event_id: str
-
-
-class EventSink(Protocol):
-    async def publish(self, events: Sequence[Publication]) -> None:
-        """Return once every event is acknowledged; raise `PublishFailed` otherwise."""
-        ...
-
-    async def deadletter(self, letters: Sequence[bytes]) -> None:
-        """Dead-letter encoded `DeadLetter`s; same acknowledgement contract as `publish`."""
-        ...
-
-
-class PublishFailed(Exception):
-    """The valid events could not be published; nothing of the batch may be acknowledged."""
-
-
-def label_cloudevent_id(event_id: str) -> str:
-    """A label shares its observation's event id; its CloudEvents id must differ."""
-    return event_id + ":label"
 
 
 class Ingestor:

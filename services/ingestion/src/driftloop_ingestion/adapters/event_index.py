@@ -33,7 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from driftloop_ingestion.handlers import HeldLabel, IndexEntry
+from driftloop_ingestion.ports import HeldLabel, IndexEntry
 from driftloop_ingestion.validation import Origin
 
 _SCHEMA = """

@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 from driftloop_core.kafka.publisher import Outgoing, Publisher
 from driftloop_core.kafka.topics import kind_of_message
 
-from driftloop_ingestion.handlers import LABEL, OBSERVATION, Kind, Publication, PublishFailed
+from driftloop_ingestion.ports import LABEL, OBSERVATION, Kind, Publication, PublishFailed
 
 _DEADLETTER_TYPE = kind_of_message("driftloop.v1.DeadLetter").ce_type
 _KINDS = {

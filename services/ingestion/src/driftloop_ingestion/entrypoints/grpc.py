@@ -28,7 +28,8 @@ import grpc.aio
 from driftloop.v1 import ingest_pb2, ingest_pb2_grpc
 from driftloop_core.grpc.auth import require_bearer
 
-from driftloop_ingestion.handlers import LABEL, Accepted, Incoming, Ingestor, PublishFailed
+from driftloop_ingestion.handlers import Ingestor
+from driftloop_ingestion.ports import LABEL, Accepted, Incoming, PublishFailed
 from driftloop_ingestion.rules import Rejection
 
 SERVICE_NAME = "driftloop.v1.IngestService"

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 
 from driftloop_core.kafka.record import PoisonMessage, Record
 
-from driftloop_ingestion.handlers import Incoming, Ingestor
+from driftloop_ingestion.handlers import Ingestor
+from driftloop_ingestion.ports import Incoming
 from driftloop_ingestion.rules import RULE_SIZE, Rejection
 
 
