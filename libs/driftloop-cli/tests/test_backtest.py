@@ -158,3 +158,17 @@ def test_a_line_that_is_not_json_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["backtest", str(events), "-f", str(featureset)])
     assert result.exit_code == 2
     assert "line 2" in result.output
+
+
+def test_stack_mode_without_a_running_stack_says_how_to_start_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path / "home"))
+    featureset = write_featureset(tmp_path)
+    events = tmp_path / "loans.jsonl"
+    events.write_text("\n".join(agrawal_lines(10, 5)) + "\n")
+    result = CliRunner().invoke(
+        app, ["backtest", str(events), "-f", str(featureset), "--mode", "stack"]
+    )
+    assert result.exit_code == 2
+    assert "driftloop up" in result.output

@@ -20,39 +20,68 @@ from typing import Any
 from driftloop_cli.backtest.engine import Backtest
 from driftloop_cli.backtest.stream import BacktestEvent, Stream
 from driftloop_cli.demo.report import build_report, percent, plot_accuracy
+from driftloop_cli.demo.timeline import Timeline
 from driftloop_cli.outputs import open_output, write_output
 
 
+def in_process_details(backtest: Backtest) -> dict[str, Any]:
+    """What only the in-process replay knows: its options, the drift settings,
+    the rows each version was trained on, and the detections that asked for no
+    training."""
+    options = backtest.options
+    return {
+        "options": {
+            "clock": "simulated",
+            "train_s": options.train_s,
+            "min_rows": options.min_rows,
+            "gate_margin": options.gate.min_improvement,
+        },
+        "versions": [
+            {"training_rows": v.rows, "training_window": v.window} for v in backtest.versions
+        ],
+        "suppressed_detections": list(backtest.suppressed),
+        "drift_settings": backtest.drift.model_dump(mode="json"),
+    }
+
+
 def backtest_report(
-    backtest: Backtest,
+    timeline: Timeline,
     stream: Stream,
     reference: Mapping[str, Any],
     *,
+    featureset: str,
     source: str,
+    mode: str,
+    rate: float,
+    label_delay_s: float,
     change_at: int | None,
+    details: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The demo's report of `timeline`, with the stream's counts, the river
+    comparison and (in process) `in_process_details`."""
     events: Sequence[BacktestEvent] = stream.events
-    options = backtest.options
-    scenario = {
-        "kind": "backtest",
-        "source": source,
-        "featureset": backtest.featureset.name,
-        "change_at_event": change_at,
-        "rate": options.rate,
-        "label_delay_s": options.label_delay_s,
-        "train_s": options.train_s,
-        "min_rows": options.min_rows,
-        "clock": "simulated",
-    } | stream.summary()
+    details = details or {}
+    scenario = (
+        {
+            "kind": "backtest",
+            "mode": mode,
+            "source": source,
+            "featureset": featureset,
+            "change_at_event": change_at,
+            "rate": rate,
+            "label_delay_s": label_delay_s,
+        }
+        | dict(details.get("options", {}))
+        | stream.summary()
+    )
     index_of = {e.event_id: e.index for e in events}
-    report = build_report(backtest.timeline, scenario, change_at, index_of)
+    report = build_report(timeline, scenario, change_at, index_of)
     if change_at is None:
         report["false_alarms"] = None
-    for version, built in zip(report["versions"], backtest.versions, strict=False):
-        version["training_rows"] = built.rows
-        version["training_window"] = built.window
-    report["suppressed_detections"] = list(backtest.suppressed)
-    report["drift_settings"] = backtest.drift.model_dump(mode="json")
+    for version, extra in zip(report["versions"], details.get("versions", []), strict=False):
+        version.update(extra)
+    report["suppressed_detections"] = list(details.get("suppressed_detections", []))
+    report["drift_settings"] = details.get("drift_settings")
     report["reference"] = dict(reference)
     return report
 
@@ -62,11 +91,12 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     scenario = report["scenario"]
     reference = report["reference"]
     overall = reference["overall"]
+    where = "through the stack" if scenario["mode"] == "stack" else "in process, simulated clock"
     lines = [
         f"# Driftloop backtest of {scenario['source']} ({scenario['featureset']})",
         "",
-        f"{scenario['events']} labelled events replayed at {scenario['rate']:g}/s on a "
-        f"simulated clock, labels {scenario['label_delay_s']:g} s later; "
+        f"{scenario['events']} labelled events replayed at {scenario['rate']:g}/s "
+        f"({where}), labels {scenario['label_delay_s']:g} s later; "
         f"{report['predictions']['answered']} answered by a model, "
         f"{report['predictions']['no_model_yet']} before the first version.",
         "",

@@ -57,10 +57,24 @@ class BacktestEvent:
     label: int
 
 
+@dataclass(frozen=True)
+class Sent:
+    """An observation as a producer sends it (no label), and the index of its
+    scored event (None for history)."""
+
+    entity_id: str
+    event_id: str
+    event_time_ms: int
+    values: Mapping[str, float | int | str | bool]
+    index: int | None
+
+
 @dataclass
 class Stream:
     events: list[BacktestEvent]
     lines: int = 0
+    # Every applied observation in file order, for a replay through the stack.
+    sent: list[Sent] = field(default_factory=list)
     history: int = 0  # observations without a label: aggregates only
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -122,6 +136,10 @@ def read_stream(lines: Iterable[str], featureset: FeatureSet, source: Path | str
             stream.skipped[outcome.value] = stream.skipped.get(outcome.value, 0) + 1
             continue
         label = labels.get(seen.event_id)
+        index = None if label is None else len(stream.events)
+        stream.sent.append(
+            Sent(seen.entity_id, seen.event_id, seen.event_time_ms, seen.values, index)
+        )
         if label is None:
             stream.history += 1
             continue

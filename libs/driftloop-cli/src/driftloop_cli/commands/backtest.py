@@ -7,28 +7,39 @@ second, labels `--label-delay` seconds later), and river's ARF and HAT learn
 the same events as a reference. The report (report.json, accuracy.png,
 summary.md) goes to `--out`.
 
-Exit codes: 0 when the report was written; 2 for a bad option, feature set or
-line (the line and the field are named).
+With `--mode stack` the same stream goes through a running `driftloop up`
+instead, in real time: Predict for each event, the observation on
+`events.raw`, its label after the delay, the loop's events read from their
+topics.
+
+Exit codes: 0 when the report was written; 1 when the stack failed during a
+stack replay; 2 for a bad option, feature set or line (the line and the field
+are named), or no ready stack for `--mode stack`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
+from aiokafka.errors import KafkaError
 from driftloop_core.featureset import FeatureSetError, default_featureset_path, load_featureset
 from driftloop_core.settings import load_settings
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from driftloop_cli.status import collect
+
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-# Below this many events a run takes seconds: no bar.
+# Below this many events an in-process run takes seconds: no bar.
 _PROGRESS_FROM = 2000
 
 
@@ -66,13 +77,17 @@ def backtest(
     if mode not in ("in-process", "stack"):
         err.print(f"[red]--mode: must be 'in-process' or 'stack', got {escape(mode)!r}[/]")
         raise typer.Exit(2)
-    if mode == "stack":
-        err.print("[red]--mode stack is not available yet; use --mode in-process[/]")
-        raise typer.Exit(2)
     if out.exists() and not out.is_dir():
         err.print(f"[red]--out: {escape(str(out))} exists and is not a folder[/]")
         raise typer.Exit(2)
-    path = featureset or load_settings().featureset or default_featureset_path()
+    settings = load_settings()
+    if mode == "stack" and not all(s.ready for s in asyncio.run(collect(settings))):
+        err.print(
+            "[red]--mode stack: no ready stack; start one with "
+            "`driftloop up --featureset FILE` (the same feature set) first[/]"
+        )
+        raise typer.Exit(2)
+    path = featureset or settings.featureset or default_featureset_path()
     try:
         loaded = load_featureset(path)
     except FeatureSetError as error:
@@ -102,7 +117,7 @@ def backtest(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
-        disable=total < _PROGRESS_FROM or as_json,
+        disable=as_json or (mode == "in-process" and total < _PROGRESS_FROM),
         transient=True,
     )
     with progress:
@@ -118,17 +133,21 @@ def backtest(
                 progress.update(river, completed=done)
 
         try:
-            _, report = run_backtest(
+            report = run_backtest(
                 stream,
                 loaded,
                 options,
                 source=events.name,
                 change_at=change_at,
+                stack=settings if mode == "stack" else None,
                 progress=advance,
             )
         except BacktestError as error:
             err.print(f"[red]{escape(str(error))}[/]")
             raise typer.Exit(2) from None
+        except (KafkaError, grpc.RpcError, OSError) as error:
+            err.print(f"[red]the stack failed during the replay: {escape(str(error))}[/]")
+            raise typer.Exit(1) from None
     paths = write_report(report, out)
     if as_json:
         print(json.dumps(report, indent=2))

@@ -199,6 +199,50 @@ def add_record(timeline: Timeline, record: object) -> None:
         timeline.failures.append(record)
 
 
+async def start_producer(settings: Settings, suffix: str) -> AIOKafkaProducer:
+    """A started producer for raw events and labels, as an application's."""
+    kafka = settings.kafka
+    producer = AIOKafkaProducer(
+        **kafka.client_options(),
+        client_id=f"{kafka.client_id_prefix}-{suffix}",
+        acks=-1,
+        linger_ms=2,
+    )
+    await producer.start()
+    return producer
+
+
+async def follow(consumer: Any, seen: Callable[[object | None], None]) -> None:
+    """Every lifecycle record `consumer` reads, as `record_from` makes it, to `seen`."""
+    while True:
+        batches = await consumer.getmany(timeout_ms=250)
+        for tp, messages in batches.items():
+            for message in messages:
+                headers = {
+                    key: value.decode(errors="replace") for key, value in message.headers or ()
+                }
+                seen(record_from(tp.topic, message.value or b"", headers))
+
+
+async def call_predict(
+    stub: predictor_pb2_grpc.PredictorAsyncStub,
+    request: predictor_pb2.PredictRequest,
+    index: int,
+    truth: int,
+    timeout_s: float,
+) -> tuple[Served, predictor_pb2.PredictResponse | None]:
+    """The answer to one Predict call as the timeline keeps it (UNAVAILABLE is
+    "no model yet"), and the reply when there is one."""
+    try:
+        reply: predictor_pb2.PredictResponse = await stub.Predict(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError as error:
+        code = error.code()
+        status = "no_model" if code == grpc.StatusCode.UNAVAILABLE else code.name.lower()
+        return Served(index, time.time(), truth, status), None
+    served = Served(index, time.time(), truth, "ok", reply.model_version, int(reply.label))
+    return served, reply
+
+
 def predict_request(event: DemoEvent, start_ms: int, model: str) -> predictor_pb2.PredictRequest:
     """What the payment system asks: this customer, this payment, now."""
     request = predictor_pb2.PredictRequest(
@@ -324,14 +368,7 @@ class DemoRun:
         )
 
     async def _play(self, stack: asyncio.Task[int]) -> None:
-        kafka = self.settings.kafka
-        producer = AIOKafkaProducer(
-            **kafka.client_options(),
-            client_id=f"{kafka.client_id_prefix}-demo",
-            acks=-1,
-            linger_ms=2,
-        )
-        await producer.start()
+        producer = await start_producer(self.settings, "demo")
         watcher = await self._watcher()
         channel = open_channel(self.settings.endpoints.inference, self.settings)
         tasks: list[asyncio.Task[None]] = []
@@ -427,23 +464,10 @@ class DemoRun:
         self, stub: predictor_pb2_grpc.PredictorAsyncStub, event: DemoEvent, start_ms: int
     ) -> Served:
         request = predict_request(event, start_ms, self.options.model)
-        try:
-            reply: predictor_pb2.PredictResponse = await stub.Predict(
-                request, timeout=self.options.predict_timeout_s
-            )
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-            status = "no_model" if code == grpc.StatusCode.UNAVAILABLE else code.name.lower()
-            return Served(event.index, time.time(), event.is_fraud, status)
-        return Served(
-            event.index,
-            time.time(),
-            event.is_fraud,
-            "ok",
-            version=reply.model_version,
-            predicted=int(reply.label),
-            skewed=skewed(event, reply),
+        served, reply = await call_predict(
+            stub, request, event.index, event.is_fraud, self.options.predict_timeout_s
         )
+        return served if reply is None else replace(served, skewed=skewed(event, reply))
 
     async def _label(
         self, producer: AIOKafkaProducer, labels: deque[tuple[float, DemoEvent]]
@@ -464,16 +488,11 @@ class DemoRun:
         return await tail(self.settings, WATCHED_TOPICS, from_end=False, client_suffix="demo-watch")
 
     async def _watch(self, consumer: Any) -> None:
-        while True:
-            batches = await consumer.getmany(timeout_ms=250)
-            for tp, messages in batches.items():
-                for message in messages:
-                    headers = {
-                        key: value.decode(errors="replace") for key, value in message.headers or ()
-                    }
-                    record = record_from(tp.topic, message.value or b"", headers)
-                    add_record(self.timeline, record)
-                    self._announce(record)
+        def seen(record: object | None) -> None:
+            add_record(self.timeline, record)
+            self._announce(record)
+
+        await follow(consumer, seen)
 
     def _announce(self, record: Any) -> None:
         if isinstance(record, DriftSeen):
