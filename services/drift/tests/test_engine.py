@@ -214,6 +214,30 @@ def test_bootstrap_after_enough_labels_with_no_champion(kit: Any) -> None:
     assert requests(later) == []
 
 
+def test_a_registered_bootstrap_waits_for_its_promotion_not_a_second_bootstrap(
+    kit: Any,
+) -> None:
+    """`models.registered` can reach drift before `models.promoted`: labels in
+    between, past the cooldown, must not ask for a second first model."""
+    engine = DriftEngine(
+        kit.payments(), kit.engine_config(bootstrap_min_labels=50, cooldown_ms=1_000)
+    )
+    out: list[Message] = []
+    for i in range(60):
+        out += engine.on_label(
+            LabelSeen(f"b{i}", "payments", i % 2, kit.T0_MS + i), kit.T0_MS + i
+        ).events
+    [first] = requests(out)
+    assert engine.on_outcome("payments", first.request_id, kit.T0_MS + 100, registered=True)
+    later: list[Message] = []
+    for i in range(60, 120):
+        now = kit.T0_MS + 20_000 + i
+        later += engine.on_label(LabelSeen(f"b{i}", "payments", i % 2, now), now).events
+    assert requests(later) == []
+    engine.on_promoted(1, kit.reference(), kit.T0_MS + 30_000)
+    assert engine.champion == 1
+
+
 def test_bootstrap_request_id_is_the_same_on_a_replay(kit: Any) -> None:
     ids = []
     for _ in range(2):

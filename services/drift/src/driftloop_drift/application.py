@@ -138,7 +138,7 @@ class DriftApplication:
         )
 
     def on_registered(self, registered: events_pb2.ModelRegistered, now_ms: int) -> None:
-        if self._answered(registered.model, registered.request_id, now_ms):
+        if self._answered(registered.model, registered.request_id, now_ms, registered=True):
             log.info(
                 "training_request_answered",
                 request_id=registered.request_id,
@@ -159,9 +159,11 @@ class DriftApplication:
         """Drop the halves of the join that waited too long (after each batch)."""
         self.engine.expire(self.engine.clock_ms)
 
-    def _answered(self, model: str, request_id: str, now_ms: int) -> bool:
+    def _answered(
+        self, model: str, request_id: str, now_ms: int, *, registered: bool = False
+    ) -> bool:
         self._ahead = self._dirty = True
-        return self.engine.on_outcome(model, request_id, now_ms)
+        return self.engine.on_outcome(model, request_id, now_ms, registered=registered)
 
     def _count(self, result: EngineResult) -> None:
         """Metrics and logs of what the engine decided; its events wait for the outbox."""

@@ -191,10 +191,13 @@ class DriftEngine:
         self._estimate = None
         self._reset_monitors()
 
-    def on_outcome(self, model: str, request_id: str, now_ms: int) -> bool:
-        """`ModelRegistered` or `TrainingFailed` for a request; True when it was in flight."""
+    def on_outcome(
+        self, model: str, request_id: str, now_ms: int, *, registered: bool = False
+    ) -> bool:
+        """`ModelRegistered` (`registered`) or `TrainingFailed` for a request; True
+        when it was in flight."""
         self._tick(now_ms)
-        return model == self.model and self.policy.on_outcome(request_id)
+        return model == self.model and self.policy.on_outcome(request_id, registered=registered)
 
     def expire(self, now_ms: int) -> None:
         self._tick(now_ms)

@@ -343,12 +343,16 @@ class RetrainPolicy:
         self.last_request_ms = now_ms
         return request
 
-    def on_outcome(self, request_id: str) -> bool:
-        """The trainer or the registry answered; True when it ended the request in flight."""
-        if self.in_flight is not None and self.in_flight.request_id == request_id:
+    def on_outcome(self, request_id: str, *, registered: bool = False) -> bool:
+        """The trainer or the registry answered; True when it answered the request in
+        flight. A registered bootstrap stays in flight until its promotion (the
+        first version becomes champion): `models.promoted` may reach drift after
+        `models.registered`, and a second bootstrap must not start in between."""
+        if self.in_flight is None or self.in_flight.request_id != request_id:
+            return False
+        if not (registered and self.in_flight.trigger == events_pb2.TRAINING_TRIGGER_BOOTSTRAP):
             self.in_flight = None
-            return True
-        return False
+        return True
 
     def on_promoted(self) -> None:
         # A new champion: what was pending was about the old one.
