@@ -178,7 +178,7 @@ class DriftProcess:
     def tail(self) -> str:
         return self.log_path.read_text()[-3000:]
 
-    async def ready(self, settings: Settings, timeout_s: float = 30.0) -> None:
+    async def ready(self, settings: Settings, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not await asyncio.to_thread(probe, self.health, "", 1.0, settings):
             assert self.process.poll() is None, f"the drift service exited:\n{self.tail()}"
