@@ -1,0 +1,198 @@
+"""The arena: who answers Predict, the champion or an online learner, by recent accuracy.
+
+Batch models answer well once trained, but the first one needs hundreds of
+labelled rows and a new one comes only after a detection, a training run and
+the gate. Online learners answer from the first event and follow a change one
+label at a time, but a well-trained batch model often beats them on a steady
+stream. The arena runs both and lets recent, honest evidence choose:
+
+- every prediction the deployment serves (read back from the predictions topic,
+  whichever replica served it) is answered again, at once, by every online
+  learner, and kept with the champion's answer until its label arrives;
+- when the label arrives, each contender (every learner, and the champion
+  version that was serving) is scored on it, and only then do the learners
+  learn it: prequential, so no contender is scored on an event it has learnt;
+- Predict asks `leader`: the contender with the best accuracy over its last
+  `window` scored events answers; a contender scored on fewer than
+  `min_scored` events cannot lead. Ties go to the champion. Before any
+  evidence the champion answers when there is one, else the first learner
+  (which, before its first label, answers the majority class of the labels
+  learnt so far: `online:prior`).
+
+A newly promoted version starts with no score: it answers once it has been
+scored `min_scored` times (drift's shadow of it, on every prediction the online
+learner serves) and is ahead. Labels that arrive before their prediction wait,
+bounded, as predictions wait for their labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from driftloop_inference.online.learners import LEARNERS, Learner, learner_features, make_learner
+
+ONLINE = "online:"
+PRIOR = "online:prior"
+Features = Mapping[str, float | int | str | bool | None]
+
+
+@dataclass(frozen=True)
+class ArenaConfig:
+    learners: tuple[str, ...] = LEARNERS
+    # Scored events a contender's recent accuracy covers.
+    window: int = 200
+    # Scored events before a contender may lead.
+    min_scored: int = 30
+    # Predictions waiting for their label (and labels for their prediction); oldest go first.
+    max_pending: int = 100_000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An online learner's answer: `learner` is "online:<name>" or PRIOR."""
+
+    learner: str
+    label: int
+    probability: float
+
+
+@dataclass
+class Board:
+    """A contender's 0/1 record over its last `size` scored events."""
+
+    size: int
+    recent: deque[int] = field(default_factory=deque)
+    correct: int = 0
+    scored: int = 0
+
+    def add(self, right: bool) -> None:
+        self.recent.append(int(right))
+        self.correct += int(right)
+        self.scored += 1
+        if len(self.recent) > self.size:
+            self.correct -= self.recent.popleft()
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / len(self.recent) if self.recent else None
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    x: dict[str, Any]
+    guesses: dict[str, int]  # contender -> its answer
+
+
+def champion_key(version: int) -> str:
+    return f"v{version}"
+
+
+class Arena:
+    def __init__(self, config: ArenaConfig | None = None) -> None:
+        self.config = config or ArenaConfig()
+        self.learners: dict[str, Learner] = {
+            ONLINE + name: make_learner(name, self.config.seed) for name in self.config.learners
+        }
+        self.boards: dict[str, Board] = {}
+        self.classes: Counter[int] = Counter()
+        self._waiting: OrderedDict[str, _Waiting] = OrderedDict()
+        self._early: OrderedDict[str, int] = OrderedDict()
+        self.learnt = 0
+        self.dropped = 0  # predictions or labels that waited too long for their other half
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.learners)
+
+    # ------------------------------------------------------------------ serving
+
+    def leader(self, champion: int | None) -> str:
+        """Who answers now: "" for the champion, else an online learner's name."""
+        contenders = ([champion_key(champion)] if champion is not None else []) + list(
+            self.learners
+        )
+        best, best_accuracy = None, -1.0
+        for key in contenders:
+            board = self.boards.get(key)
+            if board is None or board.scored < self.config.min_scored:
+                continue
+            accuracy = board.accuracy or 0.0
+            if accuracy > best_accuracy:
+                best, best_accuracy = key, accuracy
+        if best is None:
+            best = contenders[0] if contenders else ""
+        return "" if champion is not None and best == champion_key(champion) else best
+
+    def answer(self, learner: str, features: Features) -> Answer:
+        """`learner`'s answer for one event (the prior before its first label)."""
+        probabilities = self.learners[learner].predict_proba_one(learner_features(features))
+        if not probabilities:
+            return self.prior()
+        label = int(max(probabilities, key=lambda k: probabilities[k]))
+        return Answer(learner, label, float(probabilities.get(1, 0.0)))
+
+    def prior(self) -> Answer:
+        """The majority class of the labels learnt so far (0 before any)."""
+        if not self.classes:
+            return Answer(PRIOR, 0, math.nan)
+        label = self.classes.most_common(1)[0][0]
+        return Answer(PRIOR, int(label), self.classes[1] / sum(self.classes.values()))
+
+    # ------------------------------------------------------------------ evidence
+
+    def observe(self, event_id: str, features: Features, champion: tuple[int, int] | None) -> None:
+        """A served prediction: every learner answers it now; `champion` is the
+        (version, label) the champion gave, when there was one."""
+        if not self.enabled or event_id in self._waiting:
+            return
+        x = learner_features(features)
+        guesses = {name: self._guess(learner, x) for name, learner in self.learners.items()}
+        if champion is not None:
+            guesses[champion_key(champion[0])] = champion[1]
+        label = self._early.pop(event_id, None)
+        if label is not None:
+            self._settle(_Waiting(x, guesses), label)
+            return
+        self._waiting[event_id] = _Waiting(x, guesses)
+        self._trim(self._waiting)
+
+    def label(self, event_id: str, label: int) -> None:
+        """An event's label: its contenders scored, then learnt by every learner."""
+        if not self.enabled:
+            return
+        waiting = self._waiting.pop(event_id, None)
+        if waiting is None:
+            self._early[event_id] = int(label)
+            self._trim(self._early)
+            return
+        self._settle(waiting, int(label))
+
+    def accuracies(self) -> dict[str, float | None]:
+        return {key: board.accuracy for key, board in self.boards.items()}
+
+    def _settle(self, waiting: _Waiting, label: int) -> None:
+        for key, guess in waiting.guesses.items():
+            board = self.boards.get(key)
+            if board is None:
+                board = self.boards[key] = Board(self.config.window)
+            board.add(guess == label)
+        for learner in self.learners.values():
+            learner.learn_one(waiting.x, label)
+        self.classes[label] += 1
+        self.learnt += 1
+
+    def _guess(self, learner: Learner, x: dict[str, Any]) -> int:
+        probabilities = learner.predict_proba_one(x)
+        if not probabilities:
+            return self.prior().label
+        return int(max(probabilities, key=lambda k: probabilities[k]))
+
+    def _trim(self, queue: OrderedDict[str, Any]) -> None:
+        while len(queue) > self.config.max_pending:
+            queue.popitem(last=False)
+            self.dropped += 1
