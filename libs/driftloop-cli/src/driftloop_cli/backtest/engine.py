@@ -7,9 +7,12 @@ later, a training run taking `train_s`). What it saw is recorded as the demo's
 `Timeline` (times are simulated epoch seconds, starting at the first event's
 time), so the demo's report reads it as it reads a live run.
 
-Predictions are made in batches by the serving champion: a model answers the
-same for an event whenever it is asked, and a batch is dropped when the
-champion changes.
+Every event is answered as inference answers it: the arena (the online
+learners beside the champion, `driftloop_inference.online.arena`) picks who
+answers, the online learners see each served event and learn each label as it
+arrives, and drift watches the champion's own answers. The champion's answers
+are computed in batches: a model answers the same for an event whenever it is
+asked, and a batch is dropped when the champion changes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from driftloop_core.featureset import FeatureSet
 from driftloop_drift.config import DriftSettings
 from driftloop_drift.domain.join import LabelSeen, PredictionSeen
 from driftloop_drift.handlers import DriftEngine, EngineResult
+from driftloop_inference.online.arena import Arena, ArenaConfig
 from driftloop_registry.domain import GatePolicy, decide_promotion
 from driftloop_trainer.onnx_model import reference_distributions
 from driftloop_trainer.training import (
@@ -60,6 +64,8 @@ class LoopOptions:
     # Fewer rows than this and the simulated trainer refuses the request.
     min_rows: int = 300
     gate: GatePolicy = field(default_factory=GatePolicy)
+    # The online learners beside the champion (inference's defaults); None: champion only.
+    arena: ArenaConfig | None = field(default_factory=ArenaConfig)
 
 
 @dataclass
@@ -132,6 +138,7 @@ class Backtest:
         pending_training: deque[tuple[int, events_pb2.TrainingRequested]] = deque()
         champion: Version | None = None
         cached: dict[int, int] = {}  # event index -> the champion's prediction
+        arena = None if self.options.arena is None else Arena(self.options.arena)
 
         def at(now_ms: float) -> float:
             return start_s + now_ms / 1000
@@ -187,6 +194,8 @@ class Backtest:
                 due, seen = pending_labels.popleft()
                 labelled.append(seen)
                 timeline.labels_sent += 1
+                if arena is not None:
+                    arena.label(seen.event_id, seen.label)
                 label = LabelSeen(seen.event_id, model, seen.label, seen.event_time_ms)
                 handle(engine.on_label(label, due), due, event.index, event.event_id)
             while pending_training and pending_training[0][0] <= now_ms:
@@ -198,20 +207,41 @@ class Backtest:
             pending_labels.append((now_ms + int(self.options.label_delay_s * 1000), event))
             if progress is not None:
                 progress(event.index + 1)
-            if champion is None:
+            answer = self._champion_answer(champion, cached, events, event.index)
+            if answer is not None:
+                cached = answer[1]
+            predicted = None if answer is None else answer[0]
+            assert champion is None or predicted is not None
+            version = None if champion is None else champion.number
+            learner = "" if arena is None else arena.leader(version)
+            if learner:
+                assert arena is not None
+                online = arena.answer(learner, event.features)
+                timeline.served.append(
+                    Served(
+                        event.index,
+                        at(now_ms),
+                        event.label,
+                        "ok",
+                        version,
+                        online.label,
+                        learner=online.learner,
+                    )
+                )
+            elif champion is None or predicted is None:
                 timeline.served.append(Served(event.index, at(now_ms), event.label, "no_model"))
+            else:
+                if champion.serving_from is None:
+                    champion.serving_from = event.index
+                timeline.served.append(
+                    Served(event.index, at(now_ms), event.label, "ok", version, predicted)
+                )
+            if arena is not None:
+                shadow = None if version is None or predicted is None else (version, predicted)
+                arena.observe(event.event_id, event.features, shadow)
+            if champion is None or predicted is None:
                 continue
-            if champion.serving_from is None:
-                champion.serving_from = event.index
-            if event.index not in cached:
-                batch = events[event.index : event.index + _BATCH]
-                data = training_data(self.featureset, batch)
-                probabilities = positive_probability(champion.model.pipeline, data)
-                cached = {e.index: int(p >= 0.5) for e, p in zip(batch, probabilities, strict=True)}
-            predicted = cached[event.index]
-            timeline.served.append(
-                Served(event.index, at(now_ms), event.label, "ok", champion.number, predicted)
-            )
+            # Drift watches the champion's own answer, whoever served the event.
             prediction = PredictionSeen(
                 event.event_id,
                 model,
@@ -224,6 +254,23 @@ class Backtest:
         timeline.finished_at = at(len(events) * step_ms)
         timeline.outcome = "completed"
         return timeline
+
+    def _champion_answer(
+        self,
+        champion: Version | None,
+        cached: dict[int, int],
+        events: Sequence[BacktestEvent],
+        index: int,
+    ) -> tuple[int, dict[int, int]] | None:
+        """The champion's answer for event `index`, and the batch cache holding it."""
+        if champion is None:
+            return None
+        if index not in cached:
+            batch = events[index : index + _BATCH]
+            data = training_data(self.featureset, batch)
+            probabilities = positive_probability(champion.model.pipeline, data)
+            cached = {e.index: int(p >= 0.5) for e, p in zip(batch, probabilities, strict=True)}
+        return cached[index], cached
 
     def _train(
         self,

@@ -1,7 +1,8 @@
-"""river's adaptive models on the same events: the line Driftloop is measured against.
+"""river's online learners on the same events: the line Driftloop is measured against.
 
-`ARFClassifier` (adaptive random forest) and `HoeffdingAdaptiveTreeClassifier`
-run prequentially on the backtest's events and features: each event is
+`ARFClassifier` (adaptive random forest), `HoeffdingAdaptiveTreeClassifier` and
+a scaled `LogisticRegression` (numbers standardised, categories one-hot) run
+prequentially on the backtest's events and features: each event is
 predicted first, and learned once its label arrives, after the same label
 delay the loop gets, so neither side sees a label earlier than the other.
 
@@ -25,7 +26,9 @@ UNANSWERED_RULE = (
     "an event answered by no model yet (river before its first label, Driftloop before "
     "its first version) counts as a guess of the majority class of the labels arrived so far"
 )
-MODELS = ("arf", "hat")
+MODELS = ("arf", "hat", "lr")
+# Events after the change that the "after the change" figure covers.
+AFTER_CHANGE = 1000
 
 
 def _river_features(features: Features) -> dict[str, Any]:
@@ -37,12 +40,22 @@ def _river_features(features: Features) -> dict[str, Any]:
     }
 
 
+def scaled_logistic_regression() -> Any:
+    """Standardised numbers and one-hot categories into a logistic regression."""
+    from river import compose, linear_model, preprocessing
+
+    numbers = compose.SelectType(int, float) | preprocessing.StandardScaler()
+    categories = compose.SelectType(str) | preprocessing.OneHotEncoder()
+    return (numbers + categories) | linear_model.LogisticRegression()
+
+
 def _models(seed: int) -> dict[str, Any]:
     from river import forest, tree
 
     return {
         "arf": forest.ARFClassifier(seed=seed),
         "hat": tree.HoeffdingAdaptiveTreeClassifier(seed=seed),
+        "lr": scaled_logistic_regression(),
     }
 
 
@@ -111,9 +124,11 @@ def compare(
     *,
     windows: int = 10,
     seed: int = 0,
+    change_at: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Overall and per-window accuracy of Driftloop, ARF and HAT on every event."""
+    """Overall and per-window accuracy of Driftloop, ARF, HAT and LR on every
+    event; with `change_at`, also over the `AFTER_CHANGE` events from it."""
     lines = {"driftloop": driftloop_correct(events, timeline, delay_events)}
     lines |= river_correct(events, delay_events, seed, progress)
     size = max(1, math.ceil(len(events) / windows))
@@ -128,10 +143,17 @@ def compare(
             "driftloop": "the loop's serving champion, retrained on drift",
             "arf": "river forest.ARFClassifier, prequential",
             "hat": "river tree.HoeffdingAdaptiveTreeClassifier, prequential",
+            "lr": "river linear_model.LogisticRegression, standardised, prequential",
         },
         "label_delay_events": delay_events,
         "unanswered": UNANSWERED_RULE,
         "overall": {name: _mean(values) for name, values in lines.items()},
+        "after_change": None
+        if change_at is None
+        else {
+            name: _mean(values[change_at : change_at + AFTER_CHANGE])
+            for name, values in lines.items()
+        },
         "windows": per_window,
         "series": {name: _rolling(values) for name, values in lines.items()},
     }

@@ -70,6 +70,7 @@ def run_backtest(
         stream.events,
         timeline,
         delay_events,
+        change_at=change_at,
         progress=None if progress is None else lambda n: progress("river", n),
     )
     return backtest_report(

@@ -249,9 +249,16 @@ def build_report(
             "skewed": sum(s.skewed for s in answered),
             "no_model_yet": statuses.get("no_model", 0),
             "errors": {k: v for k, v in sorted(statuses.items()) if k not in ("ok", "no_model")},
+            # Answers by the champion version in effect, and by who gave them.
             "by_version": {
-                str(v): n for v, n in sorted(Counter(s.version for s in answered).items())
+                str(v): n
+                for v, n in sorted(
+                    Counter(s.version for s in answered).items(), key=lambda item: item[0] or 0
+                )
             },
+            "by_answerer": dict(
+                sorted(Counter(s.learner or f"v{s.version}" for s in answered).items())
+            ),
         },
     }
 

@@ -20,11 +20,14 @@ class Served:
     truth: int
     # "ok", "no_model" (UNAVAILABLE before the first version) or the gRPC code name.
     status: str = "ok"
+    # The champion version in effect (None before the first one), whoever answered.
     version: int | None = None
     predicted: int | None = None
     # The online aggregates the model used differed from the point-in-time truth
     # (the feature store had not applied an earlier payment yet).
     skewed: bool = False
+    # The online learner that answered instead of the champion ("online:arf"), or "".
+    learner: str = ""
 
     @property
     def correct(self) -> bool:
@@ -113,6 +116,11 @@ class Timeline:
 
     def answered(self) -> list[Served]:
         return [s for s in self.served if s.status == "ok"]
+
+    def champion_at(self, at: float) -> int | None:
+        """The version the newest promotion before `at` made champion."""
+        promoted = [p for p in self.promotions if p.promoted_at <= at]
+        return max(promoted, key=lambda p: p.promoted_at).to_version if promoted else None
 
     def current_version(self) -> int | None:
         for served in reversed(self.served):

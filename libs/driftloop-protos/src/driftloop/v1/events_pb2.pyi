@@ -119,7 +119,7 @@ class DeadLetter(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., field: _Optional[str] = ..., rule: _Optional[str] = ..., payload: _Optional[bytes] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[KafkaHeader, _Mapping]]] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key: _Optional[bytes] = ..., service: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("event_id", "entity_id", "model", "model_version", "label", "probability", "features", "defaults_applied", "event_time", "predicted_at", "latency")
+    __slots__ = ("event_id", "entity_id", "model", "model_version", "label", "probability", "features", "defaults_applied", "event_time", "predicted_at", "latency", "learner", "champion")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,8 @@ class Prediction(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_AT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     entity_id: str
     model: str
@@ -149,7 +151,19 @@ class Prediction(_message.Message):
     event_time: _timestamp_pb2.Timestamp
     predicted_at: _timestamp_pb2.Timestamp
     latency: _duration_pb2.Duration
-    def __init__(self, event_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., label: _Optional[int] = ..., probability: _Optional[float] = ..., features: _Optional[_Mapping[str, _common_pb2.FeatureValue]] = ..., defaults_applied: _Optional[_Iterable[str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., predicted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    learner: str
+    champion: ShadowAnswer
+    def __init__(self, event_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., label: _Optional[int] = ..., probability: _Optional[float] = ..., features: _Optional[_Mapping[str, _common_pb2.FeatureValue]] = ..., defaults_applied: _Optional[_Iterable[str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., predicted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., learner: _Optional[str] = ..., champion: _Optional[_Union[ShadowAnswer, _Mapping]] = ...) -> None: ...
+
+class ShadowAnswer(_message.Message):
+    __slots__ = ("model_version", "label", "probability")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    label: int
+    probability: float
+    def __init__(self, model_version: _Optional[int] = ..., label: _Optional[int] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class DriftDetected(_message.Message):
     __slots__ = ("drift_id", "model", "model_version", "kind", "detector", "feature", "statistic", "threshold", "window_size", "first_event_id", "last_event_id", "detected_at", "window_range")

@@ -26,7 +26,7 @@ from driftloop.v1 import common_pb2 as driftloop_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64riftloop/v1/predictor.proto\x12\x0c\x64riftloop.v1\x1a\x19\x64riftloop/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x11\n\tentity_id\x18\x05 \x01(\t\x12<\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32*.driftloop.v1.PredictRequest.FeaturesEntry\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aK\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\x42\x12\n\x10version_selector\"\xa0\x02\n\x0fPredictResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\r\n\x05label\x18\x04 \x01(\x03\x12\x13\n\x0bprobability\x18\x05 \x01(\x01\x12\x46\n\rfeatures_used\x18\x06 \x03(\x0b\x32/.driftloop.v1.PredictResponse.FeaturesUsedEntry\x12\x18\n\x10\x64\x65\x66\x61ults_applied\x18\x07 \x03(\t\x1aO\n\x11\x46\x65\x61turesUsedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\x32S\n\tPredictor\x12\x46\n\x07Predict\x12\x1c.driftloop.v1.PredictRequest\x1a\x1d.driftloop.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64riftloop/v1/predictor.proto\x12\x0c\x64riftloop.v1\x1a\x19\x64riftloop/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x03H\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x11\n\tentity_id\x18\x05 \x01(\t\x12<\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32*.driftloop.v1.PredictRequest.FeaturesEntry\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aK\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\x42\x12\n\x10version_selector\"\xb1\x02\n\x0fPredictResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\r\n\x05label\x18\x04 \x01(\x03\x12\x13\n\x0bprobability\x18\x05 \x01(\x01\x12\x46\n\rfeatures_used\x18\x06 \x03(\x0b\x32/.driftloop.v1.PredictResponse.FeaturesUsedEntry\x12\x18\n\x10\x64\x65\x66\x61ults_applied\x18\x07 \x03(\t\x12\x0f\n\x07learner\x18\x08 \x01(\t\x1aO\n\x11\x46\x65\x61turesUsedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.driftloop.v1.FeatureValue:\x02\x38\x01\x32S\n\tPredictor\x12\x46\n\x07Predict\x12\x1c.driftloop.v1.PredictRequest\x1a\x1d.driftloop.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_start=323
   _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_end=398
   _globals['_PREDICTRESPONSE']._serialized_start=421
-  _globals['_PREDICTRESPONSE']._serialized_end=709
-  _globals['_PREDICTRESPONSE_FEATURESUSEDENTRY']._serialized_start=630
-  _globals['_PREDICTRESPONSE_FEATURESUSEDENTRY']._serialized_end=709
-  _globals['_PREDICTOR']._serialized_start=711
-  _globals['_PREDICTOR']._serialized_end=794
+  _globals['_PREDICTRESPONSE']._serialized_end=726
+  _globals['_PREDICTRESPONSE_FEATURESUSEDENTRY']._serialized_start=647
+  _globals['_PREDICTRESPONSE_FEATURESUSEDENTRY']._serialized_end=726
+  _globals['_PREDICTOR']._serialized_start=728
+  _globals['_PREDICTOR']._serialized_end=811
 # @@protoc_insertion_point(module_scope)

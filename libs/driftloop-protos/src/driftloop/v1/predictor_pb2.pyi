@@ -36,7 +36,7 @@ class PredictRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., event_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., features: _Optional[_Mapping[str, _common_pb2.FeatureValue]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("event_id", "model", "model_version", "label", "probability", "features_used", "defaults_applied")
+    __slots__ = ("event_id", "model", "model_version", "label", "probability", "features_used", "defaults_applied", "learner")
     class FeaturesUsedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class PredictResponse(_message.Message):
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     FEATURES_USED_FIELD_NUMBER: _ClassVar[int]
     DEFAULTS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     model: str
     model_version: int
@@ -58,4 +59,5 @@ class PredictResponse(_message.Message):
     probability: float
     features_used: _containers.MessageMap[str, _common_pb2.FeatureValue]
     defaults_applied: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., label: _Optional[int] = ..., probability: _Optional[float] = ..., features_used: _Optional[_Mapping[str, _common_pb2.FeatureValue]] = ..., defaults_applied: _Optional[_Iterable[str]] = ...) -> None: ...
+    learner: str
+    def __init__(self, event_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., label: _Optional[int] = ..., probability: _Optional[float] = ..., features_used: _Optional[_Mapping[str, _common_pb2.FeatureValue]] = ..., defaults_applied: _Optional[_Iterable[str]] = ..., learner: _Optional[str] = ...) -> None: ...
