@@ -140,7 +140,7 @@ def compare(
         per_window.append(row)
     return {
         "models": {
-            "driftloop": "the loop's serving champion, retrained on drift",
+            "driftloop": "what the loop served: champion or online learner, by recent accuracy",
             "arf": "river forest.ARFClassifier, prequential",
             "hat": "river tree.HoeffdingAdaptiveTreeClassifier, prequential",
             "lr": "river linear_model.LogisticRegression, standardised, prequential",
