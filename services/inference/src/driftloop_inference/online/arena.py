@@ -22,10 +22,15 @@ stream. The arena runs both and lets recent, honest evidence choose:
   (which, before the first label, answers the majority class of the labels
   learnt so far: `online:prior`).
 
-Every choice is made on labels that arrive late, so a switch after a change
-comes one label delay after the evidence exists; the window (400 scored
-events) is long enough that noise does not make the lead flap on a steady
-stream. Measured against river's learners alone, and the alternatives tried
+Every choice is made on labels that arrive late. After a change, the
+learners start to follow it as soon as its first labels arrive, but the
+evidence that they did comes one label delay later still; a champion cannot
+follow at all. So each version's error stream is watched (ADWIN): when its
+error rises, its record is cleared and it is judged on what came after the rise
+alone, so the learners take over one label delay after the change rather than
+two, and a version hit by a false alarm wins the lead back on fresh evidence.
+The window (400 scored events) is long enough that noise does not make the
+lead flap on a steady stream. Measured against river's learners alone, and the alternatives tried
 (shorter windows, exponential weights, stacking), in `loadtests/README.md`.
 
 A newly promoted version starts with no score: it answers once it has been
@@ -59,6 +64,8 @@ class ArenaConfig:
     window: int = 400
     # Scored events before a contender may lead.
     min_scored: int = 30
+    # ADWIN's confidence on a version's error stream: a rise clears its record.
+    version_delta: float = 0.002
     # Predictions waiting for their label (and labels for their prediction); oldest go first.
     max_pending: int = 100_000
     seed: int = 0
@@ -81,13 +88,27 @@ class Board:
     recent: deque[int] = field(default_factory=deque)
     correct: int = 0
     scored: int = 0
+    # For a registered version: ADWIN on its error; a rise clears `recent`.
+    watch: Any = None
+    resets: int = 0
 
-    def add(self, right: bool) -> None:
+    def add(self, right: bool, min_scored: int) -> None:
         self.recent.append(int(right))
         self.correct += int(right)
         self.scored += 1
         if len(self.recent) > self.size:
             self.correct -= self.recent.popleft()
+        if self.watch is None:
+            return
+        self.watch.update(1 - int(right))
+        if self.watch.drift_detected and len(self.recent) > min_scored:
+            latest = sum(list(self.recent)[-min_scored:]) / min_scored
+            if latest < self.correct / len(self.recent):
+                # Its error rose: judge it on what comes from now on alone.
+                self.recent.clear()
+                self.correct = 0
+                self.scored = 0
+                self.resets += 1
 
     @property
     def accuracy(self) -> float | None:
@@ -212,12 +233,20 @@ class Arena:
         for key, guess in waiting.guesses.items():
             board = self.boards.get(key)
             if board is None:
-                board = self.boards[key] = Board(self.config.window)
-            board.add(guess == label)
+                board = self.boards[key] = self._board(key)
+            board.add(guess == label, self.config.min_scored)
         for learner in self.learners.values():
             learner.learn_one(waiting.x, label)
         self.classes[label] += 1
         self.learnt += 1
+
+    def _board(self, key: str) -> Board:
+        if key.startswith(ONLINE):
+            return Board(self.config.window)
+        from river import drift
+
+        watch = drift.ADWIN(delta=self.config.version_delta)  # type: ignore[no-untyped-call]
+        return Board(self.config.window, watch=watch)
 
     def _trim(self, queue: OrderedDict[str, Any]) -> None:
         while len(queue) > self.config.max_pending:
