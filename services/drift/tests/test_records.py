@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from driftloop.v1 import events_pb2
+from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.kafka import EventHeaders, Record, Topics
 from driftloop_core.kafka.topics import kind_of_message
 from driftloop_drift.adapters.state import DriftStateStore
 from driftloop_drift.application import DriftApplication
-from driftloop_drift.entrypoints.kafka import DriftRecords
+from driftloop_drift.entrypoints.kafka import DriftRecords, prediction_seen
 from driftloop_drift.handlers import DriftEngine
 from driftloop_drift.outbox import Outbox
 from driftloop_drift.ports import ChampionReference
@@ -118,4 +118,40 @@ async def test_a_decided_request_goes_out_after_it_was_saved_with_its_positions(
     assert saved.positions == {("sources", 0): 3} and saved.outbox == []
     assert saved.state is not None
     assert saved.state["policy"]["in_flight"][0] == event_id
+    await app.close()
+
+
+async def test_an_online_learners_prediction_is_watched_as_its_champions_shadow_or_not_at_all(
+    tmp_path: Path, kit: Any
+) -> None:
+    """Drift watches registered versions: a prediction the online learner served
+    counts as the champion's answer carried beside it, and without a champion it
+    is skipped (neither watched nor dead-lettered, and no "version 0" champion)."""
+    sent = Sent()
+    app, _ = application(tmp_path, kit, sent)
+    await app.load()
+    features = {"amount": common_pb2.FeatureValue(float_value=12.5)}
+    alone = events_pb2.Prediction(
+        event_id="fresh", model="payments", learner="online:prior", label=0, features=features
+    )
+    shadowed = events_pb2.Prediction(
+        event_id="later",
+        model="payments",
+        learner="online:arf",
+        label=0,
+        features=features,
+        champion=events_pb2.ShadowAnswer(model_version=3, label=1, probability=0.8),
+    )
+    assert prediction_seen(alone, 0) is None
+    seen = prediction_seen(shadowed, 0)
+    assert seen is not None and (seen.version, seen.predicted) == (3, 1)
+    assert seen.features == {"amount": 12.5}
+
+    outcomes = await DriftRecords(app).handle_batch([record(0, alone)])
+    assert outcomes == [None]
+    assert app.engine.champion is None and not app.engine.joiner.seen_prediction("fresh")
+
+    outcomes = await DriftRecords(app).handle_batch([record(1, shadowed)])
+    assert outcomes == [None]
+    assert app.engine.champion == 3 and app.engine.joiner.seen_prediction("later")
     await app.close()

@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_inference.adapters.onnx import load_model
 from driftloop_inference.batching import Batcher
 from driftloop_inference.codec import InvalidTensor
@@ -29,6 +30,10 @@ from driftloop_inference.errors import (
     Overloaded,
     UnsupportedModel,
 )
+from driftloop_inference.model import TensorSpec
+from driftloop_inference.online.arena import Arena, ArenaConfig
+from driftloop_inference.online.host import ArenaHost
+from driftloop_inference.predict import featureset_inputs
 from driftloop_inference.repository import ModelRepository
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
@@ -70,23 +75,35 @@ class Outbox:
 
 
 class Plane:
-    """A data plane over a repository named `payments`, and what it talks to."""
+    """A data plane over a repository named `payments`, and what it talks to;
+    with `arena`, the online learners beside the champion (their feed is the test's)."""
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, arena: ArenaConfig | None = None, **config: Any) -> None:
         self.config = InferenceSettings(events=False, **config)
         self.repository = ModelRepository("payments", load_model)
         self.batcher = Batcher(enabled=True, max_batch_size=8, max_queue_delay_us=0, capacity=16)
         self.store = Store({"c7": {"amount_mean_1h": fv(55.0), "amount": fv(1.0)}})
         self.outbox = Outbox()
-        self.plane = DataPlane(self.repository, self.batcher, self.store, self.outbox, self.config)
+        self.arena = None
+        inputs: tuple[TensorSpec, ...] = ()
+        if arena is not None:
+            self.arena = ArenaHost("payments", Arena(arena), self.champion)
+            inputs = featureset_inputs(load_featureset(default_featureset_path()))
+        self.plane = DataPlane(
+            self.repository, self.batcher, self.store, self.outbox, self.config, self.arena, inputs
+        )
+
+    def champion(self) -> int | None:
+        current = self.repository.current
+        return None if current is None else current.version
 
 
 @pytest.fixture
 async def make_plane() -> AsyncIterator[Any]:
     planes: list[Plane] = []
 
-    async def make(model: bytes | None, **config: Any) -> Plane:
-        plane = Plane(**config)
+    async def make(model: bytes | None, arena: ArenaConfig | None = None, **config: Any) -> Plane:
+        plane = Plane(arena, **config)
         plane.batcher.start()
         planes.append(plane)
         if model is not None:
@@ -189,6 +206,59 @@ async def test_nothing_loaded_yet_is_unavailable_not_missing(make_plane: Any) ->
         "no version loaded yet",
     )
     assert made.plane.index(ready_only=True) == []
+
+
+async def test_with_no_version_loaded_an_online_learner_answers_from_the_first_event(
+    make_plane: Any, spans: Any
+) -> None:
+    made = await make_plane(None, ArenaConfig())
+    request = PredictRequest(
+        event_id="e1",
+        entity_id="c7",
+        features={"amount": fv(120.0), "channel": fv("web"), "hour": fv(3.0)},
+    )
+    with trace.get_tracer("test").start_as_current_span("request"):
+        decision = await made.plane.predict(request, None)
+    assert decision.learner.startswith("online:") and decision.model_version == 0
+    assert decision.label in (0, 1)
+    # The feature set's features, filled as a model's inputs would be.
+    assert decision.features_used["amount"].float_value == 120.0
+    assert decision.features_used["amount_mean_1h"].float_value == 55.0
+    assert decision.defaults_applied == ["txn_count_10m"]
+    [prediction] = made.outbox.offered
+    assert (prediction.learner, prediction.model_version) == (decision.learner, 0)
+    assert prediction.label == decision.label
+    assert prediction.model == "payments" and not prediction.HasField("champion")
+    [span] = [s for s in spans.get_finished_spans() if s.name == "request"]
+    assert span.attributes is not None
+    assert span.attributes["driftloop.learner"] == decision.learner
+
+
+async def test_a_leading_learner_answers_and_the_champion_runs_beside_it(
+    make_plane: Any, payments_v1: bytes
+) -> None:
+    made = await make_plane(payments_v1, ArenaConfig(min_scored=5, window=10))
+    assert made.arena is not None
+    given = {"amount": fv(120.0), "channel": fv("web"), "hour": fv(3.0)}
+    learners: list[str] = []
+    for i in range(12):
+        decision = await made.plane.predict(PredictRequest(event_id=f"e{i}", features=given), None)
+        learners.append(decision.learner)
+        prediction = made.outbox.offered[-1]
+        champion = prediction.champion.label if prediction.learner else prediction.label
+        made.arena.observe(prediction)
+        made.arena.label("payments", f"e{i}", 1 - champion)  # the champion is always wrong
+    # The champion answers until the evidence says otherwise (5 scored events).
+    assert learners[:5] == [""] * 5 and learners[-1].startswith("online:"), learners
+    served = made.outbox.offered[-1]
+    assert served.learner == learners[-1] and served.model_version == 0
+    assert served.label == 1 - served.champion.label, "the learner learnt the truth"
+    assert served.champion.model_version == 4
+    assert math.isfinite(served.champion.probability)
+
+    # Asked by version, the version answers whoever leads.
+    decision = await made.plane.predict(PredictRequest(version="4", features=given), None)
+    assert (decision.learner, decision.model_version) == ("", 4)
 
 
 async def test_infer_checks_the_batch_dimension_and_the_deadline(

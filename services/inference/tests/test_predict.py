@@ -13,51 +13,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from driftloop.v1 import (
-    common_pb2,
-    events_pb2,
-    features_pb2,
-    features_pb2_grpc,
-    predictor_pb2,
-    predictor_pb2_grpc,
-)
+from driftloop.v1 import events_pb2, predictor_pb2, predictor_pb2_grpc
 from driftloop_core.settings import Settings
 from driftloop_inference.bootstrap import InferenceService
 from driftloop_inference.config import InferenceSettings
+from features_server import OnlineFeatures, fv, start_features_server
 from google.protobuf.timestamp_pb2 import Timestamp
 
 pytestmark = pytest.mark.integration
-
-
-class OnlineFeatures(features_pb2_grpc.FeatureServiceServicer):
-    """A FeatureService with fixed online values, recording each lookup."""
-
-    def __init__(self, values: dict[str, dict[str, common_pb2.FeatureValue]]) -> None:
-        self.values = values
-        self.requests: list[features_pb2.GetOnlineFeaturesRequest] = []
-
-    async def GetOnlineFeatures(self, request: Any, context: Any) -> Any:
-        self.requests.append(request)
-        response = features_pb2.GetOnlineFeaturesResponse()
-        for entity in request.entity_ids:
-            entry = response.entities.add(entity_id=entity)
-            for name, value in self.values.get(entity, {}).items():
-                entry.values[name].CopyFrom(value)
-        return response
-
-
-def fv(value: float | str) -> common_pb2.FeatureValue:
-    if isinstance(value, str):
-        return common_pb2.FeatureValue(string_value=value)
-    return common_pb2.FeatureValue(float_value=value)
-
-
-async def _features_server(servicer: OnlineFeatures) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
-    features_pb2_grpc.add_FeatureServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
 
 
 async def _serve(
@@ -92,7 +55,7 @@ async def test_predict_merges_features_publishes_and_refuses_missing(
     online = OnlineFeatures(
         {"c7": {"amount_mean_1h": fv(55.0), "txn_count_10m": fv(3.0), "amount": fv(1.0)}}
     )
-    features_server, features_address = await _features_server(online)
+    features_server, features_address = await start_features_server(online)
     path = tmp_path / "model.onnx"
     path.write_bytes(payments_v1)
     topic = f"t.predictions.{unique}"
@@ -192,7 +155,7 @@ async def test_predict_while_the_feature_store_is_down_follows_the_lookup_failur
     aggregates named in `defaults_applied`; with `missing_features=fail` as well,
     FAILED_PRECONDITION naming them."""
     online = OnlineFeatures({"c7": {"amount_mean_1h": fv(55.0), "txn_count_10m": fv(3.0)}})
-    features_server, features_address = await _features_server(online)
+    features_server, features_address = await start_features_server(online)
     path = tmp_path / "model.onnx"
     path.write_bytes(payments_v1)
     services: list[InferenceService] = []

@@ -2,15 +2,18 @@
 
 `build` wires the parts: the model repository (loading through the ONNX
 adapter), the batcher, the registry and feature store clients, the predictions
-sink, the data plane, the model lifecycle and the two gRPC servicers over the
-data plane. `InferenceService` runs what `build` made: both gRPC services on one
-port, the promotions listener and the predictions sink; nothing opens a socket
+sink, the online arena with its feed (when on), the data plane, the model
+lifecycle and the two gRPC servicers over the data plane. `InferenceService`
+runs what `build` made: both gRPC services on one port, the promotions
+listener, the arena's feed and the predictions sink; nothing opens a socket
 before `start`.
 
 Readiness: the overall health ("") is SERVING as soon as the server answers, so
 `driftloop status` shows the process up; `inference.GRPCInferenceService` and
 `driftloop.v1.Predictor` turn SERVING only once a model version is loaded
-(ServerReady says the same), and ModelInfer answers UNAVAILABLE until then.
+(ServerReady says the same), and ModelInfer answers UNAVAILABLE until then;
+with the online arena on, `driftloop.v1.Predictor` is SERVING from the start,
+since its online learners answer before any version exists.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from driftloop_core.runtime import featureset_for, serve_until_signal
 from driftloop_core.settings import Settings
 from inference import grpc_service_pb2_grpc as oip_grpc
 
+from driftloop_inference.adapters.arena_feed import build_feed
 from driftloop_inference.adapters.features import FeatureClient
 from driftloop_inference.adapters.onnx import load_model
 from driftloop_inference.adapters.predictions import PredictionSink
@@ -40,7 +44,10 @@ from driftloop_inference.dataplane import DataPlane
 from driftloop_inference.entrypoints import oip, predictor
 from driftloop_inference.entrypoints.promotions import promotion_listener
 from driftloop_inference.lifecycle import ModelLifecycle
-from driftloop_inference.model import ServedModel
+from driftloop_inference.model import ServedModel, TensorSpec
+from driftloop_inference.online.arena import Arena
+from driftloop_inference.online.host import ArenaHost
+from driftloop_inference.predict import featureset_inputs
 from driftloop_inference.repository import ModelRepository
 
 log = structlog.get_logger(__name__)
@@ -71,6 +78,9 @@ class Parts:
     plane: DataPlane
     lifecycle: ModelLifecycle
     servicers: list[ServicerRegistration]
+    # The online arena and its feed; None when it is off.
+    arena: ArenaHost | None = None
+    feed: ConsumerLoop | None = None
 
 
 def build(
@@ -105,7 +115,18 @@ def build(
     )
     publisher = Publisher(settings) if config.events else None
     sink = PredictionSink(publisher, config.predictions_topic, config.prediction_buffer)
-    plane = DataPlane(repository, batcher, features, sink, config)
+    arena: ArenaHost | None = None
+    feed: ConsumerLoop | None = None
+    inputs: tuple[TensorSpec, ...] = ()
+    if config.arena_on and publisher is not None:
+        arena = ArenaHost(
+            model_name,
+            Arena(config.arena_config()),
+            lambda: repository.current.version if repository.current is not None else None,
+        )
+        feed = build_feed(settings, config.arena_topics, arena, publisher)
+        inputs = featureset_inputs(featureset_for(settings))
+    plane = DataPlane(repository, batcher, features, sink, config, arena, inputs)
     servicers: list[ServicerRegistration] = [
         (
             oip_grpc.add_GRPCInferenceServiceServicer_to_server,
@@ -129,6 +150,8 @@ def build(
         plane=plane,
         lifecycle=ModelLifecycle(model_name, repository, registry, config),
         servicers=servicers,
+        arena=arena,
+        feed=feed,
     )
 
 
@@ -185,14 +208,23 @@ class InferenceService:
                 kafka,
                 [
                     TopicSpec(topic, kafka.partitions, kafka.replication_factor)
-                    for topic in (config.predictions_topic, config.promotions_topic)
+                    for topic in (
+                        config.predictions_topic,
+                        config.promotions_topic,
+                        *(config.arena_topics if parts.feed is not None else ()),
+                    )
                 ],
             )
             await parts.publisher.start()
             parts.sink.start()
+        if parts.feed is not None:
+            # Positioned at the end before the first Predict, so the arena sees
+            # every prediction this process serves.
+            await parts.feed.start()
+            self._tasks.append(asyncio.create_task(parts.feed.run(), name="arena-feed"))
         await self.server.start()
         for name in SERVICE_NAMES:
-            await self.server.set_serving(name, parts.repository.ready)
+            await self.server.set_serving(name, self._serving(name))
         if config.events and config.follow_promotions:
             assert parts.publisher is not None  # events are on
             self.listener = promotion_listener(
@@ -212,6 +244,12 @@ class InferenceService:
         # Background: the server already answers (not ready) while the model loads.
         self._loader = asyncio.create_task(parts.lifecycle.initial_load(), name="initial-load")
         log.info("inference_started", endpoint=self.server.endpoint, model=parts.model_name)
+
+    def _serving(self, name: str) -> bool:
+        # With the arena on, Predict answers before any version is loaded.
+        if name == predictor.SERVICE_NAME and self.parts.arena is not None:
+            return True
+        return self.parts.repository.ready
 
     async def _model_changed(self, model: ServedModel) -> None:
         if self.server is not None:
@@ -238,6 +276,8 @@ class InferenceService:
                 await self._loader
         if self.listener is not None:
             self.listener.request_stop()
+        if parts.feed is not None:
+            parts.feed.request_stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -249,6 +289,8 @@ class InferenceService:
         await parts.sink.stop()
         if self.listener is not None:
             await self.listener.stop()
+        if parts.feed is not None:
+            await parts.feed.stop()
         if parts.publisher is not None:
             await parts.publisher.stop()
         await parts.registry.close()

@@ -6,15 +6,20 @@ service README for what each one does.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from driftloop_core.kafka.topics import Topics
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from driftloop_inference.online.arena import ArenaConfig
+from driftloop_inference.online.learners import LEARNERS
 
 MissingPolicy = Literal["default", "fail"]
 LookupFailurePolicy = Literal["unavailable", "defaults"]
+_ARENA = ArenaConfig()
 
 
 class InferenceSettings(BaseSettings):
@@ -67,6 +72,59 @@ class InferenceSettings(BaseSettings):
     registry_timeout_s: float = Field(default=30.0, gt=0)
     # Seconds between attempts to fetch the champion while none is loaded.
     retry_interval_s: float = Field(default=2.0, gt=0)
+    # The online arena (online/arena.py): these river learners run beside the
+    # champion and answer Predict while their recent accuracy is ahead, and
+    # before any version exists. In the environment a comma-separated list or
+    # a JSON array; empty turns the arena off (champion only). It needs the
+    # predictions and labels topics, so it is off too without `events`.
+    online_learners: Annotated[tuple[str, ...], NoDecode] = LEARNERS
+    # Scored events a contender's recent accuracy covers; scored events before
+    # it may answer; predictions and labels waiting for their other half.
+    arena_window: int = Field(default=_ARENA.window, ge=1)
+    arena_min_scored: int = Field(default=_ARENA.min_scored, ge=1)
+    arena_max_pending: int = Field(default=_ARENA.max_pending, ge=1)
+    # Where labels arrive (observations carrying one, and late labels), as drift reads them.
+    labels_topic: str = Topics.VALID
+
+    @field_validator("online_learners", mode="before")
+    @classmethod
+    def _learner_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return tuple(json.loads(text))
+            return tuple(name.strip() for name in text.split(",") if name.strip())
+        return value
+
+    @field_validator("online_learners")
+    @classmethod
+    def _known_learners(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in LEARNERS]
+        if unknown:
+            raise ValueError(
+                f"unknown online learners {', '.join(unknown)}: expected some of "
+                f"{', '.join(LEARNERS)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a learner")
+        return value
+
+    @property
+    def arena_on(self) -> bool:
+        return bool(self.online_learners) and self.events
+
+    @property
+    def arena_topics(self) -> tuple[str, str]:
+        """What the arena's feed reads: served predictions, then labels."""
+        return (self.predictions_topic, self.labels_topic)
+
+    def arena_config(self) -> ArenaConfig:
+        return ArenaConfig(
+            learners=self.online_learners,
+            window=self.arena_window,
+            min_scored=self.arena_min_scored,
+            max_pending=self.arena_max_pending,
+        )
 
 
 def load_inference_settings(**overrides: Any) -> InferenceSettings:

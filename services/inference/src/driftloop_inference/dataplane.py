@@ -16,6 +16,14 @@ refused as FeaturesUnavailable, or, with `on_lookup_failure=defaults`, goes on
 as if the entity had no online features. The prediction is offered to the
 predictions buffer, which never blocks the call.
 
+With the online arena on (`online/`), Predict asks it who answers. When an
+online learner leads, it answers on the same features, the champion (when one
+is loaded) still runs and its answer is published beside it as the shadow
+drift watches, and the Prediction says `model_version` 0 and the learner's
+name. Before any version is loaded the learner answers on the feature set's
+features, so a fresh deployment answers from its first event. A request that
+names a version or the alias gets that version's answer, as without the arena.
+
 The data plane also closes the retrain loop's trace: a version swapped in under
 a promotion's span keeps that span's context until the first request it answers,
 which ends the trace with a span linked to the request's own.
@@ -43,8 +51,9 @@ from driftloop_inference.errors import (
     ModelUnavailable,
 )
 from driftloop_inference.metrics import FEATURE_LOOKUP_FAILURES
-from driftloop_inference.model import Array, ServedModel
-from driftloop_inference.predict import check_signature, decide, feature_inputs
+from driftloop_inference.model import Array, ServedModel, TensorSpec
+from driftloop_inference.online.host import ArenaHost, learner_inputs
+from driftloop_inference.predict import check_signature, decide, feature_inputs, feature_values
 from driftloop_inference.repository import ModelRepository
 
 if TYPE_CHECKING:  # the settings module pulls in the Kafka layer for its topic names
@@ -96,6 +105,9 @@ class Decision:
     probability: float
     features_used: dict[str, common_pb2.FeatureValue]
     defaults_applied: list[str]
+    # "" when a registered version answered (`model_version`), else the online
+    # learner that did ("online:<name>"; `model_version` is 0 then).
+    learner: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,12 +128,18 @@ class DataPlane:
         features: OnlineFeatures | None,
         outbox: PredictionOutbox,
         config: InferenceSettings,
+        arena: ArenaHost | None = None,
+        featureset_inputs: tuple[TensorSpec, ...] = (),
     ) -> None:
         self._repository = repository
         self._batcher = batcher
         self._features = features
         self._outbox = outbox
         self._config = config
+        # The online learners beside the champion (None: the champion only), and
+        # the inputs Predict fills for them while no version is loaded.
+        self._arena = arena
+        self._featureset_inputs = featureset_inputs
         # Versions swapped in under a span, until their first answer ends it.
         self._swaps: weakref.WeakKeyDictionary[ServedModel, trace.SpanContext] = (
             weakref.WeakKeyDictionary()
@@ -174,7 +192,8 @@ class DataPlane:
         return outputs
 
     async def predict(self, request: PredictRequest, timeout_s: float | None) -> Decision:
-        """The model's decision on one event, published as a Prediction."""
+        """The decision on one event, by the champion or the arena's online
+        learner, published as a Prediction."""
         received = time.perf_counter()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if request.alias not in ("", SERVED_ALIAS):
@@ -182,37 +201,115 @@ class DataPlane:
                 f"alias '{request.alias}' is not served; only '{SERVED_ALIAS}' "
                 "(the current version)"
             )
-        model = self._repository.resolve(request.model, request.version)
+        arena = self._arena
+        if arena is None or request.version or request.alias:
+            # A registered version was asked for by name: it answers.
+            model = self._repository.resolve(request.model, request.version)
+            return await self._by_version(model, request, received, deadline)
+        served = self._repository.served(request.model)
+        learner = arena.leader(None if served is None else served.version)
+        if learner:
+            decision = await self._by_learner(learner, served, request, received, deadline)
+        elif served is None:  # no learner and no version: only with an empty arena
+            raise ModelUnavailable(f"model '{self._repository.name}' is not loaded yet")
+        else:
+            decision = await self._by_version(served, request, received, deadline)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("driftloop.learner", decision.learner)
+        return decision
+
+    async def _by_version(
+        self,
+        model: ServedModel,
+        request: PredictRequest,
+        received: float,
+        deadline: float | None,
+    ) -> Decision:
+        used, missing, label, probability = await self._run_version(model, request, deadline)
+        prediction = _prediction(request, model.name, used, missing)
+        prediction.model_version = model.version
+        prediction.label = label
+        prediction.probability = probability
+        self._publish(prediction, request, received)
+        return Decision(model.name, model.version, label, probability, used, missing)
+
+    async def _by_learner(
+        self,
+        learner: str,
+        model: ServedModel | None,
+        request: PredictRequest,
+        received: float,
+        deadline: float | None,
+    ) -> Decision:
+        """The online learner answers; the champion, when one is loaded, still
+        runs on the same features and its answer goes out as the shadow."""
+        assert self._arena is not None
+        shadow: events_pb2.ShadowAnswer | None = None
+        if model is None:
+            used, missing = await self._featureset_values(request, deadline)
+        else:
+            used, missing, label, probability = await self._run_version(model, request, deadline)
+            shadow = events_pb2.ShadowAnswer(
+                model_version=model.version, label=label, probability=probability
+            )
+        answer = self._arena.answer(learner, learner_inputs(used, missing))
+        name = self._repository.name
+        prediction = _prediction(request, name, used, missing)
+        prediction.learner = answer.learner
+        prediction.label = answer.label
+        prediction.probability = answer.probability
+        if shadow is not None:
+            prediction.champion.CopyFrom(shadow)
+        self._publish(prediction, request, received)
+        return Decision(
+            name, 0, answer.label, answer.probability, used, missing, learner=answer.learner
+        )
+
+    async def _run_version(
+        self, model: ServedModel, request: PredictRequest, deadline: float | None
+    ) -> tuple[dict[str, common_pb2.FeatureValue], list[str], int, float]:
+        """`model`'s inputs filled for the request, and its label and probability."""
         check_signature(model)
         given = request.features
         needs_lookup = any(spec.name not in given for spec in model.inputs)
         online = await self._online(request, deadline) if needs_lookup else {}
         feeds, used, missing = feature_inputs(model, given, online, self._config.feature_defaults)
+        self._check_missing(request, missing)
+        outputs = await self._run(model, feeds, 1, deadline)
+        self._served(model, "Predict")
+        label, probability = decide(model, outputs)
+        return used, missing, label, probability
+
+    async def _featureset_values(
+        self, request: PredictRequest, deadline: float | None
+    ) -> tuple[dict[str, common_pb2.FeatureValue], list[str]]:
+        """With no version loaded: the feature set's features, filled as a
+        model's inputs would be."""
+        given = request.features
+        specs = self._featureset_inputs
+        needs_lookup = any(spec.name not in given for spec in specs)
+        online = await self._online(request, deadline) if needs_lookup else {}
+        _, used, missing = feature_values(specs, given, online, self._config.feature_defaults)
+        self._check_missing(request, missing)
+        return used, missing
+
+    def _check_missing(self, request: PredictRequest, missing: list[str]) -> None:
         if missing and self._config.missing_features == "fail":
             raise MissingFeatures(
                 f"missing features for entity '{request.entity_id}': {', '.join(missing)} "
                 "(neither in the request nor in the feature store)",
                 missing,
             )
-        outputs = await self._run(model, feeds, 1, deadline)
-        self._served(model, "Predict")
-        label, probability = decide(model, outputs)
-        prediction = events_pb2.Prediction(
-            event_id=request.event_id,
-            entity_id=request.entity_id,
-            model=model.name,
-            model_version=model.version,
-            label=label,
-            probability=probability,
-            features=used,
-            defaults_applied=missing,
-        )
+
+    def _publish(
+        self, prediction: events_pb2.Prediction, request: PredictRequest, received: float
+    ) -> None:
         prediction.latency.FromNanoseconds(int((time.perf_counter() - received) * 1e9))
         if request.event_time is not None:
             prediction.event_time.CopyFrom(request.event_time)
         prediction.predicted_at.GetCurrentTime()
         self._outbox.offer(prediction)
-        return Decision(model.name, model.version, label, probability, used, missing)
 
     async def _online(
         self, request: PredictRequest, deadline: float | None
@@ -270,6 +367,21 @@ class DataPlane:
                 "rpc.method": method,
             },
         ).end()
+
+
+def _prediction(
+    request: PredictRequest,
+    model: str,
+    used: dict[str, common_pb2.FeatureValue],
+    missing: list[str],
+) -> events_pb2.Prediction:
+    return events_pb2.Prediction(
+        event_id=request.event_id,
+        entity_id=request.entity_id,
+        model=model,
+        features=used,
+        defaults_applied=missing,
+    )
 
 
 def _rows(model: ServedModel, feeds: dict[str, Array]) -> int:

@@ -51,3 +51,24 @@ FEATURE_LOOKUP_FAILURES = Counter(
     "Online feature lookups that failed or missed their deadline.",
     ["code"],
 )
+ARENA_LEADER = Gauge(
+    "driftloop_inference_arena_leader_info",
+    "1 for who answers Predict now: the champion (v<version>) or an online learner "
+    "(online:<name>).",
+    ["model", "leader"],
+)
+ARENA_LEADER_CHANGES = Counter(
+    "driftloop_inference_arena_leader_changes_total",
+    "Times the arena handed Predict to another contender.",
+    ["model"],
+)
+ARENA_LABELS_LEARNT = Counter(
+    "driftloop_inference_arena_labels_learnt_total",
+    "Labels the arena scored its contenders on and its online learners learnt.",
+    ["model"],
+)
+ARENA_ACCURACY = Gauge(
+    "driftloop_inference_arena_accuracy",
+    "A contender's accuracy over its last arena_window scored events.",
+    ["model", "contender"],
+)

@@ -9,11 +9,12 @@ ONNX export has both).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from driftloop.v1 import common_pb2
+from driftloop_core.featureset import FeatureSet
 
 from driftloop_inference.errors import InvalidInput, UnsupportedModel
 from driftloop_inference.model import Array, ServedModel, TensorSpec
@@ -80,6 +81,27 @@ def convert(
     return number_f, common_pb2.FeatureValue(float_value=number_f)
 
 
+def feature_values(
+    specs: Iterable[TensorSpec],
+    given: Mapping[str, common_pb2.FeatureValue],
+    online: Mapping[str, common_pb2.FeatureValue],
+    defaults: Defaults,
+) -> tuple[dict[str, Any], dict[str, common_pb2.FeatureValue], list[str]]:
+    """Each input's value from the request's features first, then the online
+    ones, then its default: the value as the input takes it, the FeatureValue
+    reported as used, and the features that took a default."""
+    values: dict[str, Any] = {}
+    used: dict[str, common_pb2.FeatureValue] = {}
+    missing: list[str] = []
+    for spec in specs:
+        value = given.get(spec.name) if spec.name in given else online.get(spec.name)
+        if value is None or value.WhichOneof("kind") is None:
+            missing.append(spec.name)
+            value = default_value(spec, defaults)
+        values[spec.name], used[spec.name] = convert(spec, value)
+    return values, used, missing
+
+
 def feature_inputs(
     model: ServedModel,
     given: Mapping[str, common_pb2.FeatureValue],
@@ -88,24 +110,31 @@ def feature_inputs(
 ) -> tuple[dict[str, Array], dict[str, common_pb2.FeatureValue], list[str]]:
     """One-row inputs from the request's features first, then the online ones,
     then defaults; with the values used and the features that took a default."""
+    values, used, missing = feature_values(model.inputs, given, online, defaults)
     feeds: dict[str, Array] = {}
-    used: dict[str, common_pb2.FeatureValue] = {}
-    missing: list[str] = []
     for spec in model.inputs:
-        value = given.get(spec.name) if spec.name in given else online.get(spec.name)
-        if value is None or value.WhichOneof("kind") is None:
-            missing.append(spec.name)
-            value = default_value(spec, defaults)
-        converted, reported = convert(spec, value)
         shape = (1,) * len(spec.shape)
         if spec.datatype == "BYTES":
             array = np.empty(shape, dtype=object)
-            array.fill(converted)
+            array.fill(values[spec.name])
         else:
-            array = np.full(shape, converted, dtype=spec.dtype)
+            array = np.full(shape, values[spec.name], dtype=spec.dtype)
         feeds[spec.name] = array
-        used[spec.name] = reported
     return feeds, used, missing
+
+
+def featureset_inputs(featureset: FeatureSet) -> tuple[TensorSpec, ...]:
+    """The model's inputs as the trainer exports them (categories BYTES, every
+    other feature FP32, each `[-1, 1]`): what Predict fills before any version
+    is loaded."""
+    return tuple(
+        TensorSpec(
+            name,
+            "BYTES" if featureset.feature_type(name) in ("category", "string") else "FP32",
+            (-1, 1),
+        )
+        for name in featureset.model.features
+    )
 
 
 def decide(model: ServedModel, outputs: list[Array]) -> tuple[int, float]:

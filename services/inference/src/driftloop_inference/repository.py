@@ -47,13 +47,18 @@ class ModelRepository:
     def loaded(self) -> list[ServedModel]:
         return [m for m in (self.current, self.previous) if m is not None]
 
-    def resolve(self, name: str, version: str) -> ServedModel:
-        """The model for a request's (name, version); "" means the served one / current."""
+    def served(self, name: str) -> ServedModel | None:
+        """The current version for a request naming model `name` ("" this one),
+        None before the first; ModelNotFound for another model."""
         if name and name != self.name:
             raise ModelNotFound(
                 f"model '{name}' is not served here; this server serves '{self.name}'"
             )
-        current = self.current
+        return self.current
+
+    def resolve(self, name: str, version: str) -> ServedModel:
+        """The model for a request's (name, version); "" means the served one / current."""
+        current = self.served(name)
         if not version:
             if current is None:
                 raise ModelUnavailable(f"model '{self.name}' is not loaded yet")

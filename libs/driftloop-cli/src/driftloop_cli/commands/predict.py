@@ -2,8 +2,10 @@
 
 A thin client of `driftloop.v1.Predictor/Predict` on the inference endpoint.
 `--features` is a JSON object of the event's own values (numbers, strings);
-the server fills the rest from the entity's online features. Exit code 1 with
-the server's status and message when the call fails, 2 for bad arguments.
+the server fills the rest from the entity's online features. The answer names
+who gave it: a registered version (`v3`) or an online learner (`online:arf`,
+with model_version 0). Exit code 1 with the server's status and message when
+the call fails, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ def predict(
     ] = "{}",
     event_id: Annotated[str, typer.Option("--event-id", help="Event id to record.")] = "",
     version: Annotated[
-        int | None, typer.Option("--version", help="Model version (default: the champion).")
+        int | None,
+        typer.Option(
+            "--version",
+            help="Model version (default: who answers now, the champion or an online learner).",
+        ),
     ] = None,
     event_time: Annotated[
         str | None,
@@ -118,16 +124,19 @@ def predict(
         "event_id": reply.event_id,
         "model": reply.model,
         "model_version": reply.model_version,
+        "learner": reply.learner,
         "label": reply.label,
-        "probability": reply.probability,
+        "probability": None if math.isnan(reply.probability) else reply.probability,
         "features_used": used,
         "defaults_applied": list(reply.defaults_applied),
     }
     if as_json:
         print(json.dumps(document, sort_keys=True))
         return
+    # An online learner answered: model_version is 0 and `learner` names it.
+    answerer = reply.learner or f"v{reply.model_version}"
     console.print(
-        f"{reply.model} v{reply.model_version}: label [bold]{reply.label}[/] "
+        f"{reply.model} {answerer}: label [bold]{reply.label}[/] "
         f"probability {reply.probability:.4f}"
     )
     table = Table("feature", "value", "source")

@@ -3,8 +3,9 @@
 The demo is an application like any other: it starts the stack the way
 `driftloop up` does (the supervisor, in this process), waits until every
 service is ready, then for each event, at a steady rate, calls
-`Predictor/Predict` the way a payment system would before accepting a payment,
-and writes the event to `events.raw`; its label follows on the same topic after
+`Predictor/Predict` the way a payment system would before accepting a payment
+(answered by the champion or, while it leads, an online learner), and writes
+the event to `events.raw`; its label follows on the same topic after
 a delay, as a chargeback would. A group-less consumer reads the loop's own
 events (`drift.detected`, `training.requested`, `models.registered`,
 `models.promoted`, `training.failed`) from the beginning. The run ends when the
@@ -230,16 +231,27 @@ async def call_predict(
     index: int,
     truth: int,
     timeout_s: float,
+    *,
+    champion_at: Callable[[float], int | None] | None = None,
 ) -> tuple[Served, predictor_pb2.PredictResponse | None]:
     """The answer to one Predict call as the timeline keeps it (UNAVAILABLE is
-    "no model yet"), and the reply when there is one."""
+    "no model yet"), and the reply when there is one.
+
+    When an online learner answered (the reply's `learner`, model_version 0),
+    the answer is the learner's and its version is the champion in effect at
+    that moment, by `champion_at` (None without it, or before the first)."""
     try:
         reply: predictor_pb2.PredictResponse = await stub.Predict(request, timeout=timeout_s)
     except grpc.aio.AioRpcError as error:
         code = error.code()
         status = "no_model" if code == grpc.StatusCode.UNAVAILABLE else code.name.lower()
         return Served(index, time.time(), truth, status), None
-    served = Served(index, time.time(), truth, "ok", reply.model_version, int(reply.label))
+    at = time.time()
+    if reply.learner:
+        version = champion_at(at) if champion_at is not None else None
+        served = Served(index, at, truth, "ok", version, int(reply.label), learner=reply.learner)
+    else:
+        served = Served(index, at, truth, "ok", reply.model_version, int(reply.label))
     return served, reply
 
 
@@ -465,7 +477,12 @@ class DemoRun:
     ) -> Served:
         request = predict_request(event, start_ms, self.options.model)
         served, reply = await call_predict(
-            stub, request, event.index, event.is_fraud, self.options.predict_timeout_s
+            stub,
+            request,
+            event.index,
+            event.is_fraud,
+            self.options.predict_timeout_s,
+            champion_at=self.timeline.champion_at,
         )
         return served if reply is None else replace(served, skewed=skewed(event, reply))
 

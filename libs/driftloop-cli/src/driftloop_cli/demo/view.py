@@ -1,10 +1,10 @@
 """What the demo shows while it runs: a live panel on a terminal, plain lines elsewhere.
 
 The panel reads the run's timeline a few times a second: events sent, labels,
-answers (and how many came before any model existed), the version serving, the
-rolling accuracy, and the loop's own events as they arrive. Redirected to a
-file or a pipe (CI, tests), the same events are printed as timestamped lines
-with a progress line every few seconds.
+answers (and how many came before any model existed), who answers (a version,
+or an online learner beside the champion), the rolling accuracy, and the loop's
+own events as they arrive. Redirected to a file or a pipe (CI, tests), the same
+events are printed as timestamped lines with a progress line every few seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from driftloop_cli.demo.timeline import Timeline, accuracy
+from driftloop_cli.demo.timeline import Served, Timeline, accuracy
 
 PLAIN_PROGRESS_EVERY_S = 10.0
 
@@ -68,14 +68,13 @@ class DemoView:
         served = self._timeline.served
         answered = [s for s in served if s.status == "ok"]
         rolling = accuracy(answered[-self._window :])
-        version = self._timeline.current_version()
         return {
             "sent": str(len(self._timeline.sent)),
             "labels": str(self._timeline.labels_sent),
             "answered": str(len(answered)),
             "no_model": str(sum(s.status == "no_model" for s in served)),
             "errors": str(sum(s.status not in ("ok", "no_model") for s in served)),
-            "version": f"v{version}" if version is not None else "no model yet",
+            "version": serving(answered[-1] if answered else None),
             "accuracy": f"{rolling:.1%}" if rolling is not None else "n/a",
         }
 
@@ -117,3 +116,12 @@ class DemoView:
             return
         with Live(get_renderable=self.render, console=self._console, refresh_per_second=4):
             yield
+
+
+def serving(last: Served | None) -> str:
+    """Who gave the newest answer: a version, or an online learner beside the champion."""
+    if last is None:
+        return "no model yet"
+    if not last.learner:
+        return f"v{last.version}"
+    return last.learner + (f" (champion v{last.version})" if last.version is not None else "")

@@ -8,7 +8,9 @@ is no join delay or rebalance. Its positions are the offsets stored with its
 state (`StoredOffsets` over `DriftApplication.load` and `.store`).
 
 Each record goes to the handler of its CloudEvents type (`HANDLERS`, by
-protobuf message; `events.valid` carries observations and late labels). A type
+protobuf message; `events.valid` carries observations and late labels). A
+prediction an online learner answered counts as the champion's own answer
+carried beside it, and is ignored when there was no champion. A type
 drift does not follow is skipped; a record with no type, or one that does not
 decode, is a `PoisonMessage`, which the loop dead-letters with its source
 position, and the partition moves on.
@@ -54,9 +56,19 @@ def _ms(stamp: Any, fallback: int) -> int:
     return int(stamp.ToMilliseconds()) if stamp.seconds or stamp.nanos else fallback
 
 
-def prediction_seen(prediction: events_pb2.Prediction, record_ms: int) -> PredictionSeen:
+def prediction_seen(prediction: events_pb2.Prediction, record_ms: int) -> PredictionSeen | None:
     """The prediction as the engine sees it: features that took a default are left out,
-    and integers count as floats."""
+    and integers count as floats.
+
+    Drift watches registered versions only. When an online learner answered
+    (`learner` set), the champion's own answer rides along as `champion`: that is
+    the version's prediction drift sees. Without one (no version was loaded)
+    there is nothing to watch: None."""
+    version, label = prediction.model_version, prediction.label
+    if prediction.learner:
+        if not prediction.HasField("champion") or prediction.champion.model_version <= 0:
+            return None
+        version, label = prediction.champion.model_version, prediction.champion.label
     defaults = set(prediction.defaults_applied)
     features: dict[str, float | str] = {}
     for name, value in prediction.features.items():
@@ -67,8 +79,8 @@ def prediction_seen(prediction: events_pb2.Prediction, record_ms: int) -> Predic
     return PredictionSeen(
         prediction.event_id,
         prediction.model,
-        prediction.model_version,
-        prediction.label,
+        version,
+        label,
         event_ms,
         features,
     )
@@ -83,7 +95,9 @@ async def on_prediction(app: DriftApplication, value: bytes, record_ms: int) -> 
         raise PoisonMessage(
             "Prediction.event_id: must not be empty", field="event_id", rule="required"
         )
-    app.on_prediction(prediction_seen(prediction, record_ms), record_ms)
+    seen = prediction_seen(prediction, record_ms)
+    if seen is not None:
+        app.on_prediction(seen, record_ms)
 
 
 def _label_seen(

@@ -32,6 +32,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             probability=decision.probability,
             features_used=decision.features_used,
             defaults_applied=decision.defaults_applied,
+            learner=decision.learner,
         )
 
 
