@@ -12,6 +12,11 @@ logistic regression on the same events: over the whole stream and over the
     .venv/bin/python loadtests/adaptation.py --events 6000 --seeds 1,2 --streams all \\
         --out adaptation.md [--json rows.json] [--jobs 2] [--cooldown-s 10]
 
+With `--mode stack`, each stream goes through a fresh real stack instead: the
+runner starts `driftloop up --featureset` (its own home and ports), plays the
+stream with `driftloop backtest --mode stack` at `--rate`, stops the stack,
+and tabulates the same figures (one stream at a time; wall-clock time).
+
 "False alarms" are the detections before the change; on a stream with no
 change, every detection.
 """
@@ -21,6 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +67,7 @@ class Job:
     label_delay_s: float
     train_s: float
     cooldown_s: float | None
+    mode: str = "in-process"
 
 
 def drift_settings(cooldown_s: float | None) -> DriftSettings:
@@ -210,9 +219,18 @@ def markdown(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> 
     lines = [
         "# Driftloop adaptation against river",
         "",
-        f"In process, simulated clock: {settings['rate']:g} events/s, labels "
-        f"{settings['label_delay_s']:g} s later, a training run taking {settings['train_s']:g} s. "
-        "Accuracy is prequential on every labelled event (an event answered by no model "
+        (
+            "In process, simulated clock: "
+            if settings.get("mode", "in-process") == "in-process"
+            else "Through a fresh real stack for each stream (`driftloop up`), wall clock: "
+        )
+        + f"{settings['rate']:g} events/s, labels {settings['label_delay_s']:g} s later"
+        + (
+            f", a training run taking {settings['train_s']:g} s. "
+            if settings.get("mode", "in-process") == "in-process"
+            else ". "
+        )
+        + "Accuracy is prequential on every labelled event (an event answered by no model "
         "yet counts as a guess of the majority class so far). Drift settings: "
         + ", ".join(f"{k}={v}" for k, v in settings["drift"].items())
         + ".",
@@ -225,6 +243,82 @@ def markdown(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> 
         "",
     ]
     return "\n".join(lines)
+
+
+def stack_env(home: Path, cooldown_s: float | None) -> dict[str, str]:
+    """The environment of a private stack: its own home, a free port for everything."""
+    from driftloop_core.broker import free_port
+    from driftloop_core.settings import Endpoints
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
+    env |= {k: v for k, v in os.environ.items() if k.startswith("DRIFTLOOP_DRIFT_")}
+    port = free_port()
+    env["DRIFTLOOP_HOME"] = str(home)
+    env["DRIFTLOOP_ENDPOINTS__BROKER_PORT"] = str(port)
+    env["DRIFTLOOP_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
+    for name, field in Endpoints.model_fields.items():
+        if field.annotation is str:
+            env[f"DRIFTLOOP_ENDPOINTS__{name.upper()}"] = f"127.0.0.1:{free_port()}"
+    env["DRIFTLOOP_ENDPOINTS__METRICS"] = json.dumps(dict.fromkeys(Endpoints().metrics, 0))
+    if cooldown_s is not None:
+        env["DRIFTLOOP_DRIFT_COOLDOWN_S"] = str(cooldown_s)
+    return env
+
+
+def run_stack_job(job: Job, work: Path) -> dict[str, Any]:
+    """Start a fresh stack with the stream's feature set, play the stream through
+    it with `driftloop backtest --mode stack`, stop the stack; the row."""
+    cli = [sys.executable, "-m", "driftloop_cli"]
+    folder = work / f"stack-{job.stream.name}-{job.stream.seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = stack_env(folder / "home", job.cooldown_s)
+    started = time.perf_counter()
+    with (folder / "up.log").open("w") as log:
+        up = subprocess.Popen(
+            [*cli, "up", "--featureset", str(job.stream.featureset_path)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while subprocess.run([*cli, "status"], env=env, capture_output=True).returncode:
+                if up.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the stack did not get ready; see {folder / 'up.log'}")
+                time.sleep(1)
+            out = folder / "report"
+            done = subprocess.run(
+                [
+                    *cli,
+                    "backtest",
+                    str(job.stream.jsonl_path),
+                    "-f",
+                    str(job.stream.featureset_path),
+                    "--mode",
+                    "stack",
+                    "--rate",
+                    str(job.rate),
+                    "--label-delay",
+                    str(job.label_delay_s),
+                    "--out",
+                    str(out),
+                    *(
+                        []
+                        if job.stream.change_at is None
+                        else ["--change-at", str(job.stream.change_at)]
+                    ),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"driftloop backtest failed: {done.stderr[-2000:]}")
+        finally:
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=120)
+    report = json.loads((out / "report.json").read_text())
+    return row_of(job.stream, report, time.perf_counter() - started)
 
 
 def _drift_knobs(cooldown_s: float | None) -> dict[str, Any]:
@@ -258,6 +352,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--work", type=Path, default=None, help="folder for the streams (default: a temporary one)"
     )
     parser.add_argument("--entities", type=int, default=DEFAULT_ENTITIES)
+    parser.add_argument(
+        "--mode",
+        choices=("in-process", "stack"),
+        default="in-process",
+        help="the in-process engine, or a fresh real stack for each stream",
+    )
     args = parser.parse_args(argv)
     try:
         names = parse_names(args.streams)
@@ -271,10 +371,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="driftloop-adaptation-") as temporary:
         work = args.work or Path(temporary)
         written = write_streams(names, seeds, work, events=args.events, entities=args.entities)
-        jobs = [Job(s, args.rate, args.label_delay, args.train_s, args.cooldown_s) for s in written]
-        print(f"{len(jobs)} backtests of {args.events} events, {args.jobs} at a time", flush=True)
+        jobs = [
+            Job(s, args.rate, args.label_delay, args.train_s, args.cooldown_s, args.mode)
+            for s in written
+        ]
+        at_once = 1 if args.mode == "stack" else args.jobs
+        print(f"{len(jobs)} backtests of {args.events} events ({args.mode}), {at_once} at a time")
         rows: list[dict[str, Any]] = []
-        if args.jobs == 1:
+        if args.mode == "stack":
+            for job in jobs:
+                rows.append(run_stack_job(job, work))
+                print(f"  {rows[-1]['stream']} seed {rows[-1]['seed']}: done", flush=True)
+        elif args.jobs == 1:
             for job in jobs:
                 rows.append(run_job(job))
                 print(f"  {rows[-1]['stream']} seed {rows[-1]['seed']}: done", flush=True)
@@ -286,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elapsed = time.perf_counter() - started
 
     settings = {
+        "mode": args.mode,
         "rate": args.rate,
         "label_delay_s": args.label_delay,
         "train_s": args.train_s,

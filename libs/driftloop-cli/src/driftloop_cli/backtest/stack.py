@@ -152,7 +152,12 @@ class StackReplay:
         assert sent.index is not None
         request = predict_request(self.featureset, sent)
         served, _ = await call_predict(
-            stub, request, sent.index, truth, self.options.predict_timeout_s
+            stub,
+            request,
+            sent.index,
+            truth,
+            self.options.predict_timeout_s,
+            champion_at=self.timeline.champion_at,
         )
         return served
 
