@@ -125,7 +125,7 @@ def test_accuracy_is_reported_by_version_and_over_time(report: dict) -> None:
 
 def test_river_runs_on_the_same_events(report: dict) -> None:
     reference = report["reference"]
-    assert set(reference["overall"]) == {"driftloop", "arf", "hat"}
+    assert set(reference["overall"]) == {"driftloop", "arf", "hat", "lr"}
     assert all(0.5 < value <= 1.0 for value in reference["overall"].values())
     windows = reference["windows"]
     assert windows[0]["from_event"] == 0 and windows[-1]["to_event"] == EVENTS - 1

@@ -234,6 +234,24 @@ async def test_with_no_version_loaded_an_online_learner_answers_from_the_first_e
     assert span.attributes["driftloop.learner"] == decision.learner
 
 
+async def test_while_a_known_champion_loads_untrained_learners_do_not_answer(
+    make_plane: Any,
+) -> None:
+    # A restarted replica: the registry named v4, still loading, the arena fresh.
+    made = await make_plane(None, ArenaConfig())
+    assert made.arena is not None
+    made.repository.expected = 4
+    request = PredictRequest(event_id="e1", entity_id="c7", features={"amount": fv(1.0)})
+    with pytest.raises(ModelUnavailable, match="v4 is being loaded"):
+        await made.plane.predict(request, None)
+    assert made.outbox.offered == []
+    # Once the learners have learnt a label, they answer meanwhile.
+    made.arena.arena.observe("old", {"amount": 1.0}, None)
+    made.arena.arena.label("old", 1)
+    decision = await made.plane.predict(request, None)
+    assert decision.learner.startswith("online:") and decision.model_version == 0
+
+
 async def test_a_leading_learner_answers_and_the_champion_runs_beside_it(
     make_plane: Any, payments_v1: bytes
 ) -> None:

@@ -207,6 +207,14 @@ class DataPlane:
             model = self._repository.resolve(request.model, request.version)
             return await self._by_version(model, request, received, deadline)
         served = self._repository.served(request.model)
+        expected = self._repository.expected
+        if served is None and expected is not None and not arena.arena.learnt:
+            # A restarted replica whose champion is still loading: its fresh
+            # learners know nothing yet, so it answers as without the arena.
+            raise ModelUnavailable(
+                f"model '{self._repository.name}' v{expected} is being loaded and the "
+                "online learners have learnt no label yet"
+            )
         learner = arena.leader(None if served is None else served.version)
         if learner:
             decision = await self._by_learner(learner, served, request, received, deadline)

@@ -73,6 +73,7 @@ class ModelLifecycle:
                 if champion is None:
                     log.info("no_champion_yet", model=self.model_name)
             if champion is not None and not repository.ready:
+                repository.expected = champion.version
                 loaded = await repository.load_version(
                     champion.version, champion.artifact.sha256, self._registry.download
                 )

@@ -36,6 +36,8 @@ class ModelRepository:
         self._listeners: list[Callable[[ServedModel], Awaitable[None]]] = []
         self.last_error: str = ""
         self.loaded_event = asyncio.Event()
+        # The champion the registry named while none is loaded yet (being loaded).
+        self.expected: int | None = None
 
     def on_change(self, listener: Callable[[ServedModel], Awaitable[None]]) -> None:
         self._listeners.append(listener)

@@ -272,9 +272,12 @@ def skewed(event: DemoEvent, reply: predictor_pb2.PredictResponse) -> bool:
     used = reply.features_used
     count = used.get("txn_count_10m")
     mean = used.get("amount_mean_1h")
-    if count is None or count.WhichOneof("kind") is None:
+    kind = None if count is None else count.WhichOneof("kind")
+    number = None if count is None or kind is None else getattr(count, kind)
+    if not isinstance(number, int | float) or math.isnan(number):
+        # Not there, or its default: no feature-store value was used.
         return event.txn_count_10m != 0
-    if int(count.int_value or count.float_value) != event.txn_count_10m:
+    if int(number) != event.txn_count_10m:
         return True
     seen = mean.float_value if mean is not None and mean.WhichOneof("kind") else math.nan
     if event.amount_mean_1h is None:
