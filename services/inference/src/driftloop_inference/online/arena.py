@@ -7,11 +7,13 @@ label at a time, but a well-trained batch model often beats them on a steady
 stream. The arena runs both and lets recent, honest evidence choose:
 
 - every prediction the deployment serves (read back from the predictions topic,
-  whichever replica served it) is answered again, at once, by every online
-  learner, and kept with the champion's answer until its label arrives;
-- when the label arrives, each contender (every learner, and the champion
-  version that was serving) is scored on it, and only then do the learners
-  learn it: prequential, so no contender is scored on an event it has learnt;
+  whichever replica served it) is kept, with the champion's answer, until its
+  label arrives;
+- when the label arrives, each contender is scored on it and only then do the
+  learners learn it: prequential, so no contender is scored on an event it has
+  learnt. The champion version that was serving is scored on the answer it
+  gave; each learner on the answer it gives now, just before learning the
+  label (see below);
 - besides each learner, the learners' soft vote (`online:vote`: the mean of
   their probabilities) is a contender of its own: on most streams it beats
   every learner alone, and where one learner is far ahead the evidence says so;
@@ -22,16 +24,21 @@ stream. The arena runs both and lets recent, honest evidence choose:
   (which, before the first label, answers the majority class of the labels
   learnt so far: `online:prior`).
 
-Every choice is made on labels that arrive late. After a change, the
-learners start to follow it as soon as its first labels arrive, but the
-evidence that they did comes one label delay later still; a champion cannot
-follow at all. So each version's error stream is watched (ADWIN): when its
-error rises, its record is cleared and it is judged on what came after the rise
-alone, so the learners take over one label delay after the change rather than
-two, and a version hit by a false alarm wins the lead back on fresh evidence.
-The window (400 scored events) is long enough that noise does not make the
-lead flap on a steady stream. Measured against river's learners alone, and the alternatives tried
-(shorter windows, exponential weights, stacking), in `loadtests/README.md`.
+Every choice is made on labels that arrive late, one label delay after the
+event. Scored on the answers they gave when the event was served, learners
+that follow a change would prove it only a second delay later: the answer
+they gave was made before they had seen any label of the change. Scored as
+they are when the label arrives (still without that label, so the test stays
+honest), the record says what the learner can do now, which is what the
+choice is for; a version does not learn, so its served answer is its answer.
+A version's error stream is also watched (ADWIN): when its error rises, its
+record is cleared and it is judged on what comes after the rise alone, so a
+stale champion gives up the lead as soon as the change's labels arrive, and a
+version hit by a false alarm wins it back on fresh evidence. The window (400
+scored events) is long enough that noise does not make the lead flap on a
+steady stream. Measured against river's learners alone, and the alternatives
+tried (shorter windows, exponential weights, stacking, soft votes), in
+`loadtests/README.md`.
 
 A newly promoted version starts with no score: it answers once it has been
 scored `min_scored` times (drift's shadow of it, on every prediction the online
@@ -66,6 +73,9 @@ class ArenaConfig:
     min_scored: int = 30
     # ADWIN's confidence on a version's error stream: a rise clears its record.
     version_delta: float = 0.002
+    # Score a learner on a label with the learner as it is when the label
+    # arrives (before learning it), rather than as it was when it was served.
+    score_at_label: bool = True
     # Predictions waiting for their label (and labels for their prediction); oldest go first.
     max_pending: int = 100_000
     seed: int = 0
@@ -193,19 +203,13 @@ class Arena:
     # ------------------------------------------------------------------ evidence
 
     def observe(self, event_id: str, features: Features, champion: tuple[int, int] | None) -> None:
-        """A served prediction: every learner answers it now; `champion` is the
+        """A served prediction, kept until its label; `champion` is the
         (version, label) the champion gave, when there was one."""
         if not self.enabled or event_id in self._waiting:
             return
         x = learner_features(features)
-        answers = {name: learner.predict_proba_one(x) for name, learner in self.learners.items()}
-        prior = self.prior().label
-        if not self.learnt:
-            answers = {name: {} for name in answers}
-        guesses = {name: _top(probabilities, prior) for name, probabilities in answers.items()}
-        if VOTE in self.contenders:
-            positive = _mean_positive(answers.values())
-            guesses[VOTE] = prior if positive is None else int(positive >= 0.5)
+        # Scored at the label, the learners need not answer now.
+        guesses = {} if self.config.score_at_label else self._guesses(x)
         if champion is not None:
             guesses[champion_key(champion[0])] = champion[1]
         label = self._early.pop(event_id, None)
@@ -230,7 +234,13 @@ class Arena:
         return {key: board.accuracy for key, board in self.boards.items()}
 
     def _settle(self, waiting: _Waiting, label: int) -> None:
-        for key, guess in waiting.guesses.items():
+        guesses = waiting.guesses
+        if self.config.score_at_label:
+            # The learners as they are now, not as they were when the event was
+            # served: still untaught on this label, and one label delay fresher.
+            guesses = {k: v for k, v in guesses.items() if not k.startswith(ONLINE)}
+            guesses |= self._guesses(waiting.x)
+        for key, guess in guesses.items():
             board = self.boards.get(key)
             if board is None:
                 board = self.boards[key] = self._board(key)
@@ -239,6 +249,18 @@ class Arena:
             learner.learn_one(waiting.x, label)
         self.classes[label] += 1
         self.learnt += 1
+
+    def _guesses(self, x: dict[str, Any]) -> dict[str, int]:
+        """Every online contender's answer for `x` (the prior until a label is learnt)."""
+        answers = {name: learner.predict_proba_one(x) for name, learner in self.learners.items()}
+        prior = self.prior().label
+        if not self.learnt:
+            answers = {name: {} for name in answers}
+        guesses = {name: _top(probabilities, prior) for name, probabilities in answers.items()}
+        if VOTE in self.contenders:
+            positive = _mean_positive(answers.values())
+            guesses[VOTE] = prior if positive is None else int(positive >= 0.5)
+        return guesses
 
     def _board(self, key: str) -> Board:
         if key.startswith(ONLINE):
