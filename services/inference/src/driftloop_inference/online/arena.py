@@ -73,6 +73,8 @@ class ArenaConfig:
     min_scored: int = 30
     # ADWIN's confidence on a version's error stream: a rise clears its record.
     version_delta: float = 0.002
+    # When a version's error rises, the learners keep this many latest outcomes (0: all).
+    forget_on_change: int = 150
     # Score a learner on a label with the learner as it is when the label
     # arrives (before learning it), rather than as it was when it was served.
     score_at_label: bool = True
@@ -119,6 +121,11 @@ class Board:
                 self.correct = 0
                 self.scored = 0
                 self.resets += 1
+
+    def keep(self, latest: int) -> None:
+        """Forget all but the `latest` outcomes."""
+        while len(self.recent) > latest:
+            self.correct -= self.recent.popleft()
 
     @property
     def accuracy(self) -> float | None:
@@ -244,7 +251,14 @@ class Arena:
             board = self.boards.get(key)
             if board is None:
                 board = self.boards[key] = self._board(key)
+            resets = board.resets
             board.add(guess == label, self.config.min_scored)
+            if board.resets > resets and self.config.forget_on_change:
+                # The version's error rose: a change. What the learners did before
+                # it says little about what they do after: keep their latest record.
+                for other in self.boards.values():
+                    if other.watch is None:
+                        other.keep(self.config.forget_on_change)
         for learner in self.learners.values():
             learner.learn_one(waiting.x, label)
         self.classes[label] += 1
