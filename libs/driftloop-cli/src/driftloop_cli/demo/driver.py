@@ -77,8 +77,13 @@ WATCHED_TOPICS = (
 # on the few rows already there is weak and has noisy reference bins (PSI false
 # alarms). The refusal is a TrainingFailed; drift asks again after its cooldown.
 # Drift waits for 400 post-drift labels, leaving the log 100 rows of slack.
+# The demo tells the batch loop's story (bootstrap, drift, retrain, hot swap), so
+# the online arena is off unless the environment turns it on: its learners cost
+# each Predict and each label a few milliseconds, which a 2-core machine running
+# every service (and other tests) cannot spare at the demo's rate.
 DEMO_SERVICE_ENV: dict[str, dict[str, str]] = {
     "drift": {"DRIFTLOOP_DRIFT_COOLDOWN_S": "10", "DRIFTLOOP_DRIFT_MIN_POST_DRIFT_ROWS": "400"},
+    "inference": {"DRIFTLOOP_INFERENCE_ONLINE_LEARNERS": "[]"},
     "trainer": {"OMP_NUM_THREADS": "1", "DRIFTLOOP_TRAINER_MIN_ROWS": "300"},
 }
 # How long the stream keeps the stack after the last event, so the last labels
