@@ -34,10 +34,11 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from driftloop.v1 import common_pb2, events_pb2, predictor_pb2, predictor_pb2_grpc
 from driftloop_core.grpc.client import open_channel
 from driftloop_core.kafka.consumer import tail
+from driftloop_core.kafka.offsets import end_offsets
 from driftloop_core.kafka.topics import Topics
 from driftloop_core.services import ServiceSpec, discover_services
 from driftloop_core.settings import Settings
@@ -89,9 +90,11 @@ DEMO_SERVICE_ENV: dict[str, dict[str, str]] = {
 # How long the stream keeps the stack after the last event, so the last labels
 # reach the drift detectors before the run is judged.
 DRAIN_S = 4.0
-# Between the history and the first scored event: ingestion and the feature
-# store apply thousands of events a second, so two seconds is ample.
-HISTORY_SETTLE_S = 2.0
+# The history must be counted by the feature store before the first scored
+# event, or the first scored events would be served aggregates of a history
+# still being applied. On a busy machine that takes tens of seconds.
+HISTORY_TIMEOUT_S = 120.0
+HISTORY_POLL_S = 1.0
 
 
 class DemoError(RuntimeError):
@@ -443,8 +446,9 @@ class DemoRun:
                 key=past.customer_id.encode(),
             )
         await producer.flush()
-        await asyncio.sleep(HISTORY_SETTLE_S)
-        self._say(f"{len(self.scenario.history)} past payments sent; scoring starts")
+        self._say(f"{len(self.scenario.history)} past payments sent")
+        await self._history_counted()
+        self._say("the feature store has counted them; scoring starts")
         self.phase = "streaming"
         began = loop.time()
         onset = self.scenario.onset
@@ -471,6 +475,35 @@ class DemoRun:
         self.phase = "draining the last labels"
         await asyncio.sleep(self.options.label_delay_s + DRAIN_S)
         self.timeline.outcome = "recovered" if self._recovered() else "completed"
+
+    async def _history_counted(self) -> None:
+        """Wait until the feature store has logged a row for every past payment.
+
+        The demo starts on empty topics and the history carries no label, so the
+        rows on `features.offline` are the history's, one per payment."""
+        self.phase = "waiting for the feature store to count the history"
+        wanted = len(self.scenario.history)
+        kafka = self.settings.kafka
+        probe = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
+        await probe.start()
+        try:
+            partitions = [
+                TopicPartition(Topics.FEATURES_OFFLINE, p)
+                for p in sorted(probe.partitions_for_topic(Topics.FEATURES_OFFLINE) or ())
+            ] or [TopicPartition(Topics.FEATURES_OFFLINE, p) for p in range(kafka.partitions)]
+            deadline = time.monotonic() + HISTORY_TIMEOUT_S
+            while True:
+                counted = sum((await end_offsets(kafka, probe, partitions)).values())
+                if counted >= wanted:
+                    return
+                if time.monotonic() > deadline:
+                    raise DemoError(
+                        f"the feature store counted {counted} of {wanted} past payments "
+                        f"in {HISTORY_TIMEOUT_S:g}s; see {self._log_path}"
+                    )
+                await asyncio.sleep(HISTORY_POLL_S)
+        finally:
+            await probe.stop()
 
     def _recovered(self) -> bool:
         onset = self.scenario.onset
