@@ -18,6 +18,7 @@ is logged and skipped, never dead-lettered a second time, and the feed moves on.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
@@ -38,9 +39,10 @@ log = structlog.get_logger(__name__)
 
 # The name the loop's metrics and spans carry; the reader itself joins no group.
 GROUP_ID = "driftloop-inference-arena"
-# Records handled between two yields to the event loop, so a long batch of
-# learning never holds up Predict for long.
-YIELD_EVERY = 50
+# The longest stretch of learning between two yields to the event loop: a label
+# costs the learners a few milliseconds (ARF most), so a batch of them is cut
+# into slices and Predict calls waiting on the same loop are answered between.
+YIELD_AFTER_S = 0.002
 
 
 class Unusable(Exception):
@@ -93,10 +95,12 @@ class ArenaRecords:
         self.skipped = 0
 
     async def handle_batch(self, records: Sequence[Record]) -> list[PoisonMessage | None]:
-        for done, record in enumerate(records, 1):
+        since = time.perf_counter()
+        for record in records:
             self._handle(record)
-            if done % YIELD_EVERY == 0:
+            if time.perf_counter() - since > YIELD_AFTER_S:
                 await asyncio.sleep(0)
+                since = time.perf_counter()
         if records:
             self._host.settled()
         return [None] * len(records)
