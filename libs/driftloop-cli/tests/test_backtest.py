@@ -81,9 +81,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     events = write_stream(folder, EVENTS, CHANGE_AT)
     out = folder / "report"
     with pytest.MonkeyPatch.context() as patch:
-        # The service's default cooldown (120 s, 12 000 events at 100/s) would
-        # keep the first version serving through the whole stream.
-        patch.setenv("DRIFTLOOP_DRIFT_COOLDOWN_S", "10")
+        # The service's defaults: its cooldown (120 s, 12 000 events at 100/s)
+        # follows a drift's request, not the bootstrap, so the change is retrained on.
+        patch.delenv("DRIFTLOOP_DRIFT_COOLDOWN_S", raising=False)
         result = CliRunner().invoke(
             app,
             [

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from driftloop.v1 import events_pb2
+from driftloop_drift.domain.join import LabelSeen
 from driftloop_drift.handlers import DriftEngine, EngineResult
 
 
@@ -99,3 +100,29 @@ def test_error_rise_replaces_a_data_drift_still_waiting(kit: Any) -> None:
     )
     assert parent.kind == events_pb2.DRIFT_KIND_PERFORMANCE
     assert request.window.WhichOneof("kind") == "time_range"
+
+
+def test_an_early_change_is_not_held_back_by_the_bootstrap(kit: Any) -> None:
+    """The cooldown keeps drifts from retraining in a storm; the first model is not
+    such a retrain, so an error rise soon after it asks for training at once."""
+    engine = DriftEngine(
+        kit.payments(),
+        kit.engine_config(cooldown_ms=10 * 60_000, bootstrap_min_labels=100),
+    )
+    out = EngineResult()
+    for i in range(120):
+        out.add(engine.on_label(LabelSeen(f"b{i}", "payments", i % 2, kit.T0_MS + i), kit.T0_MS))
+    first = of(out, events_pb2.TrainingRequested)
+    assert [r.trigger for r in first] == [events_pb2.TRAINING_TRIGGER_BOOTSTRAP]
+    now = kit.T0_MS + 1_000
+    assert engine.on_outcome("payments", first[0].request_id, now, registered=True)
+    engine.on_promoted(1, kit.reference(), now)
+    stream = kit.Stream(seed=7)
+    run(engine, stream, 600, 0.05)
+    # 80 s after the bootstrap, well inside its 10 min cooldown, the error rises.
+    later = of(run(engine, stream, 900, 0.4), events_pb2.TrainingRequested)
+    assert [r.trigger for r in later] == [events_pb2.TRAINING_TRIGGER_DRIFT], later
+    assert later[0].window.HasField("time_range")
+    # A second drift's request would wait for the cooldown: that one was a drift's.
+    assert engine.on_outcome("payments", later[0].request_id, kit.T0_MS + stream.n * 100)
+    assert of(run(engine, stream, 1500, 0.05), events_pb2.TrainingRequested) == []

@@ -2,7 +2,8 @@
 
 Per model: at most one request in flight, until its outcome (`ModelRegistered`
 or `TrainingFailed` with its request id), a promotion, or `in_flight_timeout`;
-and a cooldown after each request.
+and a cooldown after a drift's request (a bootstrap's cooldown holds back
+only the next bootstrap: a change early in the stream is not a retrain storm).
 
 A drift does not ask for training at once: a model trained on the rows around
 the detection would mostly learn the old concept. It becomes the *pending*
@@ -192,17 +193,25 @@ class RetrainPolicy:
         self.in_flight: InFlight | None = None
         self.pending: PendingDrift | None = None
         self.last_request_ms: int | None = None
+        self.last_trigger: int = events_pb2.TRAINING_TRIGGER_UNSPECIFIED
         self.bootstrap_attempts = 0
 
-    def _blocked(self, now_ms: int) -> str:
+    def _blocked(self, now_ms: int, *, drift: bool) -> str:
+        """Why no request can start now ("" when one can).
+
+        The cooldown is against retraining storms: a drift waits for it after a
+        drift's request, a bootstrap after any request. A bootstrap is not a
+        reaction to a change, so a drift right after the first model (a change
+        that came early in the stream) is not held back by it."""
         if self.in_flight is not None:
             if now_ms - self.in_flight.since_ms < self._config.in_flight_timeout_ms:
                 return f"request {self.in_flight.request_id} is in flight"
             self.in_flight = None
-        if (
+        cooling = (
             self.last_request_ms is not None
             and now_ms - self.last_request_ms < self._config.cooldown_ms
-        ):
+        )
+        if cooling and (not drift or self.last_trigger == events_pb2.TRAINING_TRIGGER_DRIFT):
             return "cooling down after the last request"
         return ""
 
@@ -225,7 +234,7 @@ class RetrainPolicy:
             supersedes = flight.request_id
             self.in_flight = None
             self.last_request_ms = None
-        blocked = self._blocked(now_ms)
+        blocked = self._blocked(now_ms, drift=True)
         if self.in_flight is not None:
             return Decision(None, blocked)
         if self.pending is not None and (self.pending.performance or not performance):
@@ -257,7 +266,7 @@ class RetrainPolicy:
         pending = self.pending
         if pending is None:
             return Decision(None, "no drift pending")
-        blocked = self._blocked(now_ms)
+        blocked = self._blocked(now_ms, drift=True)
         if blocked:
             return Decision(None, blocked)
         unconfirmed = not pending.performance and change_ms is None
@@ -317,7 +326,7 @@ class RetrainPolicy:
             return Decision(None, "a champion exists")
         if labels.total < self._config.bootstrap_min_labels:
             return Decision(None, f"{labels.total} labelled events so far")
-        blocked = self._blocked(now_ms)
+        blocked = self._blocked(now_ms, drift=False)
         if blocked:
             return Decision(None, blocked)
         self.bootstrap_attempts += 1
@@ -341,6 +350,7 @@ class RetrainPolicy:
     ) -> events_pb2.TrainingRequested:
         self.in_flight = InFlight(request.request_id, request.trigger, now_ms, confirmed)
         self.last_request_ms = now_ms
+        self.last_trigger = request.trigger
         return request
 
     def on_outcome(self, request_id: str, *, registered: bool = False) -> bool:
@@ -367,6 +377,7 @@ class RetrainPolicy:
             else [flight.request_id, flight.trigger, flight.since_ms, flight.confirmed],
             "pending": None if self.pending is None else self.pending.to_json(),
             "last_request_ms": self.last_request_ms,
+            "last_trigger": self.last_trigger,
             "bootstrap_attempts": self.bootstrap_attempts,
         }
 
@@ -376,4 +387,7 @@ class RetrainPolicy:
         pending = data["pending"]
         self.pending = None if pending is None else PendingDrift.from_json(pending)
         self.last_request_ms = data["last_request_ms"]
+        # State written before the trigger was kept: treat its last request as a
+        # drift's, which holds back as much as the cooldown always did.
+        self.last_trigger = int(data.get("last_trigger", events_pb2.TRAINING_TRIGGER_DRIFT))
         self.bootstrap_attempts = int(data["bootstrap_attempts"])
