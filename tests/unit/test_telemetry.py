@@ -165,3 +165,47 @@ def test_a_second_init_with_other_settings_keeps_the_first_providers(
     assert read_spans(other.traces_dir) == []
     events = [event["event"] for event in _json_lines(capsys.readouterr().err)]
     assert "telemetry_already_started" in events
+
+
+def test_per_event_traces_are_sampled_and_the_loop_is_always_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a ratio of 0, a request's trace (a SERVER or CONSUMER root and all under
+    it) is dropped; a trace the service starts itself (a detection) is kept, and
+    a consumer of a record carrying it follows it."""
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    monkeypatch.setenv("DRIFTLOOP_TRACE_SAMPLE_RATIO", "0")
+    settings = load_settings(service_name="sampled-svc")
+    telemetry = init_telemetry(settings)
+    tracer = telemetry.get_tracer("tests")
+
+    for i in range(20):
+        with tracer.start_as_current_span(f"Predict {i}", kind=trace.SpanKind.SERVER):
+            with tracer.start_as_current_span("features.lookup"):
+                pass
+        with tracer.start_as_current_span("process events.raw", kind=trace.SpanKind.CONSUMER):
+            pass
+    with tracer.start_as_current_span("drift.detected") as detected:
+        with tracer.start_as_current_span("send drift.detected", kind=trace.SpanKind.PRODUCER):
+            pass
+    carried = trace.set_span_in_context(trace.NonRecordingSpan(detected.get_span_context()))
+    with tracer.start_as_current_span(
+        "process training.requested", context=carried, kind=trace.SpanKind.CONSUMER
+    ):
+        pass
+    telemetry.shutdown()
+
+    names = {span["name"] for span in read_spans(settings.traces_dir)}
+    assert names == {"drift.detected", "send drift.detected", "process training.requested"}
+
+
+def test_the_default_keeps_every_trace(settings: Settings) -> None:
+    telemetry = init_telemetry(settings)
+    tracer = telemetry.get_tracer("tests")
+    for i in range(5):
+        with tracer.start_as_current_span(f"Predict {i}", kind=trace.SpanKind.SERVER):
+            pass
+    telemetry.shutdown()
+    assert len(read_spans(settings.traces_dir)) == 5

@@ -195,6 +195,9 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint"),
     )
+    # The share of per-event traces kept (a gRPC request, a record from outside);
+    # the loop's own traces are always kept (see telemetry.sampling).
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     def model_post_init(self, __context: Any) -> None:
         if self.kafka_bootstrap:

@@ -22,6 +22,7 @@ a collector is configured.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from driftloop_core.logging import configure_logging, get_logger
 from driftloop_core.settings import Settings
 from driftloop_core.telemetry.otlp_file import OtlpJsonLinesSpanExporter, traces_file
+from driftloop_core.telemetry.sampling import loop_first
 
 __all__ = ["Telemetry", "init_telemetry", "serve_metrics", "start_metrics_server"]
 
@@ -112,6 +114,7 @@ def _settings_key(settings: Settings) -> tuple[Any, ...]:
         settings.environment,
         settings.otlp_endpoint,
         settings.traces_dir.resolve(),
+        settings.trace_sample_ratio,
     )
 
 
@@ -128,7 +131,11 @@ def _resource(settings: Settings) -> Resource:
 def _build(settings: Settings) -> Telemetry:
     """Providers with the exporters ``settings`` ask for, not yet installed."""
     resource = _resource(settings)
-    tracer_provider = TracerProvider(resource=resource)
+    # OTEL_TRACES_SAMPLER, when set, is the SDK's to read; otherwise ours.
+    sampler = (
+        None if os.environ.get("OTEL_TRACES_SAMPLER") else loop_first(settings.trace_sample_ratio)
+    )
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     readers: list[MetricReader] = []
     traces_path: Path | None = None
     if settings.otlp_endpoint:

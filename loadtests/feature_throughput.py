@@ -1,0 +1,147 @@
+"""Ingestion + feature store end to end: how fast a burst is counted online and logged.
+
+    .venv/bin/python loadtests/feature_throughput.py [--events 20000] [--entities 1000]
+        [--hot] [--env NAME=VALUE ...]
+
+Starts a private stack (`driftloop up` with the built-in feature set, its own
+home and ports), produces `--events` valid labelled observations to
+`events.raw` at once with confluent-kafka (a client users have), then follows
+the end offsets of `events.valid` (ingestion's output) and `features.offline`
+(one row per event the feature store has applied) every half second until
+both hold every event. Prints the lag over time and, measured in the same run,
+events/s through ingestion alone and end to end through the feature store.
+`--hot` sends every event for one entity (the store's worst case); `--env`
+passes settings to every service (e.g. `OTEL_TRACES_SAMPLER=always_off` to
+measure without tracing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from adaptation import stack_env
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import Producer
+from driftloop_core.kafka.offsets import end_offsets
+from driftloop_core.kafka.topics import Topics
+from driftloop_core.settings import load_settings
+
+CHANNELS = ("web", "pos", "atm")
+CLI = [sys.executable, "-m", "driftloop_cli"]
+
+
+def make_events(count: int, entities: int, hot: bool) -> list[tuple[bytes, bytes]]:
+    """(key, JSON) of valid payments, labelled, a second apart, ending now."""
+    rng = random.Random(7)
+    start_ms = int(time.time() * 1000) - count * 1000
+    out = []
+    for i in range(count):
+        customer = "hot" if hot else f"c{rng.randrange(entities)}"
+        event = {
+            "event_id": f"bench-{i}",
+            "customer_id": customer,
+            "ts": start_ms + i * 1000,
+            "amount": round(rng.uniform(1, 500), 2),
+            "channel": rng.choice(CHANNELS),
+            "hour": rng.randrange(24),
+            "is_fraud": int(rng.random() < 0.05),
+        }
+        out.append((customer.encode(), json.dumps(event).encode()))
+    return out
+
+
+async def follow(env: dict[str, str], wanted: int) -> list[tuple[float, int, int]]:
+    """(seconds, valid, logged) every half second until both reach `wanted`."""
+    os.environ.update(env)  # the stack's broker, for this process's settings
+    kafka = load_settings().kafka
+    probe = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
+    await probe.start()
+    try:
+        await probe.topics()
+        parts = {
+            topic: [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic))]
+            for topic in (Topics.VALID, Topics.FEATURES_OFFLINE)
+        }
+        began = time.perf_counter()
+        samples: list[tuple[float, int, int]] = []
+        while True:
+            valid = sum((await end_offsets(kafka, probe, parts[Topics.VALID])).values())
+            logged = sum((await end_offsets(kafka, probe, parts[Topics.FEATURES_OFFLINE])).values())
+            samples.append((time.perf_counter() - began, valid, logged))
+            if valid >= wanted and logged >= wanted:
+                return samples
+            if time.perf_counter() - began > 900:
+                raise RuntimeError(f"not done after 900 s: {samples[-1]}")
+            await asyncio.sleep(0.5)
+    finally:
+        await probe.stop()
+
+
+def first_reaching(samples: Sequence[tuple[float, int, int]], index: int, wanted: int) -> float:
+    return next(s[0] for s in samples if s[index] >= wanted)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--entities", type=int, default=1_000)
+    parser.add_argument("--hot", action="store_true", help="every event for one entity")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="feature-throughput-"))
+    env = stack_env(work / "home", None)
+    env |= dict(item.split("=", 1) for item in args.env)
+    events = make_events(args.events, args.entities, args.hot)
+    with (work / "up.log").open("w") as log:
+        up = subprocess.Popen([*CLI, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while subprocess.run([*CLI, "status"], env=env, capture_output=True).returncode:
+                if up.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the stack did not get ready; see {work / 'up.log'}")
+                time.sleep(1)
+            producer = Producer(
+                {"bootstrap.servers": env["DRIFTLOOP_KAFKA_BOOTSTRAP"], "linger.ms": 20}
+            )
+            sent = time.perf_counter()
+            for key, value in events:
+                while True:
+                    try:
+                        producer.produce(Topics.RAW, value, key=key)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            producer.flush(60)
+            print(f"{args.events} events produced in {time.perf_counter() - sent:.2f} s")
+            samples = asyncio.run(follow(env, args.events))
+        finally:
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=120)
+
+    print("\n  s     valid   logged   (lag of the feature store)")
+    step = max(1, len(samples) // 20)
+    for at, valid, logged in [*samples[::step], samples[-1]]:
+        print(f"{at:6.1f} {valid:8d} {logged:8d}   {valid - logged:8d}")
+    ingested = first_reaching(samples, 1, args.events)
+    counted = first_reaching(samples, 2, args.events)
+    shape = "one hot entity" if args.hot else f"{args.entities} entities"
+    print(
+        f"\n{args.events} events, {shape}: ingestion alone {args.events / ingested:,.0f} events/s; "
+        f"end to end (counted online, logged offline) {args.events / counted:,.0f} events/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
