@@ -24,6 +24,7 @@ change, every detection.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +266,25 @@ def stack_env(home: Path, cooldown_s: float | None) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def running_stack(env: Mapping[str, str], folder: Path, *up_args: str) -> Iterator[None]:
+    """`driftloop up` with `env` (output in `folder/up.log`), ready before the
+    body runs and stopped after it."""
+    cli = [sys.executable, "-m", "driftloop_cli"]
+    with (folder / "up.log").open("w") as log:
+        up = subprocess.Popen([*cli, "up", *up_args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while subprocess.run([*cli, "status"], env=env, capture_output=True).returncode:
+                if up.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the stack did not get ready; see {folder / 'up.log'}")
+                time.sleep(1)
+            yield
+        finally:
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=120)
+
+
 def run_stack_job(job: Job, work: Path) -> dict[str, Any]:
     """Start a fresh stack with the stream's feature set, play the stream through
     it with `driftloop backtest --mode stack`, stop the stack; the row."""
@@ -273,50 +293,35 @@ def run_stack_job(job: Job, work: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     env = stack_env(folder / "home", job.cooldown_s)
     started = time.perf_counter()
-    with (folder / "up.log").open("w") as log:
-        up = subprocess.Popen(
-            [*cli, "up", "--featureset", str(job.stream.featureset_path)],
+    with running_stack(env, folder, "--featureset", str(job.stream.featureset_path)):
+        out = folder / "report"
+        done = subprocess.run(
+            [
+                *cli,
+                "backtest",
+                str(job.stream.jsonl_path),
+                "-f",
+                str(job.stream.featureset_path),
+                "--mode",
+                "stack",
+                "--rate",
+                str(job.rate),
+                "--label-delay",
+                str(job.label_delay_s),
+                "--out",
+                str(out),
+                *(
+                    []
+                    if job.stream.change_at is None
+                    else ["--change-at", str(job.stream.change_at)]
+                ),
+            ],
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            capture_output=True,
+            text=True,
         )
-        try:
-            deadline = time.monotonic() + 180
-            while subprocess.run([*cli, "status"], env=env, capture_output=True).returncode:
-                if up.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the stack did not get ready; see {folder / 'up.log'}")
-                time.sleep(1)
-            out = folder / "report"
-            done = subprocess.run(
-                [
-                    *cli,
-                    "backtest",
-                    str(job.stream.jsonl_path),
-                    "-f",
-                    str(job.stream.featureset_path),
-                    "--mode",
-                    "stack",
-                    "--rate",
-                    str(job.rate),
-                    "--label-delay",
-                    str(job.label_delay_s),
-                    "--out",
-                    str(out),
-                    *(
-                        []
-                        if job.stream.change_at is None
-                        else ["--change-at", str(job.stream.change_at)]
-                    ),
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"driftloop backtest failed: {done.stderr[-2000:]}")
-        finally:
-            up.send_signal(signal.SIGTERM)
-            up.wait(timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"driftloop backtest failed: {done.stderr[-2000:]}")
     report = json.loads((out / "report.json").read_text())
     return row_of(job.stream, report, time.perf_counter() - started)
 

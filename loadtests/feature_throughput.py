@@ -22,15 +22,12 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from adaptation import stack_env
+from adaptation import running_stack, stack_env
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import Producer
 from driftloop_core.kafka.offsets import end_offsets
@@ -38,7 +35,6 @@ from driftloop_core.kafka.topics import Topics
 from driftloop_core.settings import load_settings
 
 CHANNELS = ("web", "pos", "atm")
-CLI = [sys.executable, "-m", "driftloop_cli"]
 
 
 def make_events(count: int, entities: int, hot: bool) -> list[tuple[bytes, bytes]]:
@@ -104,31 +100,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = stack_env(work / "home", None)
     env |= dict(item.split("=", 1) for item in args.env)
     events = make_events(args.events, args.entities, args.hot)
-    with (work / "up.log").open("w") as log:
-        up = subprocess.Popen([*CLI, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 180
-            while subprocess.run([*CLI, "status"], env=env, capture_output=True).returncode:
-                if up.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the stack did not get ready; see {work / 'up.log'}")
-                time.sleep(1)
-            producer = Producer(
-                {"bootstrap.servers": env["DRIFTLOOP_KAFKA_BOOTSTRAP"], "linger.ms": 20}
-            )
-            sent = time.perf_counter()
-            for key, value in events:
-                while True:
-                    try:
-                        producer.produce(Topics.RAW, value, key=key)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            producer.flush(60)
-            print(f"{args.events} events produced in {time.perf_counter() - sent:.2f} s")
-            samples = asyncio.run(follow(env, args.events))
-        finally:
-            up.send_signal(signal.SIGTERM)
-            up.wait(timeout=120)
+    with running_stack(env, work):
+        producer = Producer(
+            {"bootstrap.servers": env["DRIFTLOOP_KAFKA_BOOTSTRAP"], "linger.ms": 20}
+        )
+        sent = time.perf_counter()
+        for key, value in events:
+            while True:
+                try:
+                    producer.produce(Topics.RAW, value, key=key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.flush(60)
+        print(f"{args.events} events produced in {time.perf_counter() - sent:.2f} s")
+        samples = asyncio.run(follow(env, args.events))
 
     print("\n  s     valid   logged   (lag of the feature store)")
     step = max(1, len(samples) // 20)
