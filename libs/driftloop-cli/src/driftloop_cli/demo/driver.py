@@ -487,10 +487,11 @@ class DemoRun:
         probe = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
         await probe.start()
         try:
+            await probe.topics()  # the metadata partitions_for_topic reads
             partitions = [
                 TopicPartition(Topics.FEATURES_OFFLINE, p)
                 for p in sorted(probe.partitions_for_topic(Topics.FEATURES_OFFLINE) or ())
-            ] or [TopicPartition(Topics.FEATURES_OFFLINE, p) for p in range(kafka.partitions)]
+            ]
             deadline = time.monotonic() + HISTORY_TIMEOUT_S
             while True:
                 counted = sum((await end_offsets(kafka, probe, partitions)).values())
