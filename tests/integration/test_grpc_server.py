@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 
 pytestmark = pytest.mark.integration
 
@@ -197,15 +198,76 @@ async def test_health_reports_serving_for_the_server_and_each_service(
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_reflection_lists_our_service_and_health(channel: grpc.aio.Channel) -> None:
+async def _reflected(channel: grpc.aio.Channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     call = stub.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")])
     )
-    names = set()
+    names: set[str] = set()
     async for response in call:
         names |= {s.name for s in response.list_services_response.service}
+    return names
+
+
+async def test_reflection_is_off_unless_asked_for(
+    channel: grpc.aio.Channel, make_server: MakeServer
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as off:
+        await _reflected(channel)
+    assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    server = make_server(reflection=True)
+    await server.start()
+    async with grpc.aio.insecure_channel(server.endpoint) as reflecting:
+        names = await _reflected(reflecting)
     assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+async def test_authorization_is_decided_per_call_not_per_method(settings: Settings) -> None:
+    """A method first called with a valid token stays closed to the next caller
+    without one (the interceptors after authorization cache per method)."""
+    lookup = "/driftloop.v1.FeatureService/GetOnlineFeatures"
+    features = grpc.method_handlers_generic_handler(
+        "driftloop.v1.FeatureService",
+        {"GetOnlineFeatures": grpc.unary_unary_rpc_method_handler(lambda request, _: request)},
+    )
+    guarded = settings.model_copy(update={"read_token": SecretStr("r")})
+    server = build_server(
+        guarded, [(_add_generic, features, "driftloop.v1.FeatureService")], "127.0.0.1:0", drain_s=0
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.endpoint) as channel:
+            call = channel.unary_unary(lookup)
+            for _ in range(2):
+                assert await call(b"x", metadata=(("authorization", "Bearer r"),)) == b"x"
+                for metadata in ((), (("authorization", "Bearer wrong"),)):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await call(b"x", metadata=metadata)
+                    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                    assert "needs the 'read' role" in (refused.value.details() or "")
+    finally:
+        await server.stop(0)
+
+
+async def test_with_authorization_on_a_method_outside_the_table_is_refused_to_all(
+    settings: Settings, servicer: EchoServicer
+) -> None:
+    guarded = settings.model_copy(update={"admin_token": SecretStr("a")})
+    server = build_server(
+        guarded, [(_add_generic, servicer.handler(), SERVICE)], "127.0.0.1:0", drain_s=0
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.endpoint) as channel:
+            echo = channel.unary_unary(f"/{SERVICE}/Echo")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await echo(b"hi", metadata=(("authorization", "Bearer a"),))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "not in the authorization table" in (refused.value.details() or "")
+            # Health still answers without a credential.
+            assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(0)
 
 
 async def test_unexpected_exception_becomes_internal_logged_once_and_server_carries_on(

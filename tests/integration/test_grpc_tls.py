@@ -60,6 +60,7 @@ class Pki:
     ca: Path
     service: Issued  # localhost / 127.0.0.1, server and client use
     operator: Issued  # client use only
+    inference: Issued  # named as the inference service, client use only
     named: Issued  # names only registry.driftloop.internal, no address
     other_ca: Path
     stranger: Issued  # signed by the other CA
@@ -156,6 +157,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         ca=ca.cert,
         service=_leaf(folder, "service", signer, dns=["localhost"], ips=["127.0.0.1"], server=True),
         operator=_leaf(folder, "operator", signer, dns=[], ips=[], server=False),
+        inference=_leaf(folder, "inference", signer, dns=["inference"], ips=[], server=False),
         named=_leaf(
             folder, "named", signer, dns=["registry.driftloop.internal"], ips=[], server=True
         ),
@@ -319,7 +321,12 @@ async def registry(settings: Settings, pki: Pki, unique: str) -> AsyncIterator[R
         deadletter_topic=f"t.deadletter.{unique}",
         group_id=f"g.registry.{unique}",
     )
-    service = RegistryService(mutual(settings, pki).for_service("registry"), config, "127.0.0.1:0")
+    # The operator's certificate may administer, the services' may read; any
+    # other certificate of the CA reaches the port but no method.
+    served = with_tls(
+        mutual(settings, pki), client_roles={"operator": ["admin"], "service": ["read"]}
+    )
+    service = RegistryService(served.for_service("registry"), config, "127.0.0.1:0")
     await service.start()
     try:
         yield service
@@ -377,3 +384,32 @@ async def test_the_registry_serves_its_clients_over_mutual_tls_only(
     assert json.loads(out) == {"versions": []}
     code, _, err = await run(*cli, env=base)
     assert code == 1 and "UNAVAILABLE" in err
+
+
+async def test_a_certificate_holds_the_roles_its_names_are_given(
+    registry: RegistryService, settings: Settings, pki: Pki
+) -> None:
+    async def call(issued: Issued, method: str, request: Any) -> grpc.StatusCode:
+        async with open_channel(registry.endpoint, mutual(settings, pki, issued)) as channel:
+            stub = registry_pb2_grpc.RegistryServiceStub(channel)
+            try:
+                await getattr(stub, method)(request, timeout=5)
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+    listing = registry_pb2.ListModelsRequest()
+    promote = registry_pb2.PromoteRequest(
+        model="nobody", version=1, actor="mallory", reason="try"
+    )
+    # Mapped to read by DRIFTLOOP_GRPC__CLIENT_ROLES: reads, never promotes.
+    assert await call(pki.service, "ListModels", listing) == grpc.StatusCode.OK
+    assert await call(pki.service, "Promote", promote) == grpc.StatusCode.PERMISSION_DENIED
+    # The inference service's name holds read by itself.
+    assert await call(pki.inference, "ListModels", listing) == grpc.StatusCode.OK
+    assert await call(pki.inference, "Promote", promote) == grpc.StatusCode.PERMISSION_DENIED
+    # A certificate of the same CA under a name nobody granted anything.
+    assert await call(pki.named, "ListModels", listing) == grpc.StatusCode.PERMISSION_DENIED
+    # The operator administers: the promote reaches the registry, which knows no
+    # such model; the attempt is not refused for its credential.
+    assert await call(pki.operator, "Promote", promote) == grpc.StatusCode.NOT_FOUND

@@ -132,6 +132,16 @@ class GrpcSettings(BaseModel):
     # they dial, e.g. when a health probe dials 127.0.0.1 but the certificate
     # names the service.
     tls_server_name: str | None = None
+    # Under mutual TLS, the roles a client certificate's names hold (common name
+    # or a subject alternative name), as JSON: {"ops-alice": ["admin"],
+    # "checkout": ["predict"]}. The services that call others (inference,
+    # trainer, drift) hold "read" by name without being listed.
+    client_roles: dict[str, list[Literal["ingest", "read", "predict", "admin"]]] = Field(
+        default_factory=dict
+    )
+    # gRPC server reflection (grpcurl without protos); off unless asked for,
+    # and then it needs the "read" role like any other read.
+    reflection: bool = False
 
     @property
     def tls(self) -> bool:
@@ -161,11 +171,18 @@ class Settings(BaseSettings):
     service_version: str = "0.1.0"
     environment: str = "dev"
     log_level: str = "INFO"
-    # Bearer token the registry requires on Promote and Rollback when set.
+    # Bearer tokens, one per role (see driftloop_core.grpc.auth for the table of
+    # who may call what). Setting any of them turns authorization on: from then
+    # on a call needs a credential holding its method's role. Servers check the
+    # tokens they are given; clients send the one a method needs.
+    # admin: Promote and Rollback, and every other role.
     admin_token: SecretStr | None = None
-    # Bearer token ingestion requires on Ingest and IngestStream when set
-    # (DRIFTLOOP_INGEST_TOKEN); `driftloop ingest` sends it.
+    # ingest: Ingest and IngestStream (`driftloop ingest` sends it).
     ingest_token: SecretStr | None = None
+    # read: feature lookups, training sets, the registry's reads and artifacts.
+    read_token: SecretStr | None = None
+    # predict: Predict and the Open Inference Protocol's model calls.
+    predict_token: SecretStr | None = None
     # Where model artifacts live, content-addressed by sha256: a local folder
     # (default: DRIFTLOOP_HOME/artifacts) or any fsspec URL (s3://bucket/prefix).
     artifacts_url: str | None = None

@@ -1,7 +1,8 @@
 """Channels from one Driftloop process to another's gRPC services.
 
 A channel made here accepts the same message sizes the servers do and injects the
-caller's trace into ``traceparent`` metadata, so a CLI command or a service calling
+caller's trace into ``traceparent`` metadata and sends this process's token for
+the role each method needs (``driftloop_core.grpc.auth``), so a CLI command or a service calling
 another one shows up as one trace. Health checks are not traced, as on the server.
 
 :func:`open_channel` is the one every caller uses: it speaks TLS, presenting this
@@ -21,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
+from driftloop_core.grpc.auth import client_interceptors
 from driftloop_core.grpc.interceptors import HEALTH_SERVICE
 from driftloop_core.grpc.tls import channel_credentials
 from driftloop_core.settings import Settings
@@ -73,7 +75,11 @@ def open_channel(
         target,
         credentials,
         options=channel_options(settings),
-        interceptors=[*_tracing(tracer_provider), *interceptors],
+        interceptors=[
+            *_tracing(tracer_provider),
+            *client_interceptors(settings),
+            *interceptors,
+        ],
     )
     return channel
 
@@ -103,6 +109,6 @@ def insecure_channel(
     channel: grpc.aio.Channel = grpc.aio.insecure_channel(
         target,
         options=channel_options(settings),
-        interceptors=[*_tracing(tracer_provider), *interceptors],
+        interceptors=[*_tracing(tracer_provider), *client_interceptors(settings), *interceptors],
     )
     return channel

@@ -1,11 +1,13 @@
 """The one way a Driftloop service serves gRPC.
 
 :func:`build_server` assembles a ``grpc.aio`` server with what every service
-needs and nothing it must remember: the standard health service and server
-reflection (so ``grpcurl``, Kubernetes probes and ``driftloop status`` work
-without our protos), the tracing/metrics/errors interceptors, message size
-limits, and a cap on concurrent RPCs beyond which callers get
-``RESOURCE_EXHAUSTED`` instead of an ever longer queue. When the ``grpc``
+needs and nothing it must remember: the standard health service (so
+Kubernetes probes and ``driftloop status`` work without our protos), server
+reflection when ``grpc.reflection`` asks for it, the tracing/metrics/errors
+interceptors, authorization of every call against one table of roles
+(``driftloop_core.grpc.auth``), message size limits, and a cap on concurrent
+RPCs beyond which callers get ``RESOURCE_EXHAUSTED`` instead of an ever longer
+queue. When the ``grpc``
 settings name certificates the port speaks TLS, and with
 ``tls_require_client_cert`` (the default) refuses clients without a certificate
 signed by the configured CA.
@@ -34,6 +36,7 @@ from grpc_health.v1.health_pb2_grpc import add_HealthServicer_to_server
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
+from driftloop_core.grpc.auth import AuthorizationInterceptor, Authorizer
 from driftloop_core.grpc.interceptors import default_server_interceptors
 from driftloop_core.grpc.tls import server_credentials
 from driftloop_core.logging import get_logger
@@ -209,8 +212,18 @@ def build_server(
         address = f"{settings.grpc.bind_host}:{address.rpartition(':')[2]}"
     if interceptors is None:
         interceptors = default_server_interceptors(tracer_provider, untraced_roots=untraced_roots)
+    authorizer = Authorizer(settings)
+    if not authorizer.enforced:
+        _log.warning(
+            "grpc_authorization_off",
+            address=address,
+            hint="no token and no client certificate is configured: every caller may "
+            "call every method; set DRIFTLOOP_*_TOKEN or mutual TLS outside one machine",
+        )
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        # First: the others cache their wrapped handler per method, so whatever
+        # comes after them would be decided once per method, not once per call.
+        interceptors=[AuthorizationInterceptor(authorizer), *interceptors],
         options=[
             ("grpc.max_send_message_length", settings.grpc.max_message_bytes),
             ("grpc.max_receive_message_length", settings.grpc.max_message_bytes),
@@ -225,9 +238,10 @@ def build_server(
 
     health = health_aio.HealthServicer()
     add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [*names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    if settings.grpc.reflection:
+        reflection.enable_server_reflection(
+            [*names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
     return GrpcServer(
         server,
         health,
