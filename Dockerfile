@@ -36,11 +36,13 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 FROM python:3.11-slim-bookworm
 ARG SERVICE
 ARG PORT
-LABEL org.opencontainers.image.title="driftloop-${SERVICE}"
+LABEL org.opencontainers.image.title="driftloop-${SERVICE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 driftloop \
     && useradd --system --uid 10001 --gid driftloop --home-dir /app --shell /usr/sbin/nologin driftloop \
     && mkdir -p /var/lib/driftloop && chown driftloop:driftloop /var/lib/driftloop
 COPY --from=build --chown=driftloop:driftloop /app/.venv /app/.venv
+COPY LICENSE /usr/share/licenses/driftloop/LICENSE
 # DRIFTLOOP_SERVICE and DRIFTLOOP_SERVICE_PORT are the build arguments kept for run
 # time: the entrypoint and the health check read them (Settings ignores both).
 ENV PATH=/app/.venv/bin:$PATH \

@@ -1,16 +1,20 @@
 """The deployment files users run elsewhere, validated here without a Docker
 engine or a cluster: the compose file against the compose-spec schema, the
-Kubernetes manifests against the API schemas, and what each must provide."""
+Kubernetes manifests against the API schemas, and what each must provide,
+least privilege included: the Secrets, certificates and network paths each
+service gets are those it uses, and no more."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +22,69 @@ import kubernetes_validate
 import pytest
 import yaml
 from driftloop_core.featureset import default_featureset_path
+from driftloop_core.grpc.auth import (
+    METHOD_ROLES,
+    SERVICE_IDENTITIES,
+    Authorizer,
+    Role,
+    bearer_metadata,
+    role_tokens,
+)
 from driftloop_core.kafka import Topics
-from driftloop_core.settings import Endpoints, KafkaSettings, load_settings
+from driftloop_core.settings import Endpoints, KafkaSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = sorted(p.parent.name for p in ROOT.glob("services/*/pyproject.toml"))
 KUBERNETES_VERSION = "1.33"
 PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
 HEALTH_PROBE = ["python", "-m", "driftloop_core.grpc.health_probe"]
-# The Secret the mtls component (k8s/components/mtls) mounts: CA, certificate, key.
-TLS_SECRET = "driftloop-grpc-tls"
+# The Secrets the mtls component (k8s/components/mtls) mounts, one per service:
+# CA, the service's own certificate and its key.
+TLS_SECRET_PREFIX = "driftloop-grpc-tls"
+
+
+def tls_secret(name: str) -> str:
+    return f"{TLS_SECRET_PREFIX}-{name}"
+
+
+# The Secret holding each role's bearer token, under the variable's name.
+TOKEN_SECRETS = {
+    Role.INGEST: "driftloop-ingest-token",
+    Role.READ: "driftloop-read-token",
+    Role.PREDICT: "driftloop-predict-token",
+    Role.ADMIN: "driftloop-admin",
+}
+# The gRPC services each Driftloop service serves (method prefixes of METHOD_ROLES).
+SERVES = {
+    "ingestion": ("/driftloop.v1.IngestService/",),
+    "features": ("/driftloop.v1.FeatureService/",),
+    "registry": ("/driftloop.v1.RegistryService/",),
+    "inference": ("/driftloop.v1.Predictor/", "/inference.GRPCInferenceService/"),
+    "trainer": (),
+    "drift": (),
+}
+# Who calls whom inside the deployment, and what.
+CALLS = {
+    "inference": {
+        "features": ["GetOnlineFeatures"],
+        "registry": ["GetChampion", "DownloadArtifact"],
+    },
+    "trainer": {
+        "features": ["GetTrainingSet"],
+        "registry": ["GetChampion", "DownloadArtifact"],
+    },
+    "drift": {"registry": ["GetChampion", "GetVersion"]},
+}
+PROTO_SERVICES = {
+    "features": "/driftloop.v1.FeatureService/",
+    "registry": "/driftloop.v1.RegistryService/",
+}
+# Secrets other than tokens: the object store (the trainer writes artifacts, the
+# registry reads them; inference gets them from the registry) and the database.
+OTHER_SECRETS = {
+    "registry": {"driftloop-artifacts-reader", "driftloop-registry-db"},
+    "trainer": {"driftloop-artifacts-writer"},
+}
 
 
 def test_every_service_is_deployable() -> None:
@@ -354,15 +411,16 @@ def test_prod_probes_every_service_with_the_health_probe_and_the_base_timings() 
             assert without_handler(container[kind]) == without_handler(plain[kind]), (name, kind)
 
 
-def test_prod_mounts_the_tls_secret_and_turns_mutual_tls_on_in_every_service(
+def test_prod_mounts_each_service_its_own_certificate_and_turns_mutual_tls_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     docs = kustomized("prod")
     for name in SERVICES:
         pod = by_kind(docs)["Deployment"][name]["spec"]["template"]["spec"]
-        [volume] = [
-            v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == TLS_SECRET
-        ]
+        # Its own certificate, and no other service's: a pod that leaks its key
+        # can speak as itself only.
+        [volume] = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName")]
+        assert volume["secret"]["secretName"] == tls_secret(name)
         [container] = pod["containers"]
         [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
         assert mount["readOnly"] is True
@@ -379,11 +437,65 @@ def test_prod_mounts_the_tls_secret_and_turns_mutual_tls_on_in_every_service(
             secret / "tls.crt",
             secret / "tls.key",
         ), name
-    # The README's command makes the Secret with the keys the services read.
+    # The README's commands make the Secrets with the keys the services read.
     readme = (ROOT / "README.md").read_text()
-    assert f"kubectl create secret generic {TLS_SECRET}" in readme
+    assert f"kubectl create secret generic {TLS_SECRET_PREFIX}" in readme
     for key in ("ca.crt", "tls.crt", "tls.key"):
         assert f"--from-file={key}=" in readme
+
+
+def test_cert_manager_example_issues_each_service_the_certificate_it_mounts(
+    tmp_path: Path,
+) -> None:
+    """The optional component k8s/components/mtls-cert-manager beside prod: each
+    service's Certificate writes the Secret that service mounts, names the
+    service as clients dial it and as the servers authorize it, and holds the
+    address the exec probe dials."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("needs kubectl kustomize to combine the overlay and the component")
+    k8s = Path(os.path.relpath(ROOT / "k8s", tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(k8s / "overlays" / "prod")],
+                "components": [str(k8s / "components" / "mtls-cert-manager")],
+            }
+        )
+    )
+    done = subprocess.run(
+        [str(shutil.which("kubectl")), "kustomize", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    found = by_kind(docs)
+    certificates = {
+        c["spec"]["secretName"]: c["spec"]
+        for c in found["Certificate"].values()
+        if not c["spec"].get("isCA")
+    }
+    assert set(certificates) == {tls_secret(name) for name in SERVICES}
+    for name in SERVICES:
+        spec = certificates[tls_secret(name)]
+        [container] = found["Deployment"][name]["spec"]["template"]["spec"]["containers"]
+        dialed = container_env(container, docs)[f"DRIFTLOOP_ENDPOINTS__{name.upper()}"]
+        assert spec["commonName"] == name
+        assert spec["dnsNames"] == [dialed.rpartition(":")[0]], name
+        assert spec["ipAddresses"] == ["127.0.0.1"], name
+        assert {"server auth", "client auth"} <= set(spec["usages"]), name
+        assert spec["issuerRef"]["name"] in found["Issuer"], name
+    # The callers' certificates carry the names the servers grant "read" to.
+    assert {certificates[tls_secret(n)]["commonName"] for n in SERVICE_IDENTITIES} == set(
+        SERVICE_IDENTITIES
+    )
+    for doc in docs:
+        if doc["apiVersion"].startswith(("cert-manager.io/", "kafka.strimzi.io/")):
+            continue  # custom resources: their CRDs' schemas are not here
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
@@ -412,3 +524,328 @@ def test_every_metric_on_the_dashboard_is_exported_by_the_code() -> None:
     # Histograms are queried through their _bucket series.
     missing = {name for name in wanted if name.removesuffix("_bucket") not in defined}
     assert not missing, f"dashboard queries metrics no service exports: {sorted(missing)}"
+
+
+def checked_roles(name: str) -> set[Role]:
+    """The roles whose tokens ``name`` checks: those its methods need."""
+    return {
+        role
+        for method, role in METHOD_ROLES.items()
+        if role is not None and SERVES[name] and method.startswith(SERVES[name])
+    }
+
+
+def sent_roles(name: str) -> set[Role]:
+    """The roles whose tokens ``name`` sends to the services it calls."""
+    return {
+        role
+        for server, methods in CALLS.get(name, {}).items()
+        for method in methods
+        if (role := METHOD_ROLES[PROTO_SERVICES[server] + method]) is not None
+    }
+
+
+def pod_secrets(pod: dict[str, Any]) -> set[str]:
+    """Every Secret a pod can read: as environment or as files."""
+    names: set[str] = set()
+    for container in pod["containers"] + pod.get("initContainers", []):
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                names.add(source["secretRef"]["name"])
+        for var in container.get("env", []):
+            if "secretKeyRef" in var.get("valueFrom", {}):
+                names.add(var["valueFrom"]["secretKeyRef"]["name"])
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            names.add(volume["secret"]["secretName"])
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    return names
+
+
+def secret_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The container's variables that come from a Secret: name -> secretKeyRef."""
+    return {
+        var["name"]: var["valueFrom"]["secretKeyRef"]
+        for var in container.get("env", [])
+        if "secretKeyRef" in var.get("valueFrom", {})
+    }
+
+
+def test_the_roles_follow_the_authorization_table() -> None:
+    """The table the manifests below are held to, read from the code's own."""
+    assert {name: checked_roles(name) for name in SERVICES} == {
+        "ingestion": {Role.INGEST},
+        "features": {Role.READ},
+        "registry": {Role.READ, Role.ADMIN},
+        "inference": {Role.PREDICT},
+        "trainer": set(),
+        "drift": set(),
+    }
+    # The services that call others are the ones the servers know by name.
+    for name in SERVICES:
+        assert sent_roles(name) == set(SERVICE_IDENTITIES.get(name, ())), name
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_each_pod_gets_only_the_secrets_it_uses(overlay: str) -> None:
+    found = by_kind(rendered(overlay) if overlay == "dev" else kustomized(overlay))
+    for name in SERVICES:
+        pod = found["Deployment"][name]["spec"]["template"]["spec"]
+        roles = checked_roles(name) | sent_roles(name)
+        wanted = {TOKEN_SECRETS[role] for role in roles} | OTHER_SECRETS.get(name, set())
+        if overlay == "prod":
+            wanted.add(tls_secret(name))
+        assert pod_secrets(pod) == wanted, name
+        [container] = pod["containers"]
+        # Key by key: a key added to a Secret later reaches no pod by itself.
+        assert not [s for s in container.get("envFrom", []) if "secretRef" in s], name
+        env = secret_env(container)
+        for role, secret in TOKEN_SECRETS.items():
+            variable = f"DRIFTLOOP_{role.value.upper()}_TOKEN"
+            if role in roles:
+                assert env[variable]["name"] == secret, (name, variable)
+                assert env[variable]["key"] == variable, (name, variable)
+                # Required: a pod without its token would run with authorization off.
+                assert not env[variable].get("optional"), (name, variable)
+            else:
+                assert variable not in env, (name, variable)
+    inference = found["Deployment"]["inference"]["spec"]["template"]["spec"]["containers"][0]
+    assert "DRIFTLOOP_ADMIN_TOKEN" not in secret_env(inference)
+    assert not any(var.startswith("AWS_") for var in secret_env(inference))
+
+
+def pod_settings(
+    name: str, docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """The settings ``name``'s container starts with, each Secret key holding a
+    value of its own."""
+    [container] = by_kind(docs)["Deployment"][name]["spec"]["template"]["spec"]["containers"]
+    with monkeypatch.context() as patched:
+        for var in [v for v in os.environ if v.startswith(("DRIFTLOOP_", "AWS_"))]:
+            patched.delenv(var)
+        for var, value in container_env(container, docs).items():
+            patched.setenv(var, value)
+        for var, ref in secret_env(container).items():
+            patched.setenv(var, f"{ref['name']}/{ref['key']}")
+        return load_settings()
+
+
+def test_every_call_the_deployment_makes_is_authorized_and_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller's token (from the Secret it is given) is one its server checks
+    (from the Secret the server is given), for the calls it makes; what a
+    service's tokens let it call ends there."""
+    docs = rendered("dev")
+    settings = {name: pod_settings(name, docs, monkeypatch) for name in SERVICES}
+    servers = {name: Authorizer(settings[name]) for name in SERVICES}
+    for caller, called in CALLS.items():
+        tokens = role_tokens(settings[caller])
+        for server, methods in called.items():
+            for method in methods:
+                role = METHOD_ROLES[PROTO_SERVICES[server] + method]
+                assert role is not None
+                token = tokens.get(role) or tokens.get(Role.ADMIN)
+                granted = servers[server].token_caller(bearer_metadata(token))
+                assert granted is not None and role in granted.roles, (caller, server, method)
+    # Only the registry holds the admin token (it checks it); at any other
+    # service, the tokens a service holds open reads and nothing more.
+    for name in SERVICES:
+        held = role_tokens(settings[name])
+        assert Role.ADMIN not in held or name == "registry", name
+        for server in set(SERVICES) - {name}:
+            for token in held.values():
+                granted = servers[server].token_caller(bearer_metadata(token))
+                assert granted is None or granted.roles <= {Role.READ}, (name, server, granted)
+    # Every server enforces: none is left open to anyone who reaches its port.
+    for name, authorizer in servers.items():
+        if checked_roles(name):
+            assert authorizer.enforced, name
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert not selector.get("matchExpressions"), "only matchLabels here"
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def pod_ports(found: dict[str, dict[str, dict[str, Any]]], name: str) -> dict[str, int]:
+    [container] = found["Deployment"][name]["spec"]["template"]["spec"]["containers"]
+    return {port["name"]: port["containerPort"] for port in container["ports"]}
+
+
+def peers(
+    found: dict[str, dict[str, dict[str, Any]]], name: str, port: str, direction: str
+) -> list[dict[str, Any]]:
+    """The peers the policies selecting ``name``'s pods let in (``ingress``)
+    on its port named ``port``, or let out (``egress``) to anywhere."""
+    labels = found["Deployment"][name]["spec"]["template"]["metadata"]["labels"]
+    ports = pod_ports(found, name)
+    allowed: list[dict[str, Any]] = []
+    for policy in found.get("NetworkPolicy", {}).values():
+        spec = policy["spec"]
+        if direction.capitalize() not in spec["policyTypes"] or not selects(
+            spec["podSelector"], labels
+        ):
+            continue
+        for rule in spec.get(direction, []):
+            rule_ports = [p["port"] for p in rule.get("ports", [])]
+            if (
+                direction == "ingress"
+                and rule_ports
+                and not (port in rule_ports or ports[port] in rule_ports)
+            ):
+                continue
+            for peer in rule.get("from" if direction == "ingress" else "to", [{}]):
+                allowed.append({**peer, "ports": rule_ports})
+    return allowed
+
+
+def callers_of(name: str) -> set[str]:
+    return {caller for caller, called in CALLS.items() if name in called}
+
+
+PUBLIC = {"ingestion", "inference"}
+CLIENT_LABEL = {"driftloop.io/client": "true"}
+OPERATOR_LABEL = {"driftloop.io/operator": "true"}
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+
+
+def test_the_namespace_denies_ingress_and_driftloop_pods_egress_by_default() -> None:
+    found = by_kind(rendered("dev"))
+    policies = found["NetworkPolicy"].values()
+    assert [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {}
+        and "Ingress" in p["spec"]["policyTypes"]
+        and not p["spec"].get("ingress")
+    ], "a default-deny ingress policy for every pod of the namespace"
+    for name in SERVICES:
+        labels = found["Deployment"][name]["spec"]["template"]["metadata"]["labels"]
+        assert [
+            p
+            for p in policies
+            if "Egress" in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], labels)
+        ], name
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_each_grpc_port_admits_its_callers_only(overlay: str) -> None:
+    found = by_kind(rendered(overlay))
+    for name in SERVICES:
+        allowed = peers(found, name, "grpc", "ingress")
+        for peer in allowed:
+            # Never from anywhere: every peer names pods or namespaces by label.
+            assert "ipBlock" not in peer, (name, peer)
+            assert peer.get("podSelector", {}).get("matchLabels") or peer.get(
+                "namespaceSelector", {}
+            ).get("matchLabels"), (name, peer)
+        services = {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            for peer in allowed
+            if "app.kubernetes.io/name" in peer.get("podSelector", {}).get("matchLabels", {})
+            and "namespaceSelector" not in peer
+        }
+        assert services == callers_of(name), name
+        clients = [
+            peer
+            for peer in allowed
+            if CLIENT_LABEL
+            in (
+                peer.get("podSelector", {}).get("matchLabels"),
+                peer.get("namespaceSelector", {}).get("matchLabels"),
+            )
+        ]
+        assert bool(clients) == (name in PUBLIC), name
+        operators = [
+            p for p in allowed if p.get("podSelector", {}).get("matchLabels") == OPERATOR_LABEL
+        ]
+        assert operators and all("namespaceSelector" not in p for p in operators), name
+        # Metrics: from the monitoring namespace only.
+        assert [
+            {key: value for key, value in peer.items() if key != "ports"}
+            for peer in peers(found, name, "metrics", "ingress")
+        ] == [{"namespaceSelector": {"matchLabels": MONITORING}}], name
+
+
+def test_each_service_reaches_only_the_services_it_calls() -> None:
+    found = by_kind(rendered("dev"))
+    for name in SERVICES:
+        out = peers(found, name, "grpc", "egress")
+        reached = set()
+        for target in SERVICES:
+            target_port = pod_ports(found, target)["grpc"]
+            for peer in out:
+                selector = peer.get("podSelector", {}).get("matchLabels", {})
+                if (
+                    selector.get("app.kubernetes.io/name") == target
+                    and target_port in peer["ports"]
+                ):
+                    reached.add(target)
+        assert reached == set(CALLS.get(name, {})), name
+        # Beyond the services: DNS, Kafka, the collector and the documented
+        # placeholders (the object store, the database); nothing open on every port.
+        assert all(peer["ports"] for peer in out), name
+
+
+CREDENTIAL = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|ROOT_USER")
+# ${VAR:?message} (required) or ${VAR:-} (optional, empty when unset).
+FROM_ENVIRONMENT = re.compile(r"^\$\{[A-Z][A-Z0-9_]*(:\?[^}]*|:-)\}$")
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", (name, port)
+            else:
+                assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_has_no_default_credentials() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for var, value in (service.get("environment") or {}).items():
+            if CREDENTIAL.search(var):
+                assert FROM_ENVIRONMENT.match(str(value)), (name, var, value)
+            for password in re.findall(r"://[^/:@\s]+:([^@\s]+)@", str(value)):
+                assert FROM_ENVIRONMENT.match(password), (name, var)
+        for command in (service.get("entrypoint"), service.get("command")):
+            text = " ".join(command) if isinstance(command, list) else str(command or "")
+            assert "driftloop-secret" not in text, name
+    # The store and the database refuse to start without a password of the user's.
+    for name, var in [("minio", "MINIO_ROOT_PASSWORD"), ("postgres", "POSTGRES_PASSWORD")]:
+        assert services[name]["environment"][var].startswith(f"${{{var}:?"), (name, var)
+    bucket = " ".join(services["minio-bucket"]["entrypoint"])
+    assert '"$$MINIO_ROOT_USER" "$$MINIO_ROOT_PASSWORD"' in bucket
+
+
+def test_compose_gives_each_service_the_credentials_of_kubernetes() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        env = services[name]["environment"]
+        tokens = {var for var in env if var.startswith("DRIFTLOOP_") and var.endswith("_TOKEN")}
+        roles = checked_roles(name) | sent_roles(name)
+        assert tokens == {f"DRIFTLOOP_{r.value.upper()}_TOKEN" for r in roles}, name
+        store = {var for var in env if var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        assert bool(store) == any("artifacts" in s for s in OTHER_SECRETS.get(name, ())), name
+        assert ("DRIFTLOOP_REGISTRY_DATABASE_URL" in env) == (name == "registry"), name
+
+
+# sha256 of the Apache License 2.0 as apache.org publishes it (LICENSE-2.0.txt,
+# md5 3b83ef96387f14655fc854ddc3c6bd57).
+APACHE_2_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
+
+
+def test_the_repository_is_apache_2_licensed() -> None:
+    license_text = (ROOT / "LICENSE").read_bytes()
+    assert hashlib.sha256(license_text).hexdigest() == APACHE_2_SHA256, "the verbatim text"
+    projects = [ROOT / "pyproject.toml", *sorted(ROOT.glob("libs/*/pyproject.toml"))]
+    projects += sorted(ROOT.glob("services/*/pyproject.toml"))
+    for path in projects:
+        project = tomllib.loads(path.read_text())["project"]
+        assert project.get("license") == "Apache-2.0", path.relative_to(ROOT)
+    instructions = dict(dockerfile_stages()[-1])
+    assert 'org.opencontainers.image.licenses="Apache-2.0"' in instructions["LABEL"]
