@@ -1,6 +1,8 @@
 """The artifact size limit (`DRIFTLOOP_ARTIFACTS_MAX_BYTES`) between services: the
 registry dead-letters a `ModelTrained` whose artifact is too large and goes on
-with the next one, and inference refuses to download one before holding it whole."""
+with the next one, and inference refuses to download one before holding it whole.
+A digest is a location in the store, so one that is a path (`../../etc/passwd`,
+`/dev/zero`) is refused before anything is read."""
 
 from __future__ import annotations
 
@@ -11,13 +13,15 @@ from collections.abc import AsyncIterator
 import grpc.aio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from driftloop.v1 import events_pb2, registry_pb2, registry_pb2_grpc
+from confluent_kafka import Producer
+from driftloop.v1 import common_pb2, events_pb2, registry_pb2, registry_pb2_grpc
 from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.settings import Settings
 from driftloop_inference.adapters.registry import RegistryClient
 from driftloop_inference.model import ModelLoadError
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
+from driftloop_testing import collect
 from onnx import TensorProto, helper
 
 pytestmark = pytest.mark.integration
@@ -152,3 +156,62 @@ async def test_registry_and_inference_refuse_artifacts_over_the_limit(
         f"model {model} v1: the artifact is {len(SMALL)} bytes, more than the "
         f"{len(SMALL) - 1} allowed (DRIFTLOOP_ARTIFACTS_MAX_BYTES)"
     )
+
+
+def produce(settings: Settings, topic: str, records: list[tuple[str, bytes]]) -> None:
+    """Write (key, value) records as any librdkafka client may, and wait for the acks."""
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    failed: list[object] = []
+    for key, value in records:
+        producer.produce(
+            topic,
+            value,
+            key=key,
+            on_delivery=lambda error, _record: failed.append(error) if error else None,
+        )
+    assert producer.flush(30) == 0 and not failed, failed
+
+
+@pytest.mark.timeout(90)
+async def test_a_path_in_place_of_a_digest_is_dead_lettered_without_being_read(
+    registry: RegistryService, settings: Settings, unique: str
+) -> None:
+    model = f"traversal-{unique}"
+    good = ArtifactStore(settings.artifacts_location).put(SMALL)
+    # Before the fix the first was read (its real digest went into the dead
+    # letter) and the second never finished reading; now the reason shows
+    # only what was sent.
+    paths = ["../../../../etc/passwd", "/dev/zero", "../" * 12 + "dev/zero"]
+    records = [
+        trained(model, common_pb2.Artifact(uri=path, sha256=path, size_bytes=10), f"run-{i}")
+        for i, path in enumerate(paths)
+    ]
+    records.append(trained(model, good, "run-good"))
+    await asyncio.to_thread(
+        produce,
+        settings,
+        registry.config.source_topic,
+        [(model, message.SerializeToString()) for message in records],
+    )
+
+    found = await collect(settings, registry.config.deadletter_topic, at_least=len(paths))
+    letters = [events_pb2.DeadLetter.FromString(record.value) for record in found]
+    assert [(letter.field, letter.rule) for letter in letters] == [
+        ("artifact.sha256", "format")
+    ] * len(paths)
+    for letter, path in zip(letters, paths, strict=True):
+        assert letter.reason == (
+            "artifact.sha256: must be 64 lowercase hex characters (a sha256), "
+            f"got {len(path)} characters: {path!r}"
+        )
+
+    # The good record behind them was registered: the partition moved on.
+    async with grpc.aio.insecure_channel(registry.endpoint) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        deadline = time.monotonic() + 30
+        while True:
+            reply = await stub.ListVersions(registry_pb2.ListVersionsRequest(model=model))
+            if reply.versions or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    assert [(v.version, v.request_id) for v in reply.versions] == [(1, "run-good")]

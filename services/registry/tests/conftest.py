@@ -44,6 +44,7 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
 TOKEN = "s3cret-admin-token"
+READ_TOKEN = "s3cret-read-token"
 M = TypeVar("M", bound=Message)
 
 
@@ -71,7 +72,9 @@ def model_name(unique: str) -> str:
 
 @pytest.fixture
 def admin_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"admin_token": SecretStr(TOKEN)})
+    return settings.model_copy(
+        update={"admin_token": SecretStr(TOKEN), "read_token": SecretStr(READ_TOKEN)}
+    )
 
 
 @pytest.fixture

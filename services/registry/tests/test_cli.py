@@ -11,18 +11,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from driftloop.v1 import events_pb2, registry_pb2, registry_pb2_grpc
+from driftloop_core.grpc.client import insecure_channel
+from driftloop_core.settings import Settings
 from driftloop_registry.bootstrap import RegistryService
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "s3cret-admin-token"
+READ_TOKEN = "s3cret-read-token"
 
 
 async def driftloop(*args: str, token: str | None = None) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
+    # An operator who may read; promoting takes the admin token besides.
+    env["DRIFTLOOP_READ_TOKEN"] = READ_TOKEN
     if token is not None:
         env["DRIFTLOOP_ADMIN_TOKEN"] = token
     process = await asyncio.create_subprocess_exec(
@@ -41,6 +45,7 @@ async def driftloop(*args: str, token: str | None = None) -> tuple[int, str, str
 
 async def test_models_commands(
     service: RegistryService,
+    admin_settings: Settings,
     model_name: str,
     make_trained: Callable[..., events_pb2.ModelTrained],
     send_trained: Callable[[events_pb2.ModelTrained], Awaitable[None]],
@@ -50,7 +55,7 @@ async def test_models_commands(
 ) -> None:
     await send_trained(make_trained("run-1", 0.8, scale=1.0))
     await send_trained(make_trained("run-2", 0.7, champion_auc=0.8, champion_version=1, scale=2.0))
-    async with grpc.aio.insecure_channel(service.endpoint) as channel:
+    async with insecure_channel(service.endpoint, admin_settings) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
 
         async def two() -> bool:

@@ -12,16 +12,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 import pytest
 from driftloop.v1 import events_pb2, registry_pb2, registry_pb2_grpc
 from driftloop_core.kafka import Topics
 from driftloop_core.settings import Settings
 from driftloop_registry.bootstrap import SERVICE_NAME, RegistryService
 from driftloop_registry.config import RegistrySettings
+from driftloop_testing import token_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = pytest.mark.integration
+
+READ_TOKEN = "s3cret-read-token"
 
 OUTAGE_S = 20.0
 
@@ -44,7 +46,7 @@ async def test_a_model_trained_during_a_database_outage_is_registered_once_it_is
     wait_for: Any,
 ) -> None:
     trained = make_trained("run-during-outage", 0.8)
-    async with grpc.aio.insecure_channel(service.endpoint) as channel:
+    async with token_channel(service.endpoint, READ_TOKEN) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         # The pool now holds a connection the outage will cut.
@@ -87,7 +89,7 @@ async def test_a_model_trained_during_a_database_outage_is_registered_once_it_is
 async def test_the_first_read_after_a_database_restart_answers(
     service: RegistryService, postgres: Any, model_name: str
 ) -> None:
-    async with grpc.aio.insecure_channel(service.endpoint) as channel:
+    async with token_channel(service.endpoint, READ_TOKEN) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         request = registry_pb2.ListVersionsRequest(model=model_name)
         assert (await stub.ListVersions(request)).versions == []

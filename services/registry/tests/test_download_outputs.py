@@ -17,14 +17,18 @@ import grpc.aio
 import pytest
 from driftloop.v1 import events_pb2, registry_pb2, registry_pb2_grpc
 from driftloop_registry.bootstrap import RegistryService
+from driftloop_testing import token_channel
 from support.devices import dev_null_restored, is_dev_null
 
 pytestmark = pytest.mark.integration
+
+READ_TOKEN = "s3cret-read-token"
 
 
 async def driftloop(*args: str) -> tuple[int, bytes, str]:
     """The CLI as a user runs it; standard output raw, since `-o -` puts a model there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
+    env["DRIFTLOOP_READ_TOKEN"] = READ_TOKEN
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -50,7 +54,7 @@ async def model(
 ) -> bytes:
     """Version 1 of the test's model, registered and champion; its ONNX bytes."""
     await send_trained(make_trained("run-1", 0.8, scale=3.0))
-    async with grpc.aio.insecure_channel(service.endpoint) as channel:
+    async with token_channel(service.endpoint, READ_TOKEN) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
 
         async def registered() -> bool:
@@ -80,7 +84,7 @@ class DamagingRegistry(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.DownloadArtifactRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.DownloadArtifactResponse]:
         request.chunk_size = 64
-        async with grpc.aio.insecure_channel(self._upstream) as channel:
+        async with token_channel(self._upstream, READ_TOKEN) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             async for chunk in stub.DownloadArtifact(request):
                 if self._damage == "flip" and chunk.offset == 0:

@@ -19,8 +19,11 @@ from driftloop.v1 import events_pb2, registry_pb2, registry_pb2_grpc
 from driftloop_core.settings import Settings
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
+from driftloop_testing import token_channel
 
 pytestmark = pytest.mark.integration
+
+READ_TOKEN = "s3cret-read-token"
 
 Make = Callable[..., events_pb2.ModelTrained]
 Send = Callable[[events_pb2.ModelTrained], Awaitable[None]]
@@ -83,7 +86,7 @@ async def test_artifacts_on_s3_are_verified_registered_and_downloaded(
     assert f"expected {tampered.artifact.sha256}, stored bytes have {swapped}" in (
         letters[0][1].reason
     )
-    async with grpc.aio.insecure_channel(service.endpoint) as channel:
+    async with token_channel(service.endpoint, READ_TOKEN) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
 
         async def registered() -> list[Any]:

@@ -8,6 +8,10 @@ one becomes a row of the log (`decode_record`, or `PoisonMessage`), and the
 schemas of the log's files and of training sets. Writing the log is
 `adapters.parquet_log`, reading it `adapters.duckdb_reader`, consuming the topic
 `entrypoints.offline_sink`.
+
+Every training set is a file under `DRIFTLOOP_HOME/datasets/` (the trainer reads
+it there); `DatasetSettings.datasets_kept` bounds how many stay per model, so
+GetTrainingSet calls cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from driftloop_core.kafka import Outgoing, PoisonMessage, Record, Topics
 from driftloop_core.kafka.topics import kind_of_message
 from driftloop_core.settings import Settings
 from google.protobuf.message import DecodeError
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROW_TYPE = kind_of_message("driftloop.v1.TrainingRow").ce_type
 LABEL_TYPE = kind_of_message("driftloop.v1.Label").ce_type
@@ -54,6 +60,19 @@ _ARROW_TYPES: dict[FieldType, pa.DataType] = {
     "string": pa.string(),
     "bool": pa.bool_(),
 }
+
+
+class DatasetSettings(BaseSettings):
+    """The training-set files' knobs, read from `DRIFTLOOP_FEATURES_*`."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_FEATURES_", extra="ignore")
+
+    # Training-set files kept per model: each GetTrainingSet whose rows differ
+    # from every earlier one writes a new file, and the oldest beyond this many
+    # are deleted then. A trainer reads its file right after the call; more
+    # calls than this in between (a flood of them) make its run fail at
+    # load_data, to be retried, rather than the disk fill.
+    datasets_kept: int = Field(default=8, ge=1)
 
 
 class InvalidWindowError(ValueError):

@@ -4,6 +4,19 @@ consumer rejoins its group.
 
 Every load goes through the repository's one verified path (download, digest,
 ONNX, warm-up, swap); a failed load leaves the served version serving.
+
+A `ModelPromoted` is a notice, not an authority: anyone who may write to
+`models.promoted` can send one, past the registry's admin role and its gate.
+So before a swap the registry is asked for its champion (GetChampion), and a
+promotion that does not name that version with that digest is refused, logged
+with the reason and counted (`driftloop_inference_model_load_failures_total`,
+stage `digest` when the named bytes are not the champion's, `version` when the
+bytes are but the version number is not, `no_champion`); the served version
+keeps serving. A legitimate promotion overtaken by a later change (promoted,
+then rolled back at once) is refused the same way, and the later change's own
+notice brings the registry's champion. While the registry does not answer, the
+promotion is retried (a transient error for the consumer), never applied
+unconfirmed.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from driftloop.v1 import events_pb2, registry_pb2
+from driftloop_core.kafka import TransientError
 
 from driftloop_inference.errors import RegistryUnavailable
 from driftloop_inference.metrics import PROMOTION_CATCH_UPS
@@ -36,6 +50,25 @@ class Registry(Protocol):
         ...
 
 
+def promotion_refusal(
+    promoted: events_pb2.ModelPromoted, champion: registry_pb2.ModelVersion | None
+) -> tuple[str, str] | None:
+    """Why `promoted` must not be applied, as (stage, reason), given the
+    registry's `champion`; None when it names the champion and its digest."""
+    named = (
+        f"model {promoted.model}: promotion to v{promoted.to_version} "
+        f"(sha256 {promoted.artifact.sha256[:64] or '(none)'}) refused"
+    )
+    if champion is None:
+        return "no_champion", f"{named}: the registry has no champion for this model"
+    held = f"the registry's champion is v{champion.version} (sha256 {champion.artifact.sha256})"
+    if promoted.artifact.sha256 != champion.artifact.sha256:
+        return "digest", f"{named}: {held}"
+    if promoted.to_version != champion.version:
+        return "version", f"{named}: {held}"
+    return None
+
+
 class ModelLifecycle:
     def __init__(
         self,
@@ -48,7 +81,9 @@ class ModelLifecycle:
         self._repository = repository
         self._registry = registry
         self._config = config
-        # Promotions received, so a catch-up after a rejoin knows one came after it.
+        # Promotions received and confirmed by the registry, so a catch-up after
+        # a rejoin knows one came after it (a refused one, forged perhaps, must
+        # not cut a catch-up short).
         self._promotions_received = 0
 
     async def initial_load(self) -> None:
@@ -82,9 +117,31 @@ class ModelLifecycle:
             await asyncio.sleep(self._config.retry_interval_s)
 
     async def promoted(self, promoted: events_pb2.ModelPromoted) -> None:
+        """Swap to the version `promoted` names once the registry confirms it is
+        the champion with that digest; else refuse it (the module docstring).
+        Raises TransientError while the registry does not answer."""
+        try:
+            champion = await self._registry.champion(self.model_name)
+        except RegistryUnavailable as error:
+            log.warning(
+                "promotion_check_failed",
+                model=self.model_name,
+                to_version=promoted.to_version,
+                code=error.code,
+                details=error.details,
+            )
+            raise TransientError(
+                f"model {self.model_name}: the registry did not confirm the promotion "
+                f"to v{promoted.to_version}: {error}"
+            ) from error
+        refusal = promotion_refusal(promoted, champion)
+        if refusal is not None:
+            self._repository.refuse(promoted.to_version, *refusal)
+            return
+        assert champion is not None
         self._promotions_received += 1
         await self._repository.load_version(
-            promoted.to_version, promoted.artifact.sha256, self._registry.download
+            champion.version, champion.artifact.sha256, self._registry.download
         )
 
     async def reassigned(self) -> None:

@@ -143,6 +143,20 @@ class ModelRepository:
                 return False
             return await self.load_bytes(version, data, expected_sha256 or vouched)
 
+    def refuse(self, version: int, stage: str, reason: str) -> None:
+        """Count and log `version` as not loaded, refused before any download
+        (a promotion the registry does not confirm); what is served stays."""
+        self.last_error = reason
+        MODEL_LOAD_FAILURES.labels(self.name, stage).inc()
+        log.warning(
+            "promotion_refused",
+            model=self.name,
+            version=version,
+            stage=stage,
+            reason=reason,
+            serving=self.current.version if self.current else None,
+        )
+
     def _failed(self, version: int, stage: str, message: str) -> None:
         self.last_error = message
         MODEL_LOAD_FAILURES.labels(self.name, stage).inc()

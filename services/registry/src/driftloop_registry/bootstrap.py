@@ -23,6 +23,7 @@ import structlog
 from aiokafka.errors import KafkaError
 from driftloop.v1 import registry_pb2_grpc
 from driftloop_core.artifacts import ArtifactStore
+from driftloop_core.grpc.auth import Authorizer
 from driftloop_core.grpc.server import GrpcServer, ServicerRegistration, build_server
 from driftloop_core.kafka import (
     ConsumerLoop,
@@ -62,8 +63,7 @@ def build(settings: Settings, config: RegistrySettings) -> Parts:
     store = SqlRegistryStore(make_engine(config.url_for(settings)))
     publisher = Publisher(settings)
     registry = Registry(store, ArtifactStore.from_settings(settings), publisher, config.gate)
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    servicer = RegistryServicer(registry, token, config.chunk_size)
+    servicer = RegistryServicer(registry, Authorizer(settings), config.chunk_size)
     consumer = ConsumerLoop(
         settings,
         topics=[config.source_topic],

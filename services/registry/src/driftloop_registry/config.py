@@ -32,7 +32,8 @@ class RegistrySettings(BaseSettings):
     group_id: str = "driftloop-registry"
     source_topic: str = Topics.MODELS_TRAINED
     deadletter_topic: str = Topics.DEADLETTER
-    # Bytes per DownloadArtifact chunk when the caller does not choose.
+    # Bytes per DownloadArtifact chunk when the caller does not choose; kept
+    # within 64 KiB..4 MiB like a caller's choice (entrypoints.grpc.MIN_CHUNK).
     chunk_size: int = Field(default=1024 * 1024, ge=1024)
 
     def url_for(self, settings: Settings) -> str:

@@ -41,7 +41,13 @@ class PreconditionError(RegistryError):
 
 
 class InvalidRequestError(RegistryError):
-    """A field of the request is missing or malformed."""
+    """A field of the request is missing or malformed; `field` and `rule` say
+    which and why (the vocabulary of `DeadLetter.rule`)."""
+
+    def __init__(self, message: str, *, field: str = "", rule: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.rule = rule
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import asyncio
 import onnx
 import structlog
 from driftloop.v1 import common_pb2, events_pb2, registry_pb2
+from driftloop_core.artifacts import ArtifactStream
 from google.protobuf.message import DecodeError
 
 from driftloop_registry import messages
@@ -37,6 +38,7 @@ from driftloop_registry.domain import (
 )
 from driftloop_registry.metrics import CHAMPION_VERSION, PROMOTIONS, VERSIONS
 from driftloop_registry.ports import ArtifactReader, EventPublisher, RegistryStore
+from driftloop_registry.validation import check_name, check_trained
 
 log = structlog.get_logger(__name__)
 
@@ -63,13 +65,10 @@ class Registry:
 
     async def register_trained(self, trained: events_pb2.ModelTrained) -> Registration:
         """Register a trained model once per (model, request_id), after checking
-        its artifact; raises ArtifactDigestError / InvalidArtifactError /
-        InvalidRequestError when it must not be registered."""
-        for name in ("model", "request_id"):
-            if not getattr(trained, name):
-                raise InvalidRequestError(f"ModelTrained.{name}: must not be empty")
-        if not trained.artifact.sha256:
-            raise InvalidRequestError("ModelTrained.artifact.sha256: must not be empty")
+        its fields (before any lookup or read) and its artifact; raises
+        InvalidRequestError / ArtifactDigestError / ArtifactTooLargeError /
+        UnsafeArtifactError / InvalidArtifactError when it must not be registered."""
+        check_trained(trained)
         existing = await asyncio.to_thread(
             self._store.find_by_request, trained.model, trained.request_id
         )
@@ -120,8 +119,9 @@ class Registry:
     async def promote(
         self, model: str, version: int, *, actor: str, reason: str
     ) -> tuple[events_pb2.ModelPromoted, registry_pb2.ModelVersion]:
+        check_name("model", model)
         if not reason.strip():
-            raise InvalidRequestError("reason: must not be empty")
+            raise InvalidRequestError("reason: must not be empty", field="reason", rule="required")
         async with self._lock:
             change, target = await asyncio.to_thread(
                 self._store.promote, model, version, actor=actor, reason=reason
@@ -133,8 +133,9 @@ class Registry:
     async def rollback(
         self, model: str, *, actor: str, reason: str
     ) -> tuple[events_pb2.ModelPromoted, registry_pb2.ModelVersion]:
+        check_name("model", model)
         if not reason.strip():
-            raise InvalidRequestError("reason: must not be empty")
+            raise InvalidRequestError("reason: must not be empty", field="reason", rule="required")
         async with self._lock:
             change, target = await asyncio.to_thread(
                 self._store.rollback, model, actor=actor, reason=reason
@@ -191,13 +192,14 @@ class Registry:
         return await asyncio.to_thread(self._store.list_models)
 
     async def list_versions(self, model: str = "") -> list[registry_pb2.ModelVersion]:
+        check_name("model", model, required=False)
         found = await asyncio.to_thread(self._store.list_versions, model)
         return [messages.model_version(version) for version in found]
 
     async def resolve(self, model: str, version: int | None, alias: str | None) -> ModelVersion:
         """A version by number, or by alias ("champion", the default)."""
-        if not model:
-            raise InvalidRequestError("model: must not be empty")
+        check_name("model", model)
+        check_name("alias", alias or "", required=False)
         if version is not None:
             return await asyncio.to_thread(self._store.get, model, version)
         if alias and alias != CHAMPION:
@@ -210,6 +212,8 @@ class Registry:
         return messages.model_version(await self.resolve(model, version, alias))
 
     async def history(self, model: str, alias: str = CHAMPION) -> list[events_pb2.ModelPromoted]:
+        check_name("model", model, required=False)
+        check_name("alias", alias, required=False)
         changes = await asyncio.to_thread(self._store.history, model, alias or CHAMPION)
         events = []
         for change in changes:
@@ -217,15 +221,18 @@ class Registry:
             events.append(messages.model_promoted(change, target))
         return events
 
-    async def artifact_bytes(
+    async def open_artifact(
         self, model: str, version: int | None = None, alias: str | None = None
-    ) -> tuple[ModelVersion, bytes]:
-        """The version and its artifact, read back and verified against its digest."""
+    ) -> tuple[ModelVersion, ArtifactStream]:
+        """The version and a stream of its artifact, verified as it is read (the
+        digest once the last chunk is read: the caller ends with DATA_LOSS then).
+        Close the stream."""
         found = await self.resolve(model, version, alias)
-        data = await asyncio.to_thread(self._artifacts.get, messages.artifact_of(found))
-        if len(data) != found.size_bytes:
+        stream = await asyncio.to_thread(self._artifacts.open, found.sha256)
+        if stream.size != found.size_bytes:
+            stream.close()
             raise InvalidArtifactError(
-                f"artifact {found.sha256}: stored size {len(data)} differs from "
+                f"artifact {found.sha256}: stored size {stream.size} differs from "
                 f"recorded {found.size_bytes}"
             )
-        return found, data
+        return found, stream

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.artifacts import ArtifactStream
 from google.protobuf.message import Message
 
 from driftloop_registry.domain import (
@@ -72,4 +73,10 @@ class EventPublisher(Protocol):
 
 
 class ArtifactReader(Protocol):
-    def get(self, artifact: common_pb2.Artifact) -> bytes: ...
+    def get(self, artifact: common_pb2.Artifact) -> bytes:
+        """The artifact's bytes, whole and verified (bounded by the store's limit)."""
+        ...
+
+    def open(self, sha256: str) -> ArtifactStream:
+        """A stream of the bytes under `sha256`, verified as it is read."""
+        ...

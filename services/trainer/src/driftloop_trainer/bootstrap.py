@@ -92,6 +92,7 @@ def build(
     grpc_address: str | None = None,
     topic: str = Topics.TRAINING_REQUESTED,
     group_id: str = GROUP_ID,
+    deadletter_topic: str = Topics.DEADLETTER,
     create_topics: bool = True,
 ) -> TrainerService:
     """Assemble the trainer; call it inside the event loop that will run it."""
@@ -106,7 +107,14 @@ def build(
     publisher = Publisher(settings)
     ledger = RequestLedger(settings.home / "trainer" / "requests.sqlite")
     requests = TrainingRequests(runner, publisher, ledger)
-    consumer = build_consumer(settings, requests, publisher, topic=topic, group_id=group_id)
+    consumer = build_consumer(
+        settings,
+        requests,
+        publisher,
+        topic=topic,
+        group_id=group_id,
+        deadletter_topic=deadletter_topic,
+    )
     runner.stopping = consumer.stopping
     server = build_server(settings, [], grpc_address or settings.endpoints.trainer)
     return TrainerService(

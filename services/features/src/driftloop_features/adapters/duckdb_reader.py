@@ -3,13 +3,16 @@
 Rows and labels are deduplicated by event id, each row joined to its label
 whichever arrived first, and written as a Parquet training set whose bytes are
 deterministic, so the sha256 of the file identifies the dataset version in
-lineage.
+lineage. The same rows make the same file; after each write the model's
+oldest files beyond the newest `datasets_kept` are deleted, so repeated calls
+over a growing log leave a bounded number behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +30,7 @@ from driftloop_core.values import typed_feature_value
 from driftloop_features.adapters.parquet_log import fsync_dir, write_parquet_atomic
 from driftloop_features.offline import (
     TIMESTAMP,
+    DatasetSettings,
     InvalidWindowError,
     UnknownModelError,
     check_feature_names,
@@ -87,8 +91,19 @@ class TrainingSetFile:
 class OfflineStore:
     """Read-only view of one feature set's offline log; safe to call from threads."""
 
-    def __init__(self, settings: Settings, featureset: FeatureSet) -> None:
+    def __init__(
+        self, settings: Settings, featureset: FeatureSet, *, datasets_kept: int | None = None
+    ) -> None:
+        """`datasets_kept`: training-set files kept for this model (default:
+        `DRIFTLOOP_FEATURES_DATASETS_KEPT`, see `DatasetSettings`)."""
         check_feature_names(featureset)
+        if datasets_kept is None:
+            datasets_kept = DatasetSettings().datasets_kept
+        if datasets_kept < 1:
+            raise ValueError(f"datasets_kept must be at least 1, got {datasets_kept}")
+        self._datasets_kept = datasets_kept
+        # This model's training-set files, and no other's: names are identifiers.
+        self._dataset_name = re.compile(rf"{re.escape(featureset.name)}-[0-9a-f]{{12}}\.parquet")
         self._featureset = featureset
         root = offline_dir(settings, featureset)
         self._rows_dir = root / "rows"
@@ -241,8 +256,28 @@ class OfflineStore:
             os.replace(staging, path)
         finally:
             staging.unlink(missing_ok=True)
+        self._prune(keep=path.name)
         fsync_dir(self._datasets_dir)
         return path.resolve(), digest
+
+    def _prune(self, keep: str) -> None:
+        """Delete this model's training sets but the newest `datasets_kept` (by
+        modification time; `keep`, just written, always stays)."""
+        found: list[tuple[int, str]] = []
+        with os.scandir(self._datasets_dir) as entries:
+            for entry in entries:
+                if not self._dataset_name.fullmatch(entry.name) or entry.name == keep:
+                    continue
+                try:
+                    found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+                except FileNotFoundError:
+                    continue  # pruned by a concurrent build
+        found.sort(reverse=True)
+        stale = [name for _, name in found[self._datasets_kept - 1 :]]
+        for name in stale:
+            (self._datasets_dir / name).unlink(missing_ok=True)
+        if stale:
+            log.info("training_sets_pruned", model=self.model, deleted=len(stale))
 
     def _protos(self, table: pa.Table) -> tuple[features_pb2.TrainingRow, ...]:
         kinds = {

@@ -4,6 +4,9 @@ Online lookups read the entity state the stream keeps (in memory, backed by
 the Faust table), so they answer in well under a millisecond; training sets
 are built by DuckDB over the offline Parquet log in a worker thread, keeping
 the event loop free for lookups and the stream.
+
+Ids are bounded like any request field: an entity id or a model name over
+`MAX_ID_BYTES` (UTF-8) is INVALID_ARGUMENT naming the field, before any lookup.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ _STATUS = {
     FeatureStatus.STALE: features_pb2.FEATURE_STATUS_STALE,
 }
 MAX_ENTITIES = 1000
+# An entity id or model name, in UTF-8 bytes.
+MAX_ID_BYTES = 256
+# Ids of at most this many characters fit MAX_ID_BYTES whatever they hold (4
+# bytes a character at most): only longer ones need encoding to be measured.
+_SURELY_SHORT = MAX_ID_BYTES // 4
 # Validated feature-name lists, by what callers send (most send the same few).
 MAX_CACHED_NAME_LISTS = 256
 
@@ -77,6 +85,13 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"entity_ids: at most {MAX_ENTITIES} per call, got {len(request.entity_ids)}",
             )
+        for index, entity_id in enumerate(request.entity_ids):
+            if len(entity_id) > _SURELY_SHORT and len(entity_id.encode()) > MAX_ID_BYTES:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"entity_ids[{index}]: at most {MAX_ID_BYTES} bytes, "
+                    f"got {len(entity_id.encode())}",
+                )
         names = self._valid_names(tuple(request.feature_names))
         if isinstance(names, list):
             await context.abort(
@@ -114,6 +129,11 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         request: features_pb2.GetTrainingSetRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> features_pb2.GetTrainingSetResponse:
+        if len(request.model.encode()) > MAX_ID_BYTES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model: at most {MAX_ID_BYTES} bytes, got {len(request.model.encode())}",
+            )
         try:
             result = await asyncio.to_thread(
                 self._offline.training_set,

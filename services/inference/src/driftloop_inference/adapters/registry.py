@@ -1,8 +1,11 @@
 """The registry over gRPC: the champion's version and an artifact's verified bytes.
 
-A download stops as soon as the registry announces, or streams, more bytes than
-`DRIFTLOOP_ARTIFACTS_MAX_BYTES`: an oversized artifact is refused without being
-held in memory, and the loaded model keeps serving.
+The champion is what a promotion is checked against (`lifecycle`): the registry
+decides it, not whoever wrote to `models.promoted`. A download stops as soon as
+the registry announces, or streams, more bytes than
+`DRIFTLOOP_ARTIFACTS_MAX_BYTES`, or a chunk that does not continue where the
+last one ended: an oversized or garbled artifact is refused without being held
+in memory, and the loaded model keeps serving.
 """
 
 from __future__ import annotations
@@ -64,6 +67,13 @@ class RegistryClient:
                 timeout=self._timeout_s,
             )
             async for chunk in stream:
+                if chunk.offset != received:
+                    stream.cancel()
+                    raise ModelLoadError(
+                        "download",
+                        f"model {model} v{version}: a chunk at offset {chunk.offset}, "
+                        f"expected {received}",
+                    )
                 digest = chunk.sha256 or digest
                 size = chunk.size_bytes
                 received += len(chunk.data)

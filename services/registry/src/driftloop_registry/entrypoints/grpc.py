@@ -2,20 +2,34 @@
 
 Registry errors map to status codes (NotFound -> NOT_FOUND, precondition ->
 FAILED_PRECONDITION, bad request -> INVALID_ARGUMENT) with the message naming
-what was wrong. Promote and Rollback check `authorization: Bearer <token>`
-against the admin token in constant time when one is configured (the core
-`require_bearer`).
+what was wrong; a model name or alias longer than 256 bytes is INVALID_ARGUMENT
+before anything is looked up. Who may call what is the server's authorization
+table (`driftloop_core.grpc.auth`: Promote and Rollback need the admin role);
+the actor written to the alias history is the caller's credential
+(`token:admin`, `cert:<name>`), never what the request says about itself.
+
+DownloadArtifact streams the artifact from the store chunk by chunk, never
+holding it whole: at least `MIN_CHUNK` bytes a message (a smaller `chunk_size`
+is raised to it), at most `MAX_CHUNK`. The digest is checked as the bytes pass:
+when the last chunk does not complete the recorded sha256 the stream ends with
+DATA_LOSS, and the client throws away what it received.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
 from driftloop.v1 import registry_pb2, registry_pb2_grpc
-from driftloop_core.artifacts import ArtifactDigestError, ArtifactTooLargeError
-from driftloop_core.grpc.auth import require_bearer
+from driftloop_core.artifacts import (
+    ArtifactDigestError,
+    ArtifactTooLargeError,
+    InvalidDigestError,
+    UnsafeArtifactError,
+)
+from driftloop_core.grpc.auth import Authorizer, caller_identity
 
 from driftloop_registry.domain import (
     InvalidRequestError,
@@ -26,6 +40,17 @@ from driftloop_registry.domain import (
 from driftloop_registry.handlers import Registry
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# What reading an artifact from the store may raise, besides FileNotFoundError.
+_STORE_ERRORS = (
+    RegistryError,
+    ArtifactDigestError,
+    ArtifactTooLargeError,
+    InvalidDigestError,
+    UnsafeArtifactError,
+)
+# Bytes per DownloadArtifact message: a caller's chunk_size is kept within
+# these (one message per byte would cost a stream of millions of messages).
+MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 4 * 1024 * 1024
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -33,6 +58,8 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (ArtifactDigestError, grpc.StatusCode.DATA_LOSS),
+    (InvalidDigestError, grpc.StatusCode.DATA_LOSS),
+    (UnsafeArtifactError, grpc.StatusCode.DATA_LOSS),
     (ArtifactTooLargeError, grpc.StatusCode.FAILED_PRECONDITION),
     (RegistryError, grpc.StatusCode.DATA_LOSS),
 ]
@@ -57,16 +84,16 @@ def _selector(
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry, admin_token: str | None, chunk_size: int) -> None:
+    def __init__(self, registry: Registry, authorizer: Authorizer, chunk_size: int) -> None:
         self._registry = registry
-        self._token = admin_token
+        self._authorizer = authorizer
         self._chunk_size = chunk_size
 
-    async def _authorize(self, context: Context) -> str:
-        """Check the bearer token when one is configured; returns the caller's name
-        for the alias history."""
-        await require_bearer(context, self._token, "DRIFTLOOP_ADMIN_TOKEN")
-        return "admin"
+    def _actor(self, context: Context, request_actor: str) -> str:
+        """The alias history's actor: the credential's name; what the request
+        says about itself is kept beside it as a note."""
+        identity = caller_identity(context, self._authorizer)
+        return f"{identity} ({request_actor[:80]})" if request_actor else identity
 
     async def ListModels(
         self, request: registry_pb2.ListModelsRequest, context: Context
@@ -86,7 +113,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListVersions(
         self, request: registry_pb2.ListVersionsRequest, context: Context
     ) -> registry_pb2.ListVersionsResponse:
-        versions = await self._registry.list_versions(request.model)
+        try:
+            versions = await self._registry.list_versions(request.model)
+        except RegistryError as error:
+            await _abort(context, error)
         return registry_pb2.ListVersionsResponse(versions=versions)
 
     async def GetVersion(
@@ -111,12 +141,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Promote(
         self, request: registry_pb2.PromoteRequest, context: Context
     ) -> registry_pb2.PromoteResponse:
-        caller = await self._authorize(context)
         try:
             event, version = await self._registry.promote(
                 request.model,
                 request.version,
-                actor=request.actor or caller,
+                actor=self._actor(context, request.actor),
                 reason=request.reason,
             )
         except RegistryError as error:
@@ -126,10 +155,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Rollback(
         self, request: registry_pb2.RollbackRequest, context: Context
     ) -> registry_pb2.RollbackResponse:
-        caller = await self._authorize(context)
         try:
             event, version = await self._registry.rollback(
-                request.model, actor=request.actor or caller, reason=request.reason
+                request.model, actor=self._actor(context, request.actor), reason=request.reason
             )
         except RegistryError as error:
             await _abort(context, error)
@@ -139,28 +167,42 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.DownloadArtifactRequest, context: Context
     ) -> AsyncIterator[registry_pb2.DownloadArtifactResponse]:
         version, alias = _selector(request)
-        chunk = min(request.chunk_size or self._chunk_size, MAX_CHUNK)
+        size = min(max(request.chunk_size or self._chunk_size, MIN_CHUNK), MAX_CHUNK)
         try:
-            found, data = await self._registry.artifact_bytes(request.model, version, alias)
-        except (RegistryError, ArtifactDigestError, ArtifactTooLargeError) as error:
+            found, stream = await self._registry.open_artifact(request.model, version, alias)
+        except _STORE_ERRORS as error:
             await _abort(context, error)
         except FileNotFoundError:
             await context.abort(
                 grpc.StatusCode.DATA_LOSS,
                 f"model {request.model}: artifact missing from the artifact store",
             )
-        for offset in range(0, max(len(data), 1), chunk):
-            yield registry_pb2.DownloadArtifactResponse(
-                model=found.model,
-                version=found.version,
-                sha256=found.sha256,
-                size_bytes=found.size_bytes,
-                offset=offset,
-                data=data[offset : offset + chunk],
-            )
+        with stream:
+            offset = 0
+            while True:
+                try:
+                    data = await asyncio.to_thread(stream.read, size)
+                except _STORE_ERRORS as error:
+                    await _abort(context, error)
+                if not data and offset:
+                    return
+                yield registry_pb2.DownloadArtifactResponse(
+                    model=found.model,
+                    version=found.version,
+                    sha256=found.sha256,
+                    size_bytes=found.size_bytes,
+                    offset=offset,
+                    data=data,
+                )
+                if not data:
+                    return
+                offset += len(data)
 
     async def ListAliasHistory(
         self, request: registry_pb2.ListAliasHistoryRequest, context: Context
     ) -> registry_pb2.ListAliasHistoryResponse:
-        changes = await self._registry.history(request.model, request.alias)
+        try:
+            changes = await self._registry.history(request.model, request.alias)
+        except RegistryError as error:
+            await _abort(context, error)
         return registry_pb2.ListAliasHistoryResponse(changes=changes)

@@ -3,7 +3,10 @@
 A registry that is down or has no champion yet is not an error for training:
 the run goes on and says there was no champion to compare with. A champion
 whose bytes do not match their digest is an error: comparing against a
-corrupted model would mislead the promotion gate.
+corrupted model would mislead the promotion gate. So is one larger than
+`DRIFTLOOP_ARTIFACTS_MAX_BYTES` (announced or streamed), or a download whose
+chunks do not follow each other: the download stops there, never holding more
+than the limit.
 """
 
 from __future__ import annotations
@@ -66,13 +69,27 @@ class RegistryChampions:
                 )
                 version = response.model_version.version
                 chunks: list[bytes] = []
+                received = 0
                 digest = ""
+                limit = self._settings.artifacts_max_bytes
                 stream = stub.DownloadArtifact(
                     registry_pb2.DownloadArtifactRequest(model=model, version=version),
                     timeout=self._timeout_s,
                 )
                 async for chunk in stream:
+                    problem = ""
+                    if chunk.offset != received:
+                        problem = f"a chunk at offset {chunk.offset}, expected {received}"
+                    elif max(chunk.size_bytes, received + len(chunk.data)) > limit:
+                        problem = (
+                            f"{max(chunk.size_bytes, received + len(chunk.data))} bytes, more "
+                            f"than the {limit} allowed (DRIFTLOOP_ARTIFACTS_MAX_BYTES)"
+                        )
+                    if problem:
+                        stream.cancel()
+                        raise SourceError(f"champion v{version} artifact: {problem}")
                     digest = chunk.sha256 or digest
+                    received += len(chunk.data)
                     chunks.append(chunk.data)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -85,6 +102,8 @@ class RegistryChampions:
                     f"registry at {self._target}: {error.code().name}: {error.details()}"
                 ) from None
         data = b"".join(chunks)
-        if digest and sha256_hex(data) != digest:
-            raise SourceError(f"champion v{version} artifact does not match its sha256 {digest}")
+        if not digest or sha256_hex(data) != digest:
+            raise SourceError(
+                f"champion v{version} artifact does not match its sha256 {digest or '(none)'}"
+            )
         return ChampionLookup(Champion(version, data))

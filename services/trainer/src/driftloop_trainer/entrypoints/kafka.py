@@ -2,8 +2,11 @@
 
 One run at a time per model (a lock per model name); a request id that was
 finished before publishes nothing new. A run that fails publishes
-`TrainingFailed` with its stage and reason and the consumer moves on; only a
-request that cannot even be decoded is dead-lettered.
+`TrainingFailed` with its stage and reason and the consumer moves on. A
+request that cannot be run at all (it does not decode, or fails
+`validation.check_request`: ids missing or too long, an unknown trigger, a time
+no Timestamp holds) is dead-lettered naming the field and the rule, before
+anything is looked up.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from driftloop_trainer.adapters.ledger import RequestLedger
 from driftloop_trainer.handlers import TrainingRunner
 from driftloop_trainer.metrics import RUN_SECONDS, RUNS
 from driftloop_trainer.training import TrainingError
+from driftloop_trainer.validation import InvalidRequest, check_request
 
 log = get_logger(__name__)
 
@@ -60,12 +64,12 @@ class TrainingRequests:
             request.ParseFromString(record.value)
         except DecodeError as error:
             raise PoisonMessage(f"not a TrainingRequested: {error}", rule="decode") from None
-        if not request.request_id or not request.model:
+        try:
+            check_request(request)
+        except InvalidRequest as error:
             raise PoisonMessage(
-                "TrainingRequested needs request_id and model",
-                field="request_id" if not request.request_id else "model",
-                rule="required",
-            )
+                str(error), field=error.field, rule=error.rule, event_id=record.headers.id
+            ) from None
         lock = self._locks.setdefault(request.model, asyncio.Lock())
         async with lock:
             await self._handle(request)
@@ -144,6 +148,7 @@ def build_consumer(
     *,
     topic: str = Topics.TRAINING_REQUESTED,
     group_id: str = GROUP_ID,
+    deadletter_topic: str = Topics.DEADLETTER,
 ) -> ConsumerLoop:
     return ConsumerLoop(
         settings,
@@ -151,4 +156,5 @@ def build_consumer(
         group_id=group_id,
         handle=requests.handle,
         publisher=publisher,
+        deadletter_topic=deadletter_topic,
     )
