@@ -81,7 +81,7 @@ async def test_records_go_by_type_and_the_unreadable_are_deadlettered(
     unlabelled = events_pb2.Observation(event_id="b", feature_set="payments")
     late = events_pb2.Label(event_id="c", feature_set="payments", label=0)
     prediction_type = kind_of_message("driftloop.v1.Prediction").ce_type
-    outcomes = await DriftRecords(app).handle_batch(
+    outcomes = await DriftRecords(app, max_future_ms=300_000).handle_batch(
         [
             record(0, labelled),
             record(1, unlabelled),
@@ -108,7 +108,7 @@ async def test_a_decided_request_goes_out_after_it_was_saved_with_its_positions(
         record(i, events_pb2.Observation(event_id=f"b{i}", feature_set="payments", label=1))
         for i in range(3)
     ]
-    await DriftRecords(app).handle_batch(labels)
+    await DriftRecords(app, max_future_ms=300_000).handle_batch(labels)
     assert sent.records == [], "nothing goes out before its state is saved"
     await app.store({("sources", 0): 3})
     [(topic, ce_type, event_id)] = sent.records
@@ -147,11 +147,11 @@ async def test_an_online_learners_prediction_is_watched_as_its_champions_shadow_
     assert seen is not None and (seen.version, seen.predicted) == (3, 1)
     assert seen.features == {"amount": 12.5}
 
-    outcomes = await DriftRecords(app).handle_batch([record(0, alone)])
+    outcomes = await DriftRecords(app, max_future_ms=300_000).handle_batch([record(0, alone)])
     assert outcomes == [None]
     assert app.engine.champion is None and not app.engine.joiner.seen_prediction("fresh")
 
-    outcomes = await DriftRecords(app).handle_batch([record(1, shadowed)])
+    outcomes = await DriftRecords(app, max_future_ms=300_000).handle_batch([record(1, shadowed)])
     assert outcomes == [None]
     assert app.engine.champion == 3 and app.engine.joiner.seen_prediction("later")
     await app.close()

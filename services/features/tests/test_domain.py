@@ -77,6 +77,27 @@ def test_late_beyond_grace_is_refused_and_within_grace_is_counted() -> None:
     assert aggregates == {"amount_mean_1h": 2.0, "txn_count_10m": 2}
 
 
+def test_an_event_beyond_the_wall_clock_and_grace_leaves_the_state_untouched() -> None:
+    math = FeatureMath(FS)
+    state = EntityState()
+    now = T0 + 60 * MIN
+    math.apply(state, "real", now - MIN, observation(1.0), now_ms=now)
+    before = state.to_json()
+    far = now + 365 * 24 * 60 * MIN
+    assert math.apply(state, "far", far, observation(9.0), now_ms=now) is Outcome.FUTURE
+    assert math.apply(state, "just", now + 5 * MIN + 1, observation(9.0), now_ms=now) is (
+        Outcome.FUTURE
+    )
+    assert state.to_json() == before
+    # Within the grace period ahead (clock skew) an event counts, and so do real
+    # ones after it: the entity's clock moved by at most the grace period.
+    assert math.apply(state, "skewed", now + 5 * MIN, observation(2.0), now_ms=now) is (
+        Outcome.APPLIED
+    )
+    assert math.apply(state, "next", now, observation(3.0), now_ms=now) is Outcome.APPLIED
+    assert math.aggregates_as_of(state, now + 5 * MIN + 1)["txn_count_10m"] == 3
+
+
 def test_old_events_leave_the_state_once_no_window_can_see_them() -> None:
     math = FeatureMath(FS)
     state = EntityState()

@@ -225,7 +225,9 @@ def test_labels_join_whichever_came_first_and_duplicates_count_once(
             log_label("e2", 1, offset=5, ingested_ms=T0 + 5),
             log_label("e2", 0, offset=6, ingested_ms=T0 + 6),  # the correction wins
             log_label("e2", 0, offset=6, ingested_ms=T0 + 6),  # redelivered
-            log_label("e3", 0, offset=7, ingested_ms=T0 + 7),  # its own label wins
+            # Ingestion publishes a late label for a row that carried its own
+            # only as an explicit correction: it replaces the row's label.
+            log_label("e3", 0, offset=7, ingested_ms=T0 + 7),
         ],
     )
 
@@ -233,7 +235,7 @@ def test_labels_join_whichever_came_first_and_duplicates_count_once(
 
     assert built.rows is not None
     assert [row.event_id for row in built.rows] == ["e1", "e2", "e3"]
-    assert labels_by_event(built.rows) == {"e1": 1, "e2": 0, "e3": 1}
+    assert labels_by_event(built.rows) == {"e1": 1, "e2": 0, "e3": 0}
     assert built.row_count == 3
     assert (built.first_event_time, built.last_event_time) == (at(T0 + 1000), at(T0 + 3000))
     assert built.feature_names == FEATURES

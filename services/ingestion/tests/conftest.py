@@ -7,6 +7,8 @@ with `unique` and read back only their own.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from confluent_kafka import KafkaException, Producer
 from driftloop.v1 import events_pb2
 from driftloop_core.featureset import FeatureSet, default_featureset_path, load_featureset
 from driftloop_core.kafka.topics import Topics, TopicSpec, ensure_topics
@@ -116,6 +119,24 @@ class KafkaIO:
             return positions
         finally:
             await producer.stop()
+
+    async def produce_json(
+        self, topic: str, records: list[tuple[str | None, dict[str, Any]]]
+    ) -> None:
+        """Write (key, JSON body) records with librdkafka (confluent-kafka), as a
+        user's producer would, and wait until all are acknowledged."""
+        producer = Producer({"bootstrap.servers": self.settings.kafka.bootstrap_servers})
+        failed: list[Any] = []
+
+        def delivered(error: Any, _record: Any) -> None:
+            if error is not None:
+                failed.append(error)
+
+        for key, body in records:
+            producer.produce(topic, json.dumps(body).encode(), key=key, on_delivery=delivered)
+        left = await asyncio.to_thread(producer.flush, 30)
+        if left or failed:
+            raise KafkaException(f"{left} records not delivered, errors {failed[:3]}")
 
     async def read_topic(
         self, topic: str, keep: Callable[[Any], bool], *, at_least: int, quiet_s: float = 0.5

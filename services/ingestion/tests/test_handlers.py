@@ -227,12 +227,41 @@ async def test_label_before_its_observation_is_held_then_flows_right_after_it(
     assert len(sink.published) == 5
 
 
-async def test_held_label_of_an_observation_carrying_its_own_label_is_a_repeat(
+async def test_held_label_of_an_observation_carrying_the_same_label_is_a_repeat(
     ingestor: Ingestor, sink: Sink, index: SqliteEventIndex
 ) -> None:
-    await ingestor.ingest([label("a")])
+    await ingestor.ingest([label("a", 0)])
     await ingestor.ingest([obs("a", is_fraud=0)])
     assert kinds(sink) == [(OBSERVATION, "a")] and index.held_count() == 0
+    assert sink.letters == []
+
+
+async def test_a_held_label_its_observation_contradicts_is_a_visible_conflict(
+    ingestor: Ingestor, sink: Sink, index: SqliteEventIndex
+) -> None:
+    """The observation's own label stands; the held label that disagrees is not
+    dropped quietly: dead-lettered (held earlier) or refused (same batch)."""
+    raw = Incoming(b'{"event_id": "a", "is_fraud": 1}', ("t.raw", 0, 7, START_MS))
+    await ingestor.ingest([raw])
+    await ingestor.ingest([obs("a", is_fraud=0)])
+    assert kinds(sink) == [(OBSERVATION, "a")] and index.held_count() == 0
+    [letter] = sink.letters
+    assert (letter.rule, letter.field, letter.event_id) == ("conflict", "event_id", "a")
+    assert "the label 1 that waited for observation 'a' disagrees with the label 0" in letter.reason
+    assert '"correction": true' in letter.reason
+    assert (letter.payload, letter.source_offset) == (raw.payload, 7)
+
+    same_batch = await ingestor.ingest([label("b", 1), obs("b", is_fraud=0)])
+    assert isinstance(same_batch[0], Rejection) and same_batch[0].rule == "conflict"
+    assert same_batch[1] == Accepted("b", OBSERVATION, False, "c1")
+    assert index.lookup(["b"])["b"].label == 0 and index.held_count() == 0
+
+    # Two different labels waiting for one observation: the second is refused.
+    twice = await ingestor.ingest([label("c", 1), label("c", 0), label("c", 1)])
+    assert isinstance(twice[1], Rejection) and twice[1].rule == "conflict"
+    assert "the label 1 already waits for observation 'c'" in twice[1].reason
+    assert twice[2] == Accepted("c", LABEL, True, "", held=True)
+    assert await ingestor.ingest([label("c", 0)]) == [twice[1]]
 
 
 async def test_held_labels_are_bounded(clock: Clock, index: SqliteEventIndex, sink: Sink) -> None:
@@ -359,22 +388,22 @@ def test_sqlite_index_survives_reopening_and_prunes_old_rows(tmp_path: Path) -> 
             IndexEntry("old", "c1", START_MS - 1, START_MS - 3 * 3_600_000, False),
             IndexEntry("new", "c2", START_MS - 2, START_MS, False),
         ],
-        [],
+        {},
     )
-    index.record([], ["new"])
+    index.record([], {"new": 0})
     index.close()
 
     reopened = SqliteEventIndex(path, retention=timedelta(hours=2), clock=clock)
     assert reopened.lookup(["old", "new", "missing"]) == {
         "old": IndexEntry("old", "c1", START_MS - 1, START_MS - 3 * 3_600_000, False),
-        "new": IndexEntry("new", "c2", START_MS - 2, START_MS, True),
+        "new": IndexEntry("new", "c2", START_MS - 2, START_MS, True, None, 0),
     }
     assert reopened.prune() == 1
     assert set(reopened.lookup(["old", "new"])) == {"new"}
     # Upserting refreshes a row; lookups of many ids go in chunks.
-    reopened.record([IndexEntry("new", "c2", START_MS - 2, START_MS + 5, False)], [])
+    reopened.record([IndexEntry("new", "c2", START_MS - 2, START_MS + 5, False)], {})
     many = [IndexEntry(f"e{i}", "c", START_MS, START_MS, False) for i in range(2500)]
-    reopened.record(many, [])
+    reopened.record(many, {})
     found = reopened.lookup([f"e{i}" for i in range(2500)] + ["new"])
     assert len(found) == 2501 and found["new"].seen_at_ms == START_MS + 5
     reopened.close()
@@ -394,3 +423,93 @@ def test_sqlite_index_names_its_broker_and_when_it_changed(tmp_path: Path) -> No
     assert reopened.use_broker("driftloop-b", START_MS + 4) == START_MS + 3
     assert reopened.use_broker("driftloop-c", START_MS + 5) == START_MS + 5
     reopened.close()
+
+
+async def test_an_id_resent_with_other_content_is_a_conflict_not_a_duplicate(
+    ingestor: Ingestor, sink: Sink, index: SqliteEventIndex
+) -> None:
+    await ingestor.ingest([obs("e1", "c1", is_fraud=1)])
+    # The same event again, even spelled otherwise (12 for 12.0), is a duplicate.
+    again = await ingestor.ingest([obs("e1", "c1", is_fraud=1), obs("e1", amount=1, is_fraud=1)])
+    assert again == [Accepted("e1", OBSERVATION, True, "c1")] * 2
+    conflicts = await ingestor.ingest(
+        [
+            obs("e1", "c2", is_fraud=1),
+            obs("e1", "c1", is_fraud=1, ts=START_MS - 1),
+            obs("e1", "c1", is_fraud=1, amount=2.0),
+            obs("e1", "c1", is_fraud=0),
+            obs("e1", "c1"),
+        ]
+    )
+    assert [(o.field, o.rule, o.event_id) for o in conflicts if isinstance(o, Rejection)] == [
+        ("event_id", "conflict", "e1")
+    ] * 5
+    reasons = [o.reason for o in conflicts if isinstance(o, Rejection)]
+    assert (
+        "'e1' was accepted before with other content (customer_id 'c1' then, 'c2' now)"
+        in (reasons[0])
+    )
+    assert f"ts {START_MS - 60_000} then, {START_MS - 1} now" in reasons[1]
+    assert "(other field values or label)" in reasons[2]
+    # Only the first was published; within one batch the first copy wins alike.
+    assert kinds(sink) == [(OBSERVATION, "e1")]
+    [first, second] = await ingestor.ingest([obs("e2", amount=1.0), obs("e2", amount=3.0)])
+    assert isinstance(first, Accepted) and isinstance(second, Rejection)
+    assert second.rule == "conflict"
+
+
+async def test_an_index_row_from_before_digests_makes_a_resend_a_duplicate(
+    ingestor: Ingestor, index: SqliteEventIndex
+) -> None:
+    index.record([IndexEntry("old", "c1", START_MS - 60_000, START_MS, False)], {})
+    outcomes = await ingestor.ingest([obs("old", "c1", amount=9.0)])
+    assert outcomes == [Accepted("old", OBSERVATION, True, "c1")]
+
+
+async def test_another_label_is_a_conflict_and_a_correction_replaces_it(
+    ingestor: Ingestor, sink: Sink, index: SqliteEventIndex, clock: Clock
+) -> None:
+    await ingestor.ingest([obs("e1", "c9"), label("e1", 1), obs("e2", "c8", is_fraud=1)])
+    clock.ms += 1000
+    outcomes = await ingestor.ingest(
+        [
+            label("e1", 1),  # the same label: a duplicate
+            label("e1", 0),  # another one: a conflict
+            Incoming(b'{"event_id": "e1", "is_fraud": 0, "correction": true}'),
+            Incoming(b'{"event_id": "e1", "is_fraud": 0, "correction": true}'),
+            label("e2", 0),  # against the observation's own label: a conflict too
+            Incoming(b'{"event_id": "e2", "is_fraud": 0, "correction": true}'),
+            Incoming(b'{"event_id": "nobody", "is_fraud": 0, "correction": true}'),
+        ]
+    )
+    assert outcomes[0] == Accepted("e1", LABEL, True, "c9")
+    assert isinstance(outcomes[1], Rejection)
+    assert (outcomes[1].field, outcomes[1].rule) == ("event_id", "conflict")
+    assert "observation 'e1' is labelled 1 already" in outcomes[1].reason
+    assert '{"event_id": "e1", "is_fraud": 0, "correction": true}' in outcomes[1].reason
+    assert outcomes[2] == Accepted("e1", LABEL, False, "c9")
+    assert outcomes[3] == Accepted("e1", LABEL, True, "c9")  # nothing left to change
+    assert isinstance(outcomes[4], Rejection) and outcomes[4].rule == "conflict"
+    assert outcomes[5] == Accepted("e2", LABEL, False, "c8")
+    nobody = outcomes[6]
+    assert isinstance(nobody, Rejection) and nobody.rule == "unknown_event_id"
+    assert "there is no label to correct" in nobody.reason and index.held_count() == 0
+
+    corrections = sink.published[3:]
+    assert [(p.kind, p.key, p.correction) for p in corrections] == [
+        (LABEL, "c9", True),
+        (LABEL, "c8", True),
+    ]
+    assert corrections[0].event_id == f"e1:correction:{clock.ms}.2"
+    assert corrections[1].event_id == f"e2:correction:{clock.ms}.5"
+    message = events_pb2.Label.FromString(corrections[0].value)
+    assert (message.event_id, message.entity_id, message.label) == ("e1", "c9", 0)
+    assert message.ingested_at.ToMilliseconds() == clock.ms
+    assert {k: v.label for k, v in index.lookup(["e1", "e2"]).items()} == {"e1": 0, "e2": 0}
+    # Back again is a correction too; a plain label of the value now is a duplicate.
+    back = Incoming(b'{"event_id": "e1", "is_fraud": 1, "correction": true}')
+    assert await ingestor.ingest([back, label("e1", 1)]) == [
+        Accepted("e1", LABEL, False, "c9"),
+        Accepted("e1", LABEL, True, "c9"),
+    ]
+    assert len(sink.published) == 6

@@ -12,7 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaException, Producer
 from driftloop.v1 import events_pb2
 from driftloop_core.settings import Settings
 from driftloop_ingestion.bootstrap import IngestionService
@@ -21,24 +20,6 @@ from driftloop_ingestion.config import IngestionSettings
 pytestmark = pytest.mark.integration
 
 EVENTS = 300
-
-
-async def produce(
-    settings: Settings, topic: str, records: list[tuple[str | None, dict[str, Any]]]
-) -> None:
-    """Write (key, JSON body) records with librdkafka and wait until all are acknowledged."""
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
-    failed: list[Any] = []
-
-    def delivered(error: Any, _record: Any) -> None:
-        if error is not None:
-            failed.append(error)
-
-    for key, body in records:
-        producer.produce(topic, json.dumps(body).encode(), key=key, on_delivery=delivered)
-    left = await asyncio.to_thread(producer.flush, 30)
-    if left or failed:
-        raise KafkaException(f"{left} records not delivered, errors {failed[:3]}")
 
 
 async def handled(service: IngestionService, count: int, timeout_s: float = 60) -> None:
@@ -102,10 +83,10 @@ async def test_unkeyed_labels_sent_before_their_observations_all_flow_none_lost(
 ) -> None:
     ids = [f"{unique}-{n}" for n in range(EVENTS)]
     service = await start_service()
-    await produce(settings, config.source_topic, [label(i, n) for n, i in enumerate(ids)])
+    await kafka_io.produce_json(config.source_topic, [label(i, n) for n, i in enumerate(ids)])
     await handled(service, EVENTS)
     assert service.index.held_count() == EVENTS
-    await produce(settings, config.source_topic, observations(ids, now_ms))
+    await kafka_io.produce_json(config.source_topic, observations(ids, now_ms))
     await handled(service, 2 * EVENTS)
     await assert_each_label_once_after_its_observation(kafka_io, config, ids, f"{unique}-")
     assert service.index.held_count() == 0
@@ -121,14 +102,14 @@ async def test_held_labels_survive_a_restart(
 ) -> None:
     ids = [f"{unique}-{n}" for n in range(50)]
     first = await start_service()
-    await produce(settings, config.source_topic, [label(i, n) for n, i in enumerate(ids)])
+    await kafka_io.produce_json(config.source_topic, [label(i, n) for n, i in enumerate(ids)])
     await handled(first, len(ids))
     await first.stop()
     assert await kafka_io.read_valid(f"{unique}-", at_least=0) == []
 
     restarted = await start_service()
     assert restarted.index.held_count() == len(ids)
-    await produce(settings, config.source_topic, observations(ids, now_ms))
+    await kafka_io.produce_json(config.source_topic, observations(ids, now_ms))
     await handled(restarted, len(ids))
     await assert_each_label_once_after_its_observation(kafka_io, config, ids, f"{unique}-")
 
@@ -145,8 +126,8 @@ async def test_a_label_whose_observation_never_comes_is_deadlettered_after_the_w
         label_wait=timedelta(seconds=2), label_expiry_interval=timedelta(milliseconds=200)
     )
     orphan, matched = f"{unique}-orphan", f"{unique}-matched"
-    await produce(settings, config.source_topic, [label(orphan, 1), label(matched, 0)])
-    await produce(settings, config.source_topic, observations([matched], now_ms))
+    await kafka_io.produce_json(config.source_topic, [label(orphan, 1), label(matched, 0)])
+    await kafka_io.produce_json(config.source_topic, observations([matched], now_ms))
     await handled(service, 3)
 
     [record] = await kafka_io.read_topic(config.deadletter_topic, lambda r: True, at_least=1)

@@ -82,3 +82,21 @@ def test_bool_travels_as_int_value() -> None:
     assert (
         parsed.values["i"].WhichOneof("kind") == "int_value" and parsed.values["i"].int_value == 0
     )
+
+
+def test_the_content_digest_names_the_event_not_when_it_was_ingested() -> None:
+    encoder = ObservationEncoder(FEATURESET)
+    event = ValidObservation("e1", "u", 946_684_800_000, {"f": 1.0, "s": "x"}, 1)
+    encoded, digest = encoder.encode_with_digest(event, ingested_at_ms=10**12)
+    assert encoded == encoder.encode(event, ingested_at_ms=10**12)
+    assert encoder.encode_with_digest(event, ingested_at_ms=2 * 10**12)[1] == digest
+    others = [
+        event._replace(entity_id="v"),
+        event._replace(event_time_ms=946_684_800_001),
+        event._replace(values={"f": 2.0, "s": "x"}),
+        event._replace(values={"f": 1.0}),
+        event._replace(label=0),
+        event._replace(label=None),
+    ]
+    digests = {encoder.encode_with_digest(other, ingested_at_ms=10**12)[1] for other in others}
+    assert len(digests) == len(others) and digest not in digests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -110,8 +111,24 @@ def test_documented_late_label_is_accepted(validator: Validator) -> None:
         (good(ts="2025-11-22T08:26:40"), "ts", "timestamp", "ts: must be RFC 3339 with a UTC"),
         (good(ts="2025-13-22T08:26:40Z"), "ts", "timestamp", "ts: must be RFC 3339"),
         (good(ts=1_763_800_000), "ts", "timestamp", "(epoch seconds? it must be milliseconds)"),
-        (good(ts=NOW_MS + 2 * 86_400_000), "ts", "timestamp", "ts: must lie between 2000"),
-        (good(ts="1999-12-31T23:59:59Z"), "ts", "timestamp", "ts: must lie between 2000"),
+        (
+            good(ts=NOW_MS + 2 * 86_400_000),
+            "ts",
+            "future",
+            "ts: must not lie more than 5m after the current time 2025-11-22T08:26:40Z",
+        ),
+        (good(ts=2**62), "ts", "future", f"got {2**62}"),
+        (good(ts="1999-12-31T23:59:59Z"), "ts", "timestamp", "ts: must not lie before 2000"),
+        (good(event_id="x" * 257), "event_id", "length", "event_id: must be at most 256 bytes"),
+        (good(customer_id="\u00e9" * 129), "customer_id", "length", "got 258 bytes starting"),
+        ({"event_id": "y" * 300, "is_fraud": 1}, "event_id", "length", "got 300 bytes"),
+        (good(correction=True), "correction", "unknown_field", "correction: only a late label"),
+        (
+            {"event_id": "e1", "is_fraud": 1, "correction": "yes"},
+            "correction",
+            "type",
+            "correction: must be true or false, got 'yes'",
+        ),
         (good(ts=1.7638e12 + 0.5), "ts", "timestamp", "ts: must be an RFC 3339 string or"),
         (good(ts=True), "ts", "timestamp", "ts: must be an RFC 3339 string or integer"),
         (good(is_fraud=2), "is_fraud", "label", "is_fraud: must be 0 or 1, got 2"),
@@ -125,7 +142,7 @@ def test_documented_late_label_is_accepted(validator: Validator) -> None:
             {"event_id": "e1", "is_fraud": 1, "note": "x"},
             "note",
             "unknown_field",
-            "note: a late label takes only event_id, is_fraud and ts",
+            "note: a late label takes only event_id, is_fraud, ts and correction",
         ),
     ],
 )
@@ -167,6 +184,46 @@ def test_every_problem_is_reported_in_a_fixed_order(validator: Validator) -> Non
 
 def test_rejection_keeps_the_given_event_id(validator: Validator) -> None:
     assert rejected(validator, good(event_id="e9", amount=-1)).event_id == "e9"
+
+
+def test_event_times_may_run_ahead_of_the_clock_by_the_grace_or_the_allowance() -> None:
+    featureset = load_featureset(default_featureset_path())
+    assert featureset.grace == timedelta(minutes=5)
+    default = Validator(featureset, clock=CLOCK)
+    assert isinstance(default.validate(good(ts=NOW_MS + 5 * 60_000)), ValidObservation)
+    ahead = rejected(default, good(ts=NOW_MS + 5 * 60_000 + 1))
+    assert (ahead.field, ahead.rule) == ("ts", "future")
+    assert "DRIFTLOOP_INGESTION_MAX_FUTURE" in ahead.reason
+    # A late label's timestamp is bounded alike.
+    label = rejected(default, {"event_id": "e1", "is_fraud": 1, "ts": NOW_MS + 3_600_000})
+    assert (label.field, label.rule) == ("ts", "future")
+
+    lenient = Validator(featureset, clock=CLOCK, max_future=timedelta(hours=1))
+    assert isinstance(lenient.validate(good(ts=NOW_MS + 3_600_000)), ValidObservation)
+    assert "more than 1h after" in rejected(lenient, good(ts=NOW_MS + 3_600_001)).reason
+
+
+def test_ids_are_capped_at_256_bytes_of_utf8(validator: Validator) -> None:
+    for longest in ("x" * 256, "\u00e9" * 128, "\U0001f600" * 64):
+        assert len(longest.encode()) == 256
+        outcome = validator.validate(good(event_id=longest, customer_id=longest))
+        assert isinstance(outcome, ValidObservation), outcome
+    huge = "c" * 3 * 1024 * 1024
+    refused = validator.validate(good(customer_id=huge, event_id=huge))
+    assert isinstance(refused, Rejection)
+    assert [(p.field, p.rule) for p in refused.problems] == [
+        ("event_id", "length"),
+        ("customer_id", "length"),
+    ]
+    # Neither the rejection nor its reason carries the huge id along.
+    assert refused.event_id == "" and len(refused.reason) < 400
+
+
+def test_a_correction_is_a_late_label_that_says_so(validator: Validator) -> None:
+    corrected = {"event_id": "e1", "is_fraud": 0, "correction": True}
+    assert validator.validate(corrected) == ValidLabel("e1", 0, correction=True)
+    plain = {"event_id": "e1", "is_fraud": 0, "correction": False}
+    assert validator.validate(plain) == ValidLabel("e1", 0)
 
 
 def test_non_finite_numbers_from_typed_input_are_rejected(validator: Validator) -> None:
@@ -246,6 +303,7 @@ def _random_json(rng: random.Random, depth: int = 0) -> Any:
     if choice == 7:
         return [_random_json(rng, depth + 1) for _ in range(rng.randrange(3))]
     keys = ["event_id", "customer_id", "ts", "amount", "channel", "hour", "is_fraud", "x"]
+    keys.append("correction")
     return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(8))}
 
 

@@ -196,6 +196,8 @@ class DriftApplication:
                     trigger=trigger,
                     reason=message.reason,
                 )
+        for feature in result.non_finite:
+            metrics.NON_FINITE.labels(model, feature).inc()
         for suppressed in result.suppressed:
             metrics.SUPPRESSED.labels(model).inc()
             log.info(

@@ -136,7 +136,13 @@ def build(
         settings,
         config,
         application=application,
-        consumer=build_consumer(settings, config, application, publisher),
+        consumer=build_consumer(
+            settings,
+            config,
+            application,
+            publisher,
+            max_future_ms=config.max_future_ms(featureset),
+        ),
         publisher=publisher,
         server=build_server(settings, [], grpc_address or settings.endpoints.drift),
     )

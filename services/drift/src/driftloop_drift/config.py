@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from driftloop_core.featureset import FeatureSet
 from driftloop_core.kafka.topics import Topics
 from driftloop_core.settings import Settings
 from pydantic import Field
@@ -49,6 +50,10 @@ class DriftSettings(BaseSettings):
     # SQLite file of the state; default DRIFTLOOP_HOME/ephemeral/drift/<model>.sqlite.
     state_path: Path | None = None
     registry_timeout_s: float = Field(default=5.0, gt=0)
+    # Service time follows Kafka record timestamps, which whoever writes a topic
+    # sets: one further ahead of the wall clock than this counts as the wall
+    # clock plus this. Unset: the feature set's `grace` (as ingestion's allowance).
+    max_future_s: float | None = Field(default=None, ge=0)
     predictions_topic: str = Topics.PREDICTIONS
     labels_topic: str = Topics.VALID
     promoted_topic: str = Topics.MODELS_PROMOTED
@@ -60,6 +65,12 @@ class DriftSettings(BaseSettings):
         # Under ephemeral/: the state mirrors broker offsets, and `driftloop up`
         # clears that folder when it starts a fresh in-memory broker.
         return self.state_path or settings.ephemeral_dir / "drift" / f"{model}.sqlite"
+
+    def max_future_ms(self, featureset: FeatureSet) -> int:
+        """How far a record's timestamp may run ahead of the wall clock, in ms."""
+        if self.max_future_s is None:
+            return int(featureset.grace.total_seconds() * 1000)
+        return int(self.max_future_s * 1000)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

@@ -22,11 +22,23 @@ reference bins for an aggregate are not used: the registry does not say whether
 the training rows' windows were full (a first model is trained on the first
 labelled rows), so an aggregate's PSI compares against a baseline of its first
 warm live values under the champion instead.
+
+Only finite feature values reach a detector or a live reference: a NaN or an
+infinity is no value of a distribution. They are skipped and named in the
+result (`EngineResult.non_finite`), which the service counts.
+
+A label correction (`LabelSeen.correction`) replaces the label its event was
+given: a label still waiting for its prediction takes the new value, and a
+prediction already joined is re-scored (its bit of the error stream, and the
+performance detector's input, rebuilt from its inputs). The event is counted
+once, as labelled; a correction of an event drift never saw labelled is its
+first label.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,10 +87,13 @@ class EngineResult:
 
     events: list[Message] = field(default_factory=list)
     suppressed: list[Suppressed] = field(default_factory=list)
+    # Features whose value was NaN or infinite, left out of every detector.
+    non_finite: list[str] = field(default_factory=list)
 
     def add(self, other: EngineResult) -> None:
         self.events.extend(other.events)
         self.suppressed.extend(other.suppressed)
+        self.non_finite.extend(other.non_finite)
 
 
 @dataclass(frozen=True)
@@ -135,9 +150,16 @@ class DriftEngine:
             self.ignored += prediction.version != self.champion
             return EngineResult()
         alarms: list[Alarm] = []
+        non_finite = [
+            name
+            for name, value in prediction.features.items()
+            if not isinstance(value, str) and not math.isfinite(value)
+        ]
         for monitor in self._data:
             value = prediction.features.get(monitor.feature)
-            if value is None or not self.is_warm(monitor.feature, prediction.event_time_ms):
+            if value is None or monitor.feature in non_finite:
+                continue
+            if not self.is_warm(monitor.feature, prediction.event_time_ms):
                 continue
             alarm = monitor.update(Point(prediction.event_id, prediction.event_time_ms, value))
             if alarm is not None:
@@ -147,12 +169,22 @@ class DriftEngine:
             alarms.extend(
                 self._on_error(joined.event_id, joined.version, joined.error, joined.event_time_ms)
             )
-        return self._raise(alarms, now_ms)
+        result = self._raise(alarms, now_ms)
+        result.non_finite.extend(non_finite)
+        return result
 
     def on_label(self, label: LabelSeen, now_ms: int) -> EngineResult:
         self._tick(now_ms)
         result = EngineResult()
-        if label.model != self.model or not self.labels.add(label.event_id, label.event_time_ms):
+        if label.model != self.model:
+            return result
+        if label.correction and self.joiner.knows_label(label.event_id):
+            # Counted already: the label changes, the count does not.
+            rescored = self.joiner.correct(label)
+            if rescored is not None and rescored.error is not None:
+                self._rescore(rescored.event_id, rescored.error)
+            return result
+        if not self.labels.add(label.event_id, label.event_time_ms):
             return result
         self._seen_event(label.event_time_ms)
         joined = self.joiner.add_label(label, now_ms)
@@ -265,6 +297,16 @@ class DriftEngine:
             return []
         alarm = self._performance.update(point)
         return [] if alarm is None else [alarm]
+
+    def _rescore(self, event_id: str, error: int) -> None:
+        """A corrected label changed a joined prediction's error bit: the error
+        stream and the performance detector take the new bit in its place."""
+        for position, point in enumerate(self._errors):
+            if point.event_id == event_id and point.value != error:
+                self._errors[position] = Point(event_id, point.event_time_ms, error)
+                self._estimate = None
+        if self._performance is not None:
+            self._performance.correct(event_id, error)
 
     def change_point_ms(self) -> int | None:
         """Event time where the champion's error rate most likely rose, if it clearly did.

@@ -19,6 +19,17 @@ TRAINING_REQUESTS = Counter(
     "Training requests published, by model and trigger (bootstrap, drift).",
     ["model", "trigger"],
 )
+NON_FINITE = Counter(
+    "driftloop_drift_non_finite_values_total",
+    "Feature values of watched predictions that were NaN or infinite, kept from every detector.",
+    ["model", "feature"],
+)
+RECORD_TIME_CLAMPED = Counter(
+    "driftloop_drift_record_times_clamped_total",
+    "Records whose Kafka timestamp lay further ahead of the wall clock than allowed; "
+    "service time took the wall clock plus the allowance instead.",
+    ["model"],
+)
 SUPPRESSED = Counter(
     "driftloop_drift_requests_suppressed_total",
     "Detections that asked for no training: one in flight, or cooling down.",

@@ -12,6 +12,13 @@ event-time order, with its id: a late event (within grace) is inserted where it
 belongs, a replayed one is recognised by its id and changes nothing, and an
 event older than the retained horizon is refused as too late rather than
 counted against an incomplete history.
+
+An entity's clock is its latest event time, and the horizon trails it by the
+grace period; so one event from far ahead would drop the entity's history and
+make every real event after it too late. Given the wall clock (`now_ms`), an
+event later than now plus the grace period is refused as from the future and
+leaves the state untouched: the clock never runs ahead of the wall clock by
+more than the lateness it tolerates.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class Outcome(Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     TOO_LATE = "too_late"
+    FUTURE = "future"
 
 
 @dataclass(frozen=True, order=True)
@@ -96,14 +104,28 @@ class FeatureMath:
         """Events older than this cannot be counted any more."""
         return state.latest_time_ms - self.grace_ms if state.events else -(2**62)
 
+    def latest_allowed_ms(self, now_ms: int) -> int:
+        """Events later than this (the wall clock `now_ms` plus the grace period)
+        are from the future: counting one would move its entity's clock past it."""
+        return now_ms + self.grace_ms
+
     def apply(
-        self, state: EntityState, event_id: str, event_time_ms: int, values: Mapping[str, Value]
+        self,
+        state: EntityState,
+        event_id: str,
+        event_time_ms: int,
+        values: Mapping[str, Value],
+        *,
+        now_ms: int | None = None,
     ) -> Outcome:
-        """Add one observation to the state (in place) unless it is known or too late."""
+        """Add one observation to the state (in place) unless it is known, too late,
+        or (given the wall clock `now_ms`) from the future."""
         if state.contains(event_id):
             return Outcome.DUPLICATE
         if event_time_ms < self.horizon_ms(state):
             return Outcome.TOO_LATE
+        if now_ms is not None and event_time_ms > self.latest_allowed_ms(now_ms):
+            return Outcome.FUTURE
         bisect.insort(state.events, StoredEvent(event_time_ms, event_id, dict(values)))
         if event_time_ms >= state.latest_time_ms:
             state.latest = {k: v for k, v in values.items() if k in self.featureset.fields}

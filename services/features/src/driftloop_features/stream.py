@@ -7,14 +7,23 @@ row. `StreamHandler.handle` decides (it publishes nothing and changes no
 state); the agent (`entrypoints.events`) publishes, then `count`s. The row is
 published for replays too (the offline log keeps one row per event id), so a
 crash between publishing and counting can lose nothing; the state itself
-counts an event id once. Records that cannot be decoded, and observations too
-late to be counted, come back as the `PoisonMessage` to dead-letter.
+counts an event id once. Records that cannot be decoded, observations too
+late to be counted (rule `late`), and observations later than the wall clock
+plus the grace period (rule `future`: counted, one would move its entity's
+clock ahead and make every real event after it late) come back as the
+`PoisonMessage` to dead-letter, and change no state.
+
+Whoever can write `events.valid` can write any event time; ingestion refuses
+times ahead of its clock, and this holds the same line for records that came
+some other way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from driftloop.v1 import events_pb2, features_pb2
@@ -74,11 +83,15 @@ class StreamHandler:
         *,
         cache: MutableMapping[str, EntityState] | None = None,
         offline_topic: str = Topics.FEATURES_OFFLINE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock`: the wall clock in epoch seconds, which no entity's clock may
+        pass by more than the grace period."""
         self._math = math
         self._table = table
         self.cache: MutableMapping[str, EntityState] = cache if cache is not None else {}
         self._offline_topic = offline_topic
+        self._clock = clock
 
     def state(self, entity_id: str) -> EntityState:
         cached = self.cache.get(entity_id)
@@ -106,15 +119,22 @@ class StreamHandler:
 
     def count(self, observed: Observed) -> str:
         """Add a published observation to its entity's state (once per event id);
-        returns what happened: applied, duplicate or too_late."""
+        returns what happened: applied, duplicate, too_late or future."""
         state = self.state(observed.entity_id)
         with tracer.start_as_current_span("features.aggregate"):
             outcome = self._math.apply(
-                state, observed.event_id, observed.event_time_ms, observed.values
+                state,
+                observed.event_id,
+                observed.event_time_ms,
+                observed.values,
+                now_ms=self._now_ms(),
             )
         if outcome is Outcome.APPLIED:
             self._table[observed.entity_id] = state.to_json()
         return outcome.value
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     def _dispatch(self, record: Record) -> Handled:
         if record.headers.type == OBSERVED:
@@ -149,6 +169,16 @@ class StreamHandler:
                 rule="late",
                 event_id=observation.event_id,
             )
+        elif event_time_ms > self._math.latest_allowed_ms(now_ms := self._now_ms()):
+            raise PoisonMessage(
+                f"event_time: {_iso(event_time_ms)} is later than the wall clock "
+                f"({_iso(now_ms)}) plus the grace period ({self._math.grace_ms // 1000}s); "
+                f"counted, it would move entity {entity[:64]!r}'s clock into the future and "
+                "make every event after it too late",
+                field="event_time",
+                rule="future",
+                event_id=observation.event_id,
+            )
         with tracer.start_as_current_span("features.point_in_time_row"):
             row_values = self._math.point_in_time_row(state, event_time_ms, values)
         row = features_pb2.TrainingRow(
@@ -163,6 +193,15 @@ class StreamHandler:
         )
         observed = Observed(entity, observation.event_id, event_time_ms, values)
         return Handled(publish=(publish,), observed=observed)
+
+
+def _iso(epoch_ms: int) -> str:
+    """An epoch-milliseconds time as RFC 3339 (or the number, past the year 9999)."""
+    try:
+        moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return f"{epoch_ms} ms"
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _decode(message_type: Any, record: Record) -> Any:

@@ -160,6 +160,7 @@ class IngestionService:
             dedup_window_s=self.config.dedup_window.total_seconds(),
             label_horizon_s=self.config.label_horizon.total_seconds(),
             label_wait_s=self.config.label_wait.total_seconds(),
+            max_future_s=self.ingestor.validator.max_future.total_seconds(),
             held_labels=self.index.held_count(),
         )
 
@@ -263,7 +264,12 @@ def build(
     producer = build_producer(settings, config)
     publisher = Publisher(settings, producer=producer)
     ingestor = Ingestor(
-        Validator(featureset, clock=clock, max_event_bytes=config.max_event_bytes),
+        Validator(
+            featureset,
+            clock=clock,
+            max_future=config.max_future,
+            max_event_bytes=config.max_event_bytes,
+        ),
         index,
         KafkaEventSink(publisher, config.deadletter_topic),
         dedup_window=config.dedup_window,
@@ -277,7 +283,6 @@ def build(
         ingestor,
         batch_size=config.stream_batch_size,
         flush_interval_s=config.stream_flush_interval / timedelta(seconds=1),
-        token=settings.ingest_token.get_secret_value() if settings.ingest_token else None,
     )
     server = build_server(
         settings,

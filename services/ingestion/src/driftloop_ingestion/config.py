@@ -33,6 +33,11 @@ class IngestionSettings(BaseSettings):
     # once, beyond which a label is rejected (rule "held_labels_full").
     label_wait: Duration = timedelta(hours=24)
     max_held_labels: int = Field(default=1_000_000, ge=0)
+    # The latest event time accepted is the wall clock plus this (a producer's
+    # clock skew); a later one is rejected with rule "future". Unset: the feature
+    # set's `grace`, the lateness the feature store tolerates, so that no event
+    # it is handed can move an entity's clock past the wall clock by more.
+    max_future: Duration | None = None
     # How often held labels past the wait are looked for.
     label_expiry_interval: Duration = timedelta(minutes=1)
     # How often rows older than both windows are deleted from the event index.

@@ -22,13 +22,22 @@ replays it, since only the lost broker had it, and still names the entity of
 its late label. Such a label goes out each time it is sent until its
 observation is replayed; consumers drop the repeats by event id.
 
+An event id names one event. The same id again with the same content is a
+duplicate (acknowledged, not published); with other content (entity, time,
+values, its own label: the index keeps a digest) it is refused as a
+`conflict`, and the first stands. A label changes only by a correction (a late
+label with `"correction": true`), published as a new `Label` marked as such,
+so downstream replaces the label rather than dropping it as a repeat; another
+label without it is a `conflict` too.
+
 Labels and observations arrive in any order: a label producer rarely knows the
 entity, so its records land on other partitions than their observations and
 can overtake them. A label for an id the index has never seen is held (in the
 index, so it survives a restart) and published right after its observation
 when that is accepted, in the same batch or a later one, either way in. At
 most `max_held_labels` wait at once; one that waited `label_wait` in vain is
-dead-lettered by `expire_held` with rule `label_unmatched`.
+dead-lettered by `expire_held` with rule `label_unmatched`, and one its
+observation's own label contradicts with rule `conflict`.
 """
 
 from __future__ import annotations
@@ -43,8 +52,8 @@ from opentelemetry import trace
 
 from driftloop_ingestion.messages import (
     ObservationEncoder,
+    held_label_deadletter,
     label_message,
-    unmatched_label_deadletter,
 )
 from driftloop_ingestion.metrics import EVENTS, HELD_LABELS, LABELS_EXPIRED, REJECTIONS
 from driftloop_ingestion.ports import (
@@ -58,15 +67,20 @@ from driftloop_ingestion.ports import (
     IndexEntry,
     Outcome,
     Publication,
+    correction_cloudevent_id,
     label_cloudevent_id,
 )
 from driftloop_ingestion.rules import (
+    CORRECTION,
     EVENT_ID,
+    RULE_CONFLICT,
     RULE_HELD_LABELS_FULL,
     RULE_LABEL_UNMATCHED,
     RULE_UNKNOWN_EVENT_ID,
     Problem,
     Rejection,
+    show,
+    show_duration,
 )
 from driftloop_ingestion.validation import Validated, Validator, ValidObservation
 
@@ -96,6 +110,7 @@ class Ingestor:
         self._index = index
         self._sink = sink
         self._feature_set = validator.featureset.name
+        self._label_field = validator.featureset.label
         self._encoder = ObservationEncoder(validator.featureset)
         self._dedup_window_ms = int(dedup_window / timedelta(milliseconds=1))
         self._label_horizon = label_horizon
@@ -173,57 +188,76 @@ class Ingestor:
         held_count = index.held_count()
         held = index.held(ids) if ids and held_count else {}
         accepted: dict[str, IndexEntry] = {}  # observations accepted in this batch
-        labelled: set[str] = set()  # earlier observations labelled in this batch
+        labelled: dict[str, int] = {}  # earlier observations (re)labelled in this batch
         # Labels held by this batch, with their position in `outcomes`.
         holding: dict[str, tuple[int, HeldLabel]] = {}
         release: list[str] = []  # labels held before, released by this batch
+        letters: list[bytes] = []  # labels held before that their observation contradicts
         publications: list[Publication] = []
         outcomes: list[Outcome] = []
-        for item, event in zip(batch, checked, strict=True):
+        for position, (item, event) in enumerate(zip(batch, checked, strict=True)):
             if isinstance(event, Rejection):
                 outcomes.append(event)
                 continue
             event_id = event.event_id
             if isinstance(event, ValidObservation):
-                seen = known.get(event_id)
-                if event_id in accepted or (seen is not None and seen.seen_at_ms >= dedup_after):
-                    entity = accepted.get(event_id, seen)
-                    assert entity is not None
-                    outcomes.append(Accepted(event_id, OBSERVATION, True, entity.entity_id))
+                encoded, digest = self._encoder.encode_with_digest(event, ingested_at_ms=now_ms)
+                earlier = accepted.get(event_id)
+                if earlier is None:
+                    seen = known.get(event_id)
+                    if seen is not None and seen.seen_at_ms >= dedup_after:
+                        earlier = seen
+                if earlier is not None:
+                    # Rows indexed before digests were kept have none: a duplicate, as then.
+                    if earlier.digest is not None and earlier.digest != digest:
+                        outcomes.append(self._conflict(event, earlier))
+                    else:
+                        outcomes.append(Accepted(event_id, OBSERVATION, True, earlier.entity_id))
                     continue
                 entry = IndexEntry(
-                    event_id, event.entity_id, event.event_time_ms, now_ms, event.label is not None
+                    event_id,
+                    event.entity_id,
+                    event.event_time_ms,
+                    now_ms,
+                    event.label is not None,
+                    digest,
+                    event.label,
                 )
-                publications.append(
-                    Publication(
-                        self._encoder.encode(event, ingested_at_ms=now_ms),
-                        OBSERVATION,
-                        event.entity_id,
-                        event_id,
-                    )
-                )
+                publications.append(Publication(encoded, OBSERVATION, event.entity_id, event_id))
                 outcomes.append(Accepted(event_id, OBSERVATION, False, event.entity_id))
                 waiting = holding.pop(event_id, None)
                 if waiting is None and event_id in held:
                     release.append(event_id)
                     waiting = (-1, held[event_id])
                 if waiting is not None:
-                    position, label = waiting
-                    # An observation that carries its own label makes the held one a repeat.
-                    if not entry.labelled:
-                        entry = entry._replace(labelled=True)
-                        publications.append(self._label(event_id, label.label, entry, now_ms))
-                    if position >= 0:
-                        outcomes[position] = Accepted(
-                            event_id, LABEL, event.label is not None, event.entity_id
-                        )
+                    at, early = waiting
+                    answer: Outcome
+                    if event.label is None:
+                        entry = entry._replace(labelled=True, label=early.label)
+                        publications.append(self._label(event_id, early.label, entry, now_ms))
+                        answer = Accepted(event_id, LABEL, False, event.entity_id)
+                    elif early.label == event.label:
+                        # An observation that carries the same label makes the held one a repeat.
+                        answer = Accepted(event_id, LABEL, True, event.entity_id)
+                    else:
+                        answer = self._held_conflict(event_id, early.label, event.label)
+                        if at < 0:
+                            letters.append(self._held_letter(early, answer, now_ms))
+                    if at >= 0:
+                        outcomes[at] = answer
                 accepted[event_id] = entry
                 continue
             # A late label: its event id should name an observation seen before.
             joined = accepted.get(event_id) or known.get(event_id)
             if joined is None:
-                if event_id in held or event_id in holding:
-                    outcomes.append(Accepted(event_id, LABEL, True, "", held=True))
+                if event.correction:
+                    outcomes.append(self._nothing_to_correct(event_id))
+                elif event_id in held or event_id in holding:
+                    waiting_label = (held.get(event_id) or holding[event_id][1]).label
+                    if waiting_label == event.label:
+                        outcomes.append(Accepted(event_id, LABEL, True, "", held=True))
+                    else:
+                        outcomes.append(self._held_twice(event_id, waiting_label, event.label))
                 elif held_count - len(release) + len(holding) >= self._max_held:
                     outcomes.append(self._held_full(event_id))
                 else:
@@ -234,26 +268,50 @@ class Ingestor:
             if joined.seen_at_ms < join_after:
                 outcomes.append(self._unknown_event(event_id))
                 continue
-            if (joined.labelled and joined.seen_at_ms >= on_broker_after) or event_id in labelled:
-                outcomes.append(Accepted(event_id, LABEL, True, joined.entity_id))
-                continue
+            correction = False
+            if event_id in labelled or (joined.labelled and joined.seen_at_ms >= on_broker_after):
+                current = labelled.get(event_id, joined.label)
+                if current == event.label or (current is None and not event.correction):
+                    # The same label again (a label indexed without its value: as before).
+                    outcomes.append(Accepted(event_id, LABEL, True, joined.entity_id))
+                    continue
+                if not event.correction:
+                    outcomes.append(self._label_conflict(event_id, current, event.label))
+                    continue
+                correction = True
             if event_id in accepted:
-                accepted[event_id] = joined._replace(labelled=True)
+                accepted[event_id] = joined._replace(labelled=True, label=event.label)
             else:
-                labelled.add(event_id)
-            publications.append(self._label(event_id, event.label, joined, now_ms))
+                labelled[event_id] = event.label
+            publications.append(
+                self._label(event_id, event.label, joined, now_ms, correction_at=position)
+                if correction
+                else self._label(event_id, event.label, joined, now_ms)
+            )
             outcomes.append(Accepted(event_id, LABEL, False, joined.entity_id))
         if publications:
             await self._sink.publish(publications)
+        if letters:
+            await self._sink.deadletter(letters)
+            REJECTIONS.labels("held", RULE_CONFLICT).inc(len(letters))
         if publications or holding or release:
             hold = [label for _, label in holding.values()]
-            index.record(list(accepted.values()), sorted(labelled), hold=hold, release=release)
+            index.record(list(accepted.values()), labelled, hold=hold, release=release)
             if holding or release:
                 HELD_LABELS.set(held_count + len(holding) - len(release))
         return outcomes
 
-    def _label(self, event_id: str, label: int, entry: IndexEntry, now_ms: int) -> Publication:
-        """A `Label` for `events.valid`, keyed by its observation's entity."""
+    def _label(
+        self,
+        event_id: str,
+        label: int,
+        entry: IndexEntry,
+        now_ms: int,
+        *,
+        correction_at: int | None = None,
+    ) -> Publication:
+        """A `Label` for `events.valid`, keyed by its observation's entity; a
+        correction (at its position in the batch) when `correction_at` is given."""
         message = label_message(
             event_id=event_id,
             entity_id=entry.entity_id,
@@ -262,8 +320,16 @@ class Ingestor:
             feature_set=self._feature_set,
             ingested_at_ms=now_ms,
         )
+        if correction_at is None:
+            ce_id = label_cloudevent_id(event_id)
+        else:
+            ce_id = correction_cloudevent_id(event_id, now_ms, correction_at)
         return Publication(
-            message.SerializeToString(), LABEL, entry.entity_id, label_cloudevent_id(event_id)
+            message.SerializeToString(),
+            LABEL,
+            entry.entity_id,
+            ce_id,
+            correction=correction_at is not None,
         )
 
     async def expire_held(self, limit: int = 1000) -> int:
@@ -284,7 +350,7 @@ class Ingestor:
             letters = [label for label in expired if label.event_id in still_held]
             if letters:
                 await self._sink.deadletter([self._unmatched(label, now_ms) for label in letters])
-                self._index.record([], [], release=[label.event_id for label in letters])
+                self._index.record([], {}, release=[label.event_id for label in letters])
         finally:
             self._release(ids, done)
         LABELS_EXPIRED.inc(len(letters))
@@ -292,8 +358,8 @@ class Ingestor:
         return len(letters)
 
     def _unmatched(self, label: HeldLabel, now_ms: int) -> bytes:
-        wait = _duration(self._label_wait)
-        letter = unmatched_label_deadletter(
+        wait = show_duration(self._label_wait)
+        letter = held_label_deadletter(
             event_id=label.event_id,
             payload=label.payload,
             origin=label.origin,
@@ -317,21 +383,83 @@ class Ingestor:
             event_id,
             RULE_UNKNOWN_EVENT_ID,
             f"observation {event_id!r} was accepted more than "
-            f"{_duration(self._label_horizon)} ago, so this late label can no longer label it",
+            f"{show_duration(self._label_horizon)} ago, so this late label can no longer label it",
         )
+
+    def _nothing_to_correct(self, event_id: str) -> Rejection:
+        return _label_rejection(
+            event_id,
+            RULE_UNKNOWN_EVENT_ID,
+            f"no observation {event_id!r} has been accepted, so there is no label to correct "
+            f"(a label without {CORRECTION} waits for its observation)",
+        )
+
+    def _how_to_correct(self, event_id: str, label: int) -> str:
+        body = json.dumps({EVENT_ID: event_id, self._label_field: label, CORRECTION: True})
+        return f"to change it, send {body}"
+
+    def _conflict(self, event: ValidObservation, earlier: IndexEntry) -> Rejection:
+        """An observation whose id was accepted with other content: say what differs."""
+        featureset = self._validator.featureset
+        differs = []
+        if earlier.entity_id != event.entity_id:
+            differs.append(
+                f"{featureset.entity} {show(earlier.entity_id)} then, {show(event.entity_id)} now"
+            )
+        if earlier.event_time_ms != event.event_time_ms:
+            differs.append(
+                f"{featureset.timestamp} {earlier.event_time_ms} then, {event.event_time_ms} now"
+            )
+        what = "; ".join(differs) or "other field values or label"
+        return _label_rejection(
+            event.event_id,
+            RULE_CONFLICT,
+            f"{event.event_id!r} was accepted before with other content ({what}); an event id "
+            "names one event: send a new event under a new id, and correct a label with "
+            f'"{CORRECTION}": true',
+        )
+
+    def _label_conflict(self, event_id: str, current: int | None, label: int) -> Rejection:
+        return _label_rejection(
+            event_id,
+            RULE_CONFLICT,
+            f"observation {event_id!r} is labelled {current} already; another label for it is "
+            f"a conflict, not a duplicate: {self._how_to_correct(event_id, label)}",
+        )
+
+    def _held_twice(self, event_id: str, waiting: int, label: int) -> Rejection:
+        return _label_rejection(
+            event_id,
+            RULE_CONFLICT,
+            f"the label {waiting} already waits for observation {event_id!r}; another label "
+            "for it is a conflict, not a duplicate: once the observation is accepted, "
+            f"{self._how_to_correct(event_id, label)}",
+        )
+
+    def _held_conflict(self, event_id: str, held: int, own: int) -> Rejection:
+        return _label_rejection(
+            event_id,
+            RULE_CONFLICT,
+            f"the label {held} that waited for observation {event_id!r} disagrees with the "
+            f"label {own} the observation carries, which stands: "
+            f"{self._how_to_correct(event_id, held)}",
+        )
+
+    def _held_letter(self, label: HeldLabel, rejection: Rejection, now_ms: int) -> bytes:
+        """The dead letter of a label held before, which its observation contradicts."""
+        letter = held_label_deadletter(
+            event_id=label.event_id,
+            payload=label.payload,
+            origin=label.origin,
+            reason=rejection.reason,
+            rule=rejection.rule,
+            failed_at_ms=now_ms,
+        )
+        return letter.SerializeToString()
 
 
 def _label_rejection(event_id: str, rule: str, why: str) -> Rejection:
     return Rejection((Problem(EVENT_ID, rule, f"{EVENT_ID}: {why}"),), event_id)
-
-
-def _duration(span: timedelta) -> str:
-    """`24h`, `90m` or `5s`: the way durations are configured."""
-    seconds = span / timedelta(seconds=1)
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
 
 
 def _raw(item: Incoming) -> bytes:

@@ -17,6 +17,7 @@ Feature values are typed as the feature set declares them: a float field is a
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable
 
@@ -157,6 +158,19 @@ class ObservationEncoder:
         append(self._ingested_suffix)
         return b"".join(parts)
 
+    def encode_with_digest(
+        self, event: ValidObservation, *, ingested_at_ms: int
+    ) -> tuple[bytes, bytes]:
+        """The encoded observation, and a digest of its content: every byte but the
+        ingestion time and feature-set name at its end. The same event sent again
+        has the same digest (values as validated: `12` and `12.0` of a float field
+        agree); one with another entity, time, value or label has another. Map
+        entries follow the feature set's field order, so reordering its fields
+        changes the digests of events accepted before."""
+        encoded = self.encode(event, ingested_at_ms=ingested_at_ms)
+        content = memoryview(encoded)[: len(encoded) - len(self._ingested_suffix)]
+        return encoded, hashlib.blake2b(content, digest_size=16).digest()
+
 
 def label_message(
     *,
@@ -198,7 +212,7 @@ def observation_message(
     return message
 
 
-def unmatched_label_deadletter(
+def held_label_deadletter(
     *,
     event_id: str,
     payload: bytes,
@@ -207,9 +221,9 @@ def unmatched_label_deadletter(
     rule: str,
     failed_at_ms: int,
 ) -> events_pb2.DeadLetter:
-    """The dead letter of a held label whose observation never came: its raw
-    payload and, when it was read from Kafka, where from (topic, partition,
-    offset as `RawEvents` names the origin)."""
+    """The dead letter of a held label whose observation never came, or came
+    with another label of its own: its raw payload and, when it was read from
+    Kafka, where from (topic, partition, offset as `RawEvents` names the origin)."""
     letter = events_pb2.DeadLetter(
         reason=reason,
         field=EVENT_ID,

@@ -48,13 +48,19 @@ Outcome = Accepted | Rejection
 
 
 class IndexEntry(NamedTuple):
-    """What the index remembers of an accepted observation."""
+    """What the index remembers of an accepted observation: the `digest` of its
+    content (`ObservationEncoder.encode_with_digest`: entity, time, values, own
+    label) tells a re-send from a conflict,
+    and `label` is its label now (own, late or corrected). Rows written before
+    these were kept have neither (None): a re-send of theirs counts as a duplicate."""
 
     event_id: str
     entity_id: str
     event_time_ms: int
     seen_at_ms: int
     labelled: bool
+    digest: bytes | None = None
+    label: int | None = None
 
 
 class HeldLabel(NamedTuple):
@@ -78,13 +84,13 @@ class EventIndex(Protocol):
     def record(
         self,
         observations: Sequence[IndexEntry],
-        labelled: Sequence[str],
+        labelled: Mapping[str, int],
         *,
         hold: Sequence[HeldLabel] = (),
         release: Sequence[str] = (),
     ) -> None:
-        """Store new or refreshed observations, mark ids as labelled, hold new
-        labels and forget released ones, atomically."""
+        """Store new or refreshed observations, mark ids as labelled with their
+        label now, hold new labels and forget released ones, atomically."""
         ...
 
     def held(self, event_ids: Collection[str]) -> Mapping[str, HeldLabel]:
@@ -102,12 +108,13 @@ class EventIndex(Protocol):
 
 class Publication(NamedTuple):
     """An encoded `Observation` or `Label` for `events.valid`, keyed by entity,
-    with its CloudEvents id."""
+    with its CloudEvents id; a `correction` label replaces the one before it."""
 
     value: bytes
     kind: Kind
     key: str
     event_id: str
+    correction: bool = False
 
 
 class EventSink(Protocol):
@@ -120,6 +127,12 @@ class EventSink(Protocol):
         ...
 
 
+# The record header that marks a `Label` on events.valid as a correction: it
+# replaces the label its event was given before (drift re-scores the joined
+# prediction, the offline log keeps the latest), and is not a duplicate.
+CORRECTION_HEADER = "label_correction"
+
+
 class PublishFailed(Exception):
     """The valid events could not be published; nothing of the batch may be acknowledged."""
 
@@ -127,3 +140,9 @@ class PublishFailed(Exception):
 def label_cloudevent_id(event_id: str) -> str:
     """A label shares its observation's event id; its CloudEvents id must differ."""
     return event_id + ":label"
+
+
+def correction_cloudevent_id(event_id: str, ingested_at_ms: int, position: int) -> str:
+    """Each correction is a new event: its CloudEvents id names when it was
+    accepted (and its place in the batch), so no consumer drops it by id."""
+    return f"{event_id}:correction:{ingested_at_ms}.{position}"

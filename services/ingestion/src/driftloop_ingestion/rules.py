@@ -14,11 +14,21 @@ details, dead-letter records):
     min, max        a number outside the declared range
     category        a category value outside the declared `values`
     timestamp       not RFC 3339 with an offset or integral epoch milliseconds,
-                    or outside [2000-01-01, now + 1 day]
+                    or before 2000-01-01
+    future          an event time later than the wall clock plus the allowed
+                    clock skew (`DRIFTLOOP_INGESTION_MAX_FUTURE`, by default
+                    the feature set's `grace`)
+    length          an event id or entity id longer than 256 bytes of UTF-8
     label           a label other than 0 or 1
+    conflict        an event id accepted before comes again with other
+                    content (another entity, time, values or label); an
+                    identical re-send is a duplicate, and a label is changed
+                    only by a correction (`"correction": true`)
     unknown_event_id  a late label for an observation accepted longer ago
-                    than the label horizon (decided by the handler, which owns
-                    the event index; a label for an id never seen is held)
+                    than the label horizon, or a correction for an
+                    observation not accepted (decided by the handler, which
+                    owns the event index; a plain label for an id never seen
+                    is held)
     held_labels_full  a label for an id never seen, while the most labels
                     allowed to wait for their observations already do
                     (`DRIFTLOOP_INGESTION_MAX_HELD_LABELS`)
@@ -31,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 
 RULE_JSON: Final = "json"
@@ -42,12 +53,21 @@ RULE_MIN: Final = "min"
 RULE_MAX: Final = "max"
 RULE_CATEGORY: Final = "category"
 RULE_TIMESTAMP: Final = "timestamp"
+RULE_FUTURE: Final = "future"
+RULE_LENGTH: Final = "length"
 RULE_LABEL: Final = "label"
+RULE_CONFLICT: Final = "conflict"
 RULE_UNKNOWN_EVENT_ID: Final = "unknown_event_id"
 RULE_HELD_LABELS_FULL: Final = "held_labels_full"
 RULE_LABEL_UNMATCHED: Final = "label_unmatched"
 
 EVENT_ID: Final = "event_id"
+# A late label with `"correction": true` replaces the label given before.
+CORRECTION: Final = "correction"
+
+# The longest event id or entity id, in UTF-8 bytes: ids are keys of Kafka
+# records, index rows and feature-store states, not payloads.
+MAX_ID_BYTES: Final = 256
 
 # A reason lists this many problems at most, then how many more there were.
 MAX_PROBLEMS: Final = 10
@@ -120,3 +140,12 @@ def show_number(value: float) -> str:
     if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))
     return repr(value)
+
+
+def show_duration(span: timedelta) -> str:
+    """`24h`, `90m` or `5s`: the way durations are configured."""
+    seconds = span / timedelta(seconds=1)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

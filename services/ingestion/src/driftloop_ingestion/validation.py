@@ -6,8 +6,16 @@ handed): the entrypoints turn a `Rejection` into `INVALID_ARGUMENT` or a
 dead-letter record, and the handler turns a valid event into protobuf.
 
 An event with the entity field is an observation; one without it, carrying only
-`event_id`, the label and optionally the timestamp, is a late label. Every
+`event_id`, the label and optionally the timestamp, is a late label (with
+`"correction": true`, one that replaces the label given before). Every
 problem names the field and the rule that failed (`rules.py`).
+
+Time is bounded by the wall clock: an event time later than now plus the
+allowed skew (`max_future`, by default the feature set's `grace`) is refused
+with rule `future`. Downstream, the feature store moves an entity's clock to
+its latest event and counts an event only within `grace` of it; one event
+from far ahead would make every real event after it too late. Ids are
+bounded too (`MAX_ID_BYTES`), since they become keys everywhere.
 
 JSON text is decoded within its size limit (`decoding.py`), each feature-set
 field is checked by a check compiled once (`fields.py`), and the rules that
@@ -33,8 +41,12 @@ from driftloop_core.featureset import FeatureSet
 from driftloop_ingestion.decoding import DEFAULT_MAX_EVENT_BYTES, decode_event
 from driftloop_ingestion.fields import FieldCheck, FieldValue, Invalid, field_check
 from driftloop_ingestion.rules import (
+    CORRECTION,
     EVENT_ID,
+    MAX_ID_BYTES,
+    RULE_FUTURE,
     RULE_LABEL,
+    RULE_LENGTH,
     RULE_REQUIRED,
     RULE_TIMESTAMP,
     RULE_TYPE,
@@ -42,12 +54,11 @@ from driftloop_ingestion.rules import (
     Problem,
     Rejection,
     show,
+    show_duration,
 )
 
 # Event times before this are a unit mistake (epoch seconds) or a zero value.
 EARLIEST_EVENT_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
-# Clock skew a producer may have before its events count as coming from the future.
-DEFAULT_MAX_FUTURE: Final = timedelta(days=1)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _RFC3339: Final = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
@@ -67,10 +78,12 @@ class ValidObservation(NamedTuple):
 
 
 class ValidLabel(NamedTuple):
-    """A late label that passed every rule; whether its event exists is checked later."""
+    """A late label that passed every rule; whether its event exists is checked later.
+    A `correction` replaces the label its event was given before."""
 
     event_id: str
     label: int
+    correction: bool = False
 
 
 Validated = ValidObservation | ValidLabel | Rejection
@@ -79,6 +92,14 @@ Validated = ValidObservation | ValidLabel | Rejection
 def _iso(ms: int) -> str:
     moment = _EPOCH + timedelta(milliseconds=ms)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _epoch_ms_shown(ms: int) -> str:
+    """Epoch milliseconds with their RFC 3339 form, when there is one (year <= 9999)."""
+    try:
+        return f"{ms} ({_iso(ms)})"
+    except OverflowError:
+        return str(ms)
 
 
 Origin = tuple[str | int, ...]
@@ -99,9 +120,9 @@ def new_event_id() -> str:
 class Validator:
     """Checks raw events against one feature set.
 
-    `clock` returns the current epoch time in seconds; it bounds how far in the
-    future an event time may lie. JSON texts longer than `max_event_bytes` are
-    refused unread.
+    `clock` returns the current epoch time in seconds; an event time may lie at
+    most `max_future` after it (default: the feature set's `grace`). JSON texts
+    longer than `max_event_bytes` are refused unread.
     """
 
     def __init__(
@@ -109,13 +130,14 @@ class Validator:
         featureset: FeatureSet,
         *,
         clock: Callable[[], float] = time.time,
-        max_future: timedelta = DEFAULT_MAX_FUTURE,
+        max_future: timedelta | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.featureset = featureset
         self.max_event_bytes = max_event_bytes
         self._clock = clock
-        self._max_future_ms = int(max_future / timedelta(milliseconds=1))
+        self.max_future = featureset.grace if max_future is None else max_future
+        self._max_future_ms = int(self.max_future / timedelta(milliseconds=1))
         self._earliest_ms = int((EARLIEST_EVENT_TIME - _EPOCH) / timedelta(milliseconds=1))
         self._entity = featureset.entity
         self._timestamp = featureset.timestamp
@@ -161,6 +183,9 @@ class Validator:
             entity_id = entity
         elif kind is int:
             entity_id = str(entity)
+        if entity_id:
+            if _too_long(entity_id):
+                problems.append(_long_id(self._entity, entity_id))
         elif entity is None:
             what = "but got null" if self._entity in data else "but missing"
             problems.append(
@@ -202,13 +227,12 @@ class Validator:
         unknown = data.keys() - self._known
         if unknown:
             for key in sorted(unknown):
-                problems.append(
-                    Problem(
-                        key,
-                        RULE_UNKNOWN_FIELD,
-                        f"{key}: is not a field of feature set {self.featureset.name}",
-                    )
+                what = (
+                    "only a late label (no entity) can be a correction"
+                    if key == CORRECTION
+                    else f"is not a field of feature set {self.featureset.name}"
                 )
+                problems.append(Problem(key, RULE_UNKNOWN_FIELD, f"{key}: {what}"))
         if problems:
             return Rejection(tuple(problems), event_id or "")
         assert event_time_ms is not None
@@ -222,31 +246,43 @@ class Validator:
         if self._timestamp in data:
             self._event_time(data, problems, required=False)
         label = self._label_value(data, problems, required=True)
-        allowed = (EVENT_ID, self._label, self._timestamp)
+        correction = data.get(CORRECTION, False)
+        if type(correction) is not bool:
+            problems.append(
+                Problem(
+                    CORRECTION,
+                    RULE_TYPE,
+                    f"{CORRECTION}: must be true or false, got {show(correction)}",
+                )
+            )
+        allowed = (EVENT_ID, self._label, self._timestamp, CORRECTION)
         for key in sorted(data):
             if key not in allowed:
                 problems.append(
                     Problem(
                         key,
                         RULE_UNKNOWN_FIELD,
-                        f"{key}: a late label takes only {EVENT_ID}, {self._label} and "
-                        f"{self._timestamp} (an observation needs {self._entity})",
+                        f"{key}: a late label takes only {EVENT_ID}, {self._label}, "
+                        f"{self._timestamp} and {CORRECTION} (an observation needs {self._entity})",
                     )
                 )
         if problems:
             return Rejection(tuple(problems), event_id or "")
         assert event_id is not None and label is not None
-        return ValidLabel(event_id, label)
+        return ValidLabel(event_id, label, correction is True)
 
     def _event_id(
         self, data: Mapping[str, Any], problems: list[Problem], *, required: bool
     ) -> str | None:
         raw = data.get(EVENT_ID)
         kind = type(raw)
-        if kind is str and raw:
-            return str(raw)
-        if kind is int:
-            return str(raw)
+        if (kind is str and raw) or kind is int:
+            event_id = str(raw)
+            if _too_long(event_id):
+                # Not returned: a rejection quoting a huge id would carry it along.
+                problems.append(_long_id(EVENT_ID, event_id))
+                return None
+            return event_id
         if raw is None:
             if required:
                 problems.append(
@@ -309,8 +345,9 @@ class Validator:
                 )
             )
             return None
-        latest = int(self._clock() * 1000) + self._max_future_ms
-        if ms < self._earliest_ms or ms > latest:
+        now_ms = int(self._clock() * 1000)
+        latest = now_ms + self._max_future_ms
+        if ms < self._earliest_ms:
             hint = ""
             if self._earliest_ms <= ms * 1000 <= latest:
                 hint = " (epoch seconds? it must be milliseconds)"
@@ -319,8 +356,19 @@ class Validator:
                 Problem(
                     name,
                     RULE_TIMESTAMP,
-                    f"{name}: must lie between {_iso(self._earliest_ms)} and "
-                    f"now + {self._max_future_ms // 3_600_000}h, got {shown}{hint}",
+                    f"{name}: must not lie before {_iso(self._earliest_ms)}, got {shown}{hint}",
+                )
+            )
+            return None
+        if ms > latest:
+            shown = show(raw) if kind is str else _epoch_ms_shown(ms)
+            problems.append(
+                Problem(
+                    name,
+                    RULE_FUTURE,
+                    f"{name}: must not lie more than {show_duration(self.max_future)} after "
+                    f"the current time {_iso(now_ms)} (DRIFTLOOP_INGESTION_MAX_FUTURE), "
+                    f"got {shown}",
                 )
             )
             return None
@@ -338,6 +386,24 @@ class Validator:
             return None
         problems.append(Problem(name, RULE_LABEL, f"{name}: must be 0 or 1, got {show(raw)}"))
         return None
+
+
+def _too_long(identifier: str) -> bool:
+    # Four bytes at most per character: short ids need no encoding to be measured.
+    return (
+        len(identifier) * 4 > MAX_ID_BYTES
+        and len(identifier.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES
+    )
+
+
+def _long_id(field: str, identifier: str) -> Problem:
+    size = len(identifier.encode("utf-8", "surrogatepass"))
+    return Problem(
+        field,
+        RULE_LENGTH,
+        f"{field}: must be at most {MAX_ID_BYTES} bytes of UTF-8, got {size} bytes "
+        f"starting {show(identifier)}",
+    )
 
 
 def _rfc3339_ms(text: str) -> int | None:

@@ -10,6 +10,11 @@ the rebuilt detector is still the one that was running.
 
 A monitor that fires starts over empty: the change it saw is reported once,
 and it fires again only on new evidence.
+
+Only finite numbers are compared: NaN and infinities are no values of a
+distribution (an infinity would sit in an end bin, or skew a KS test), so
+every monitor skips them, and so does a reference built from live values. The
+engine counts them before they get here.
 """
 
 from __future__ import annotations
@@ -149,6 +154,20 @@ class PerformanceMonitor:
         for point in self._log:
             self._river.update(int(point.value))
 
+    def correct(self, event_id: str, error: int) -> bool:
+        """Give the input of `event_id` its corrected error bit and rebuild the
+        detector from its inputs, as if it had been fed that bit; False when the
+        event is not among its inputs (or already has that bit)."""
+        for position, point in enumerate(self._log):
+            if point.event_id == event_id:
+                if point.value == error:
+                    return False
+                corrected = list(self._log)
+                corrected[position] = Point(event_id, point.event_time_ms, error)
+                self.replay(corrected)
+                return True
+        return False
+
     def history(self) -> list[list[Any]]:
         return [point.to_json() for point in self._log]
 
@@ -180,7 +199,7 @@ class Binning:
 
     def bin_of(self, value: float | str) -> int | None:
         if self.numeric:
-            if isinstance(value, str) or math.isnan(value):
+            if isinstance(value, str) or not math.isfinite(value):
                 return None
             index = int(np.searchsorted(self._edges, value, side="right")) - 1
             return min(max(index, 0), self.bins - 1)
@@ -205,7 +224,7 @@ def live_reference(
     """Reference bins of live values, built as the trainer builds them from its rows:
     quantile edges for numbers, shares for categories."""
     if numeric:
-        numbers = [float(v) for v in values if not isinstance(v, str) and not math.isnan(v)]
+        numbers = [float(v) for v in values if not isinstance(v, str) and math.isfinite(v)]
         if not numbers:
             raise ValueError("no numeric value to bin")
         array = np.asarray(numbers, dtype=np.float64)
@@ -280,6 +299,8 @@ class PsiMonitor:
         self._counts = np.zeros(self._binning.bins, dtype=np.int64)
 
     def update(self, point: Point) -> Alarm | None:
+        if not isinstance(point.value, str) and not math.isfinite(point.value):
+            return None
         if self._binning is None:
             self._collect(point)
             return None
@@ -352,7 +373,7 @@ class KswinMonitor:
         return None if value is None else float(value)
 
     def update(self, point: Point) -> Alarm | None:
-        if isinstance(point.value, str) or math.isnan(point.value):
+        if isinstance(point.value, str) or not math.isfinite(point.value):
             return None
         self._seen += 1
         if (self._seen - 1) % self._spec.stride:

@@ -2,8 +2,9 @@
 
 The side that arrives first waits, for at most `ttl_ms` of service time and at
 most `max_pending` entries (the oldest go first). Event ids that were joined
-are remembered for as long, so a replayed or duplicated prediction or label
-does not count twice.
+are remembered for as long, with the class their prediction said, so a
+replayed or duplicated prediction or label does not count twice, and a label
+correction can re-score the prediction it joined.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ class PredictionSeen:
 
 @dataclass(frozen=True)
 class LabelSeen:
-    """A true label, inline on an `Observation` or from a late `Label`."""
+    """A true label, inline on an `Observation` or from a late `Label`; a
+    `correction` replaces the label its event was given before."""
 
     event_id: str
     model: str
     label: int
     event_time_ms: int
+    correction: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,15 @@ class Joined:
     version: int
     error: int
     event_time_ms: int
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """A joined prediction's error bit after a label correction; `error` is None
+    when the prediction is no longer known (joined before its class was kept)."""
+
+    event_id: str
+    error: int | None
 
 
 @dataclass
@@ -61,7 +73,8 @@ class Joiner:
         # event id -> (arrived at, the waiting side); insertion order is arrival order.
         self._predictions: OrderedDict[str, tuple[int, PredictionSeen]] = OrderedDict()
         self._labels: OrderedDict[str, tuple[int, LabelSeen]] = OrderedDict()
-        self._done: OrderedDict[str, int] = OrderedDict()
+        # event id -> (joined at, the class its prediction said, when known).
+        self._done: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
         self.stats = JoinStats()
 
     @property
@@ -94,8 +107,27 @@ class Joiner:
             return None
         return self._join(waiting[1], label, now_ms)
 
+    def correct(self, label: LabelSeen) -> Rescored | None:
+        """Replace the label of an event the join holds: a waiting label takes the
+        new value (None comes back: nothing joined yet); a joined prediction is
+        re-scored. None as well when the join knows no label of this event."""
+        waiting = self._labels.get(label.event_id)
+        if waiting is not None:
+            self._labels[label.event_id] = (waiting[0], label)
+            return None
+        done = self._done.get(label.event_id)
+        if done is None:
+            return None
+        predicted = done[1]
+        error = None if predicted is None else int(predicted != label.label)
+        return Rescored(label.event_id, error)
+
+    def knows_label(self, event_id: str) -> bool:
+        """Whether a label of this event waits or was joined."""
+        return event_id in self._labels or event_id in self._done
+
     def _join(self, prediction: PredictionSeen, label: LabelSeen, now_ms: int) -> Joined:
-        self._done[prediction.event_id] = now_ms
+        self._done[prediction.event_id] = (now_ms, prediction.predicted)
         self._bound(self._done)
         self.stats.joined += 1
         return Joined(
@@ -116,7 +148,7 @@ class Joiner:
         self.stats.expired_predictions += _drop_before(self._predictions, horizon)
         self.stats.expired_labels += _drop_before(self._labels, horizon)
         done = self._done
-        while done and next(iter(done.values())) < horizon:
+        while done and next(iter(done.values()))[0] < horizon:
             done.popitem(last=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -129,7 +161,7 @@ class Joiner:
                 [at, x.event_id, x.model, x.label, x.event_time_ms]
                 for at, x in self._labels.values()
             ],
-            "done": list(self._done.items()),
+            "done": [[event_id, at, predicted] for event_id, (at, predicted) in self._done.items()],
         }
 
     def load(self, data: dict[str, Any]) -> None:
@@ -140,8 +172,9 @@ class Joiner:
             )
         for at, event_id, model, label, event_time in data["labels"]:
             self._labels[event_id] = (at, LabelSeen(event_id, model, label, event_time))
-        for event_id, at in data["done"]:
-            self._done[event_id] = at
+        for event_id, at, *predicted in data["done"]:
+            # States saved before the predicted class was kept have none.
+            self._done[event_id] = (at, predicted[0] if predicted else None)
 
 
 def _drop_before(entries: OrderedDict[str, tuple[int, Any]], horizon: int) -> int:

@@ -8,12 +8,19 @@ is no join delay or rebalance. Its positions are the offsets stored with its
 state (`StoredOffsets` over `DriftApplication.load` and `.store`).
 
 Each record goes to the handler of its CloudEvents type (`HANDLERS`, by
-protobuf message; `events.valid` carries observations and late labels). A
-prediction an online learner answered counts as the champion's own answer
-carried beside it, and is ignored when there was no champion. A type
+protobuf message; `events.valid` carries observations and late labels, a
+label with the header `label_correction: 1` being a correction of the one
+before). A prediction an online learner answered counts as the champion's own
+answer carried beside it, and is ignored when there was no champion. A type
 drift does not follow is skipped; a record with no type, or one that does not
 decode, is a `PoisonMessage`, which the loop dead-letters with its source
 position, and the partition moves on.
+
+Service time is the records' Kafka timestamps (a replay decides as the first
+pass did), but whoever writes a topic sets those: a timestamp further ahead of
+the wall clock than `max_future_ms` counts as the wall clock plus that much,
+so one record from far ahead cannot expire every pending join or end every
+cooldown at once. Such records are counted and logged.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from driftloop_core.settings import Settings
 from driftloop_core.values import from_feature_value
 from google.protobuf.message import DecodeError, Message
 
+from driftloop_drift import metrics
 from driftloop_drift.application import DriftApplication
 from driftloop_drift.config import DriftSettings
 from driftloop_drift.domain.join import LabelSeen, PredictionSeen
@@ -38,8 +46,10 @@ log = get_logger(__name__)
 
 # The name the loop's metrics and spans carry; the reader itself joins no group.
 GROUP_ID = "driftloop-drift"
+# The header ingestion sets on a `Label` that corrects the one before.
+CORRECTION_HEADER = "label_correction"
 
-Handler = Callable[[DriftApplication, bytes, int], Awaitable[None]]
+Handler = Callable[[DriftApplication, Record, int], Awaitable[None]]
 M = TypeVar("M", bound=Message)
 
 
@@ -89,8 +99,8 @@ def prediction_seen(prediction: events_pb2.Prediction, record_ms: int) -> Predic
 # ---------------------------------------------------------------------- handlers
 
 
-async def on_prediction(app: DriftApplication, value: bytes, record_ms: int) -> None:
-    prediction = _decode(events_pb2.Prediction, value)
+async def on_prediction(app: DriftApplication, record: Record, record_ms: int) -> None:
+    prediction = _decode(events_pb2.Prediction, record.value)
     if not prediction.event_id:
         raise PoisonMessage(
             "Prediction.event_id: must not be empty", field="event_id", rule="required"
@@ -101,37 +111,43 @@ async def on_prediction(app: DriftApplication, value: bytes, record_ms: int) -> 
 
 
 def _label_seen(
-    message: events_pb2.Observation | events_pb2.Label, model: str, record_ms: int
+    message: events_pb2.Observation | events_pb2.Label,
+    model: str,
+    record_ms: int,
+    *,
+    correction: bool = False,
 ) -> LabelSeen:
     return LabelSeen(
         message.event_id,
         message.feature_set or model,
         message.label,
         _ms(message.event_time, record_ms),
+        correction,
     )
 
 
-async def on_observation(app: DriftApplication, value: bytes, record_ms: int) -> None:
-    observation = _decode(events_pb2.Observation, value)
+async def on_observation(app: DriftApplication, record: Record, record_ms: int) -> None:
+    observation = _decode(events_pb2.Observation, record.value)
     if observation.HasField("label"):
         app.on_label(_label_seen(observation, app.model, record_ms), record_ms)
 
 
-async def on_label(app: DriftApplication, value: bytes, record_ms: int) -> None:
-    label = _decode(events_pb2.Label, value)
-    app.on_label(_label_seen(label, app.model, record_ms), record_ms)
+async def on_label(app: DriftApplication, record: Record, record_ms: int) -> None:
+    label = _decode(events_pb2.Label, record.value)
+    correction = record.headers.extra.get(CORRECTION_HEADER) == "1"
+    app.on_label(_label_seen(label, app.model, record_ms, correction=correction), record_ms)
 
 
-async def on_promoted(app: DriftApplication, value: bytes, record_ms: int) -> None:
-    await app.on_promoted(_decode(events_pb2.ModelPromoted, value), record_ms)
+async def on_promoted(app: DriftApplication, record: Record, record_ms: int) -> None:
+    await app.on_promoted(_decode(events_pb2.ModelPromoted, record.value), record_ms)
 
 
-async def on_registered(app: DriftApplication, value: bytes, record_ms: int) -> None:
-    app.on_registered(_decode(events_pb2.ModelRegistered, value), record_ms)
+async def on_registered(app: DriftApplication, record: Record, record_ms: int) -> None:
+    app.on_registered(_decode(events_pb2.ModelRegistered, record.value), record_ms)
 
 
-async def on_training_failed(app: DriftApplication, value: bytes, record_ms: int) -> None:
-    app.on_training_failed(_decode(events_pb2.TrainingFailed, value), record_ms)
+async def on_training_failed(app: DriftApplication, record: Record, record_ms: int) -> None:
+    app.on_training_failed(_decode(events_pb2.TrainingFailed, record.value), record_ms)
 
 
 HANDLERS: dict[str, Handler] = {
@@ -148,16 +164,36 @@ HANDLERS: dict[str, Handler] = {
 
 
 class DriftRecords:
-    """The loop's batch handler: each record to its handler, then the join's expiry."""
+    """The loop's batch handler: each record to its handler at its service time,
+    then the join's expiry.
 
-    def __init__(self, app: DriftApplication) -> None:
+    `max_future_ms`: how far a record's timestamp may lie ahead of `clock` (the
+    wall clock, epoch seconds) before it counts as that far ahead only.
+    """
+
+    def __init__(
+        self,
+        app: DriftApplication,
+        *,
+        max_future_ms: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._app = app
+        self._max_future_ms = max_future_ms
+        self._clock = clock
 
     async def handle_batch(self, records: Sequence[Record]) -> list[PoisonMessage | None]:
         outcomes: list[PoisonMessage | None] = []
+        wall_ms = int(self._clock() * 1000)
+        latest_ms = wall_ms + self._max_future_ms
+        ahead: list[Record] = []
         for record in records:
+            record_ms = max(record.timestamp_ms or 0, 0)
+            if record_ms > latest_ms:
+                ahead.append(record)
+                record_ms = latest_ms
             try:
-                await self._handle(record)
+                await self._handle(record, record_ms or wall_ms)
             except PoisonMessage as poison:
                 log.warning(
                     "drift_record_deadlettered",
@@ -169,11 +205,28 @@ class DriftRecords:
                 outcomes.append(poison)
             else:
                 outcomes.append(None)
+        if ahead:
+            self._clamped(ahead, wall_ms)
         if records:
             self._app.expire()
         return outcomes
 
-    async def _handle(self, record: Record) -> None:
+    def _clamped(self, ahead: Sequence[Record], wall_ms: int) -> None:
+        metrics.RECORD_TIME_CLAMPED.labels(self._app.model).inc(len(ahead))
+        first = ahead[0]
+        log.warning(
+            "drift_record_time_clamped",
+            count=len(ahead),
+            topic=first.topic,
+            partition=first.partition,
+            offset=first.offset,
+            ahead_ms=first.timestamp_ms - wall_ms,
+            max_future_ms=self._max_future_ms,
+            meaning="record timestamps ahead of the wall clock count as the wall clock "
+            "plus the allowance (DRIFTLOOP_DRIFT_MAX_FUTURE_S)",
+        )
+
+    async def _handle(self, record: Record, record_ms: int) -> None:
         ce_type = record.headers.type
         if not ce_type:
             raise PoisonMessage(
@@ -183,12 +236,16 @@ class DriftRecords:
         handler = None if kind is None else HANDLERS.get(kind.message)
         if handler is None:
             return
-        record_ms = record.timestamp_ms if record.timestamp_ms and record.timestamp_ms > 0 else 0
-        await handler(self._app, record.value, record_ms or int(time.time() * 1000))
+        await handler(self._app, record, record_ms)
 
 
 def build_consumer(
-    settings: Settings, config: DriftSettings, app: DriftApplication, publisher: Publisher
+    settings: Settings,
+    config: DriftSettings,
+    app: DriftApplication,
+    publisher: Publisher,
+    *,
+    max_future_ms: int,
 ) -> ConsumerLoop:
     """The consumer of the drift sources, positioned where the saved state left off."""
     return ConsumerLoop(
@@ -196,7 +253,7 @@ def build_consumer(
         topics=config.source_topics,
         group_id=GROUP_ID,
         publisher=publisher,
-        handle_batch=DriftRecords(app).handle_batch,
+        handle_batch=DriftRecords(app, max_future_ms=max_future_ms).handle_batch,
         policy=StoredOffsets(app.load, app.store),
         deadletter_topic=config.deadletter_topic,
         after_poll=app.tick,

@@ -124,8 +124,9 @@ class OfflineStore:
     ) -> TrainingSetFile:
         """Write the labelled point-in-time rows of `window` to Parquet and describe them.
 
-        Rows are deduplicated by event id; a row's label is its own when it
-        carried one, else the latest late label for its event id. Rows come in
+        Rows are deduplicated by event id; a row's label is the latest late
+        label for its event id (for a row that carried its own, ingestion
+        publishes one only as an explicit correction), else its own. Rows come in
         event-time order (event id breaks ties). An empty window means every
         labelled row. Raises `UnknownModelError` for another model and
         `InvalidWindowError` for a window that cannot select anything.
@@ -215,8 +216,9 @@ class OfflineStore:
                 ),
                 labelled AS (
                     SELECT observed.* EXCLUDE (has_label, own_label),
-                           CASE WHEN observed.has_label THEN observed.own_label
-                                ELSE late.label END AS label
+                           -- a late label for a labelled row is a correction
+                           COALESCE(late.label, CASE WHEN observed.has_label
+                                                     THEN observed.own_label END) AS label
                     FROM observed LEFT JOIN late ON late.event_id = observed.event_id
                 )
                 SELECT * FROM labelled WHERE label IS NOT NULL {where}

@@ -1,8 +1,10 @@
 """The event index: every accepted observation's id, entity and event time, in SQLite.
 
 Deduplication and late labels both need to know, after a restart too, which
-event ids ingestion has accepted: a replayed producer must change nothing, and
-a label days later must find the entity its observation was keyed by. A local
+event ids ingestion has accepted: a replayed producer must change nothing, an
+id re-sent with other content must be refused (a digest of the content is
+kept), and a label days later must find the entity its observation was keyed
+by (and the label it holds now, which only a correction may change). A local
 SQLite file in WAL mode does this for one ingestion process with no server to
 run; each batch is one transaction.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,9 @@ CREATE TABLE IF NOT EXISTS events (
     entity_id     TEXT NOT NULL,
     event_time_ms INTEGER NOT NULL,
     seen_at_ms    INTEGER NOT NULL,
-    labelled      INTEGER NOT NULL DEFAULT 0
+    labelled      INTEGER NOT NULL DEFAULT 0,
+    digest        BLOB,
+    label         INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_seen_at ON events (seen_at_ms);
 CREATE TABLE IF NOT EXISTS held (
@@ -60,14 +64,19 @@ CREATE TABLE IF NOT EXISTS broker (
 );
 """
 
+# Columns added since the first release, for index files written before them.
+_ADDED_COLUMNS = {"digest": "BLOB", "label": "INTEGER"}
+
 _UPSERT = """
-INSERT INTO events (event_id, entity_id, event_time_ms, seen_at_ms, labelled)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO events (event_id, entity_id, event_time_ms, seen_at_ms, labelled, digest, label)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (event_id) DO UPDATE SET
     entity_id = excluded.entity_id,
     event_time_ms = excluded.event_time_ms,
     seen_at_ms = excluded.seen_at_ms,
-    labelled = excluded.labelled
+    labelled = excluded.labelled,
+    digest = excluded.digest,
+    label = excluded.label
 """
 
 # SQLite before 3.32 allows at most 999 bound parameters per statement.
@@ -95,6 +104,10 @@ class SqliteEventIndex:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
         (self._held_count,) = self._db.execute("SELECT count(*) FROM held").fetchone()
 
     def _select(self, columns: str, table: str, event_ids: Collection[str]) -> Iterator[Any]:
@@ -109,17 +122,19 @@ class SqliteEventIndex:
 
     def lookup(self, event_ids: Collection[str]) -> dict[str, IndexEntry]:
         rows = self._select(
-            "event_id, entity_id, event_time_ms, seen_at_ms, labelled", "events", event_ids
+            "event_id, entity_id, event_time_ms, seen_at_ms, labelled, digest, label",
+            "events",
+            event_ids,
         )
         return {
-            event_id: IndexEntry(event_id, entity_id, event_time_ms, seen_at_ms, bool(labelled))
-            for event_id, entity_id, event_time_ms, seen_at_ms, labelled in rows
+            row[0]: IndexEntry(row[0], row[1], row[2], row[3], bool(row[4]), _bytes(row[5]), row[6])
+            for row in rows
         }
 
     def record(
         self,
         observations: Sequence[IndexEntry],
-        labelled: Sequence[str],
+        labelled: Mapping[str, int],
         *,
         hold: Sequence[HeldLabel] = (),
         release: Sequence[str] = (),
@@ -132,8 +147,8 @@ class SqliteEventIndex:
                 db.executemany(_UPSERT, observations)
             if labelled:
                 db.executemany(
-                    "UPDATE events SET labelled = 1 WHERE event_id = ?",
-                    [(event_id,) for event_id in labelled],
+                    "UPDATE events SET labelled = 1, label = ? WHERE event_id = ?",
+                    [(label, event_id) for event_id, label in labelled.items()],
                 )
             if hold:
                 db.executemany(
@@ -210,6 +225,10 @@ class SqliteEventIndex:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _bytes(value: bytes | None) -> bytes | None:
+    return None if value is None else bytes(value)
 
 
 def _origin_text(origin: Origin | None) -> str | None:

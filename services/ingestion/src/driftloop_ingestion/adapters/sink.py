@@ -1,9 +1,11 @@
 """Valid events onto `events.valid`, a whole batch per round of acknowledgements,
-and the dead letters of labels whose observations never came.
+and the dead letters of held labels (their observations never came, or
+disagreed with them).
 
 The handler hands over protobuf messages; this adapter turns them into records
-with CloudEvents headers through the shared `Publisher.publish_batch`, which
-pipelines the batch and waits until the broker acknowledged every record.
+with CloudEvents headers (and `label_correction: 1` on a label correction)
+through the shared `Publisher.publish_batch`, which pipelines the batch and
+waits until the broker acknowledged every record.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from aiokafka.errors import KafkaError
 from driftloop_core.kafka.publisher import Outgoing, Publisher
 from driftloop_core.kafka.topics import kind_of_message
 
-from driftloop_ingestion.ports import LABEL, OBSERVATION, Kind, Publication, PublishFailed
+from driftloop_ingestion.ports import (
+    CORRECTION_HEADER,
+    LABEL,
+    OBSERVATION,
+    Kind,
+    Publication,
+    PublishFailed,
+)
 
 _DEADLETTER_TYPE = kind_of_message("driftloop.v1.DeadLetter").ce_type
+_CORRECTION = {CORRECTION_HEADER: "1"}
 _KINDS = {
     OBSERVATION: kind_of_message("driftloop.v1.Observation"),
     LABEL: kind_of_message("driftloop.v1.Label"),
@@ -37,7 +47,12 @@ class KafkaEventSink:
         records = []
         for event in events:
             topic, ce_type = routes[event.kind]
-            records.append(Outgoing(topic, event.value, event.key, ce_type, event.event_id))
+            extra = _CORRECTION if event.correction else None
+            records.append(
+                Outgoing(
+                    topic, event.value, event.key, ce_type, event.event_id, extra_headers=extra
+                )
+            )
         try:
             await self._publisher.publish_batch(records, trace_batch=True)
         except (KafkaError, ConnectionError, TimeoutError) as error:

@@ -10,9 +10,9 @@ and publishes each batch while the next one is read, so a stream costs one
 round of broker acknowledgements per batch, not per event; valid events flow
 even when others in the same stream are rejected.
 
-With an ingest token configured (`DRIFTLOOP_INGEST_TOKEN`) both methods require
-`authorization: Bearer <token>` and answer UNAUTHENTICATED before reading any
-event otherwise.
+Who may call is not decided here: the core server checks every call against
+its table of roles (`driftloop_core.grpc.auth`), where both methods need the
+`ingest` role (`DRIFTLOOP_INGEST_TOKEN`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ from typing import Any
 import grpc
 import grpc.aio
 from driftloop.v1 import ingest_pb2, ingest_pb2_grpc
-from driftloop_core.grpc.auth import require_bearer
 
 from driftloop_ingestion.handlers import Ingestor
 from driftloop_ingestion.ports import LABEL, Accepted, Incoming, PublishFailed
 from driftloop_ingestion.rules import Rejection
 
 SERVICE_NAME = "driftloop.v1.IngestService"
-TOKEN_VARIABLE = "DRIFTLOOP_INGEST_TOKEN"
 
 _KINDS = {
     "observation": ingest_pb2.EVENT_KIND_OBSERVATION,
@@ -78,11 +76,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         batch_size: int,
         flush_interval_s: float,
         max_listed_rejections: int = 10_000,
-        token: str | None = None,
     ) -> None:
-        """`token`: the bearer token callers must present; None leaves the service open."""
         self._ingestor = ingestor
-        self._token = token
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._max_listed = max_listed_rejections
@@ -94,7 +89,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def Ingest(
         self, request: ingest_pb2.IngestRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.IngestResponse:
-        await require_bearer(context, self._token, TOKEN_VARIABLE)
         try:
             [outcome] = await self._ingestor.ingest(
                 [_incoming(request, self._bool_fields)], source="grpc"
@@ -118,7 +112,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         request_iterator: AsyncIterator[ingest_pb2.IngestStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> ingest_pb2.IngestStreamResponse:
-        await require_bearer(context, self._token, TOKEN_VARIABLE)
         batcher = _StreamBatcher(self._ingestor, self._max_listed)
         ticker = asyncio.create_task(self._tick(batcher))
         try:
