@@ -88,6 +88,13 @@ def test_builtin_featureset_is_valid() -> None:
             "aggregations[1].name",
             "already a field or aggregation",
         ),
+        (
+            GOOD.replace(
+                "  hour: {type: int", "  correction: {type: int, min: 0}\n  hour: {type: int"
+            ),
+            "fields",
+            "must not redeclare entity/timestamp/label/event_id/correction: correction",
+        ),
     ],
 )
 def test_each_error_names_key_and_rule(tmp_path: Path, broken: str, key: str, rule: str) -> None:

@@ -211,11 +211,13 @@ class FeatureSet(_Strict):
     @model_validator(mode="after")
     def _cross_references(self) -> FeatureSet:
         problems: list[str] = []
-        reserved = {self.entity, self.timestamp, self.label, "event_id"}
+        # `correction` marks a late label that replaces an earlier one.
+        reserved = {self.entity, self.timestamp, self.label, "event_id", "correction"}
         clashing = sorted(reserved & set(self.fields))
         if clashing:
             problems.append(
-                f"fields: must not redeclare entity/timestamp/label/event_id: {', '.join(clashing)}"
+                "fields: must not redeclare entity/timestamp/label/event_id/correction: "
+                + ", ".join(clashing)
             )
         seen: set[str] = set()
         for i, agg in enumerate(self.aggregations):
