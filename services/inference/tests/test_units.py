@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from driftloop.v1 import common_pb2
 from driftloop_inference.adapters.onnx import load_model
 from driftloop_inference.batching import Batcher, Overloaded
 from driftloop_inference.codec import (
@@ -22,7 +23,10 @@ from driftloop_inference.codec import (
     decode_inputs,
     encode_bytes_tensor,
 )
+from driftloop_inference.errors import InvalidInput, RequestTooLarge
 from driftloop_inference.model import ModelLoadError
+from driftloop_inference.predict import MAX_TEXT_BYTES, feature_values
+from features_server import fv
 from inference import grpc_service_pb2 as oip
 
 
@@ -51,6 +55,104 @@ def test_raw_and_typed_decode_agree() -> None:
     typed.inputs[0].shape[1] = 3
     with pytest.raises(InvalidTensor, match=r"'x': expected shape \[-1, 2\], got \[2, 3\]"):
         decode_inputs(typed, specs)
+
+
+def test_decoder_limits_are_checked_from_the_shapes_before_values_are_read() -> None:
+    specs = [
+        TensorSpec("x", "FP32", (-1, 1)),
+        TensorSpec("c", "BYTES", (-1, 1)),
+        TensorSpec("h", "FP16", (4, 1)),
+    ]
+    decoder = InputDecoder(specs, max_rows=4, max_bytes=64, finite=True)
+
+    def request(rows: int) -> oip.ModelInferRequest:
+        message = oip.ModelInferRequest()
+        message.inputs.add(name="x", datatype="FP32", shape=[rows, 1])
+        message.inputs.add(name="c", datatype="BYTES", shape=[rows, 1])
+        message.inputs.add(name="h", datatype="FP16", shape=[4, 1])
+        message.raw_input_contents.extend(
+            [
+                np.ones(rows, "<f4").tobytes(),
+                b"".join(struct.pack("<I", 3) + b"web" for _ in range(rows)),
+                np.ones(4, "<f2").tobytes(),
+            ]
+        )
+        return message
+
+    assert decoder.decode(request(4))["c"].shape == (4, 1)
+    # A million rows claimed, none sent: refused for the rows, nothing read.
+    claimed = oip.ModelInferRequest()
+    claimed.inputs.add(name="x", datatype="FP32", shape=[1_000_000, 1])
+    claimed.raw_input_contents.append(b"")
+    with pytest.raises(RequestTooLarge) as caught:
+        decoder.plan(claimed)
+    assert (caught.value.field, caught.value.rule) == ("x", "max_request_rows")
+    # A fixed first dimension is the model's own, not a row count.
+    fixed = oip.ModelInferRequest(raw_input_contents=[np.ones(4, "<f2").tobytes()])
+    fixed.inputs.add(name="h", datatype="FP16", shape=[4, 1])
+    assert InputDecoder(specs[2:], max_rows=1).decode(fixed)["h"].shape == (4, 1)
+    # Typed BYTES are planned at 4 bytes an element, counted by their lengths
+    # when read, before any is decoded.
+    typed = oip.ModelInferRequest()
+    typed.inputs.add(name="x", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(1.0)
+    typed.inputs.add(name="c", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(
+        b"w" * 100
+    )
+    small = InputDecoder(specs[:2], max_bytes=64)
+    planned = small.plan(typed)
+    assert planned.size == 4 + 4
+    with pytest.raises(RequestTooLarge, match="'c': the request's tensors take more than the 64"):
+        small.read(planned)
+    # Not finite: refused only when asked to.
+    nan = request(1)
+    nan.raw_input_contents[2] = np.array([1, np.nan, 1, 1], "<f2").tobytes()
+    with pytest.raises(InvalidTensor, match="'h': value nan at index 1 is not a finite number"):
+        decoder.decode(nan)
+    assert np.isnan(InputDecoder(specs).decode(nan)["h"][1, 0])
+
+
+def test_predict_features_must_fit_their_input_type_and_be_finite() -> None:
+    specs = [
+        TensorSpec("amount", "FP32", (-1, 1)),
+        TensorSpec("ratio", "FP64", (-1, 1)),
+        TensorSpec("count", "INT32", (-1, 1)),
+        TensorSpec("channel", "BYTES", (-1, 1)),
+    ]
+    ok = {
+        "amount": fv(1.0),
+        "ratio": fv(1e39),  # finite as FP64
+        "count": common_pb2.FeatureValue(int_value=3),
+        "channel": fv("web"),
+    }
+    values, used, missing = feature_values(specs, ok, {}, {})
+    assert values == {"amount": 1.0, "ratio": 1e39, "count": 3, "channel": "web"}
+    assert used["count"].int_value == 3 and missing == []
+    refusals = {
+        "amount": (fv(1e39), "finite", "1e+39 is beyond the range of FP32 (±3.402823e+38)"),
+        "ratio": (fv("nan"), "finite", "nan is not a finite number"),
+        "count": (
+            common_pb2.FeatureValue(int_value=2**40),
+            "range",
+            "1099511627776 is out of range for INT32",
+        ),
+        "channel": (fv("é" * 2049), f"at most {MAX_TEXT_BYTES} bytes", "4098 bytes of text"),
+    }
+    for name, (value, rule, message) in refusals.items():
+        with pytest.raises(InvalidInput) as caught:
+            feature_values(specs, {**ok, name: value}, {}, {})
+        assert (caught.value.field, caught.value.rule) == (name, rule)
+        assert message in str(caught.value)
+    # A long text that is not a number is shown cut short.
+    with pytest.raises(InvalidInput) as caught:
+        feature_values(specs, {**ok, "amount": fv("z" * 10_000)}, {}, {})
+    assert len(str(caught.value)) < 200
+    # The feature store's values that are not finite are missing: the default applies.
+    online = {"amount": fv(float("inf")), "ratio": fv(float("nan"))}
+    given = {"count": ok["count"], "channel": ok["channel"]}
+    values, used, missing = feature_values(specs, given, online, {"amount": 0.0})
+    assert missing == ["amount", "ratio"]
+    assert values["amount"] == 0.0 and np.isnan(values["ratio"])
+    assert used["amount"].float_value == 0.0
 
 
 def _external(tensor: onnx.TensorProto, location: str) -> None:

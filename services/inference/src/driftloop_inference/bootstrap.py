@@ -196,7 +196,7 @@ class InferenceService:
         parts.batcher.start()
         parts.repository.on_change(self._model_changed)
         self.server = build_server(
-            self.settings,
+            _served_settings(self.settings, config),
             parts.servicers,
             self.address,
             reuse_port=config.reuse_port or config.workers > 1,
@@ -304,3 +304,17 @@ class InferenceService:
             lambda: self._tasks,
             (KafkaError, OSError, RuntimeError),
         )
+
+
+# Room for a request's envelope (ids, parameters, names) beyond its tensor bytes.
+_ENVELOPE_BYTES = 1024 * 1024
+
+
+def _served_settings(settings: Settings, config: InferenceSettings) -> Settings:
+    """The server's settings with a message limit just above the largest request
+    the data plane accepts: gRPC reads a whole message before any handler sees
+    it, so a larger one must be refused by the transport, not after parsing."""
+    limit = min(settings.grpc.max_message_bytes, config.max_request_bytes + _ENVELOPE_BYTES)
+    return settings.model_copy(
+        update={"grpc": settings.grpc.model_copy(update={"max_message_bytes": limit})}
+    )

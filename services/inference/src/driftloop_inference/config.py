@@ -42,6 +42,18 @@ class InferenceSettings(BaseSettings):
     inline_run_us: int = Field(default=1000, ge=0)
     # Requests waiting for a batch; beyond it RESOURCE_EXHAUSTED at once.
     queue_capacity: int = Field(default=1024, ge=1)
+    # One ModelInfer request at most: rows (its inputs' variable first dimension)
+    # and bytes of tensor data (raw contents as sent, typed values at their
+    # datatype's size, BYTES elements at 4 bytes plus their length). Beyond either
+    # the request is refused with INVALID_ARGUMENT naming the setting, before its
+    # values are decoded. 4,096 rows of the payments model take about 90 KB.
+    max_request_rows: int = Field(default=4096, ge=1)
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Large ModelInfer requests (more than 16 KiB) are decoded, run and encoded
+    # one at a time in a worker thread of their own, never on the event loop nor
+    # in the batches' thread (a request of more rows than a batch runs there
+    # too); beyond this many waiting, RESOURCE_EXHAUSTED at once.
+    large_queue_capacity: int = Field(default=8, ge=1)
     # onnxruntime session threads (small models: 1 and 1 avoid thread hand-offs).
     intra_op_threads: int = Field(default=1, ge=0)
     inter_op_threads: int = Field(default=1, ge=0)

@@ -24,6 +24,18 @@ name. Before any version is loaded the learner answers on the feature set's
 features, so a fresh deployment answers from its first event. A request that
 names a version or the alias gets that version's answer, as without the arena.
 
+What a request may carry is bounded here, whatever carries it: an id (event,
+entity, model name, version, alias, request id) at most `MAX_ID_BYTES` of
+UTF-8; a ModelInfer at most `max_request_rows` rows and `max_request_bytes`
+of tensor data (checked before its values are read, `codec.py`), and a large
+one (more than `OFFLOAD_BYTES`) runs whole in the batcher's large-request
+thread (`offload`), at most `large_queue_capacity` of them admitted. Predict
+refuses a feature value that is not a finite number of its input's type, and a
+model answer whose probability is not (`predict.py`). A Prediction never
+carries a feature value that is not finite: a default that is NaN (the
+trainer's missing value) is published without a value, named in
+`defaults_applied`.
+
 The data plane also closes the retrain loop's trace: a version swapped in under
 a promotion's span keeps that span's context until the first request it answers,
 which ends the trace with a span linked to the request's own.
@@ -31,11 +43,12 @@ which ends the trace with a span linked to the request's own.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from driftloop.v1 import common_pb2, events_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -49,8 +62,9 @@ from driftloop_inference.errors import (
     MissingFeatures,
     ModelNotFound,
     ModelUnavailable,
+    Overloaded,
 )
-from driftloop_inference.metrics import FEATURE_LOOKUP_FAILURES
+from driftloop_inference.metrics import FEATURE_LOOKUP_FAILURES, REJECTED
 from driftloop_inference.model import Array, ServedModel, TensorSpec
 from driftloop_inference.online.host import ArenaHost, learner_inputs
 from driftloop_inference.predict import check_signature, decide, feature_inputs, feature_values
@@ -61,6 +75,36 @@ if TYPE_CHECKING:  # the settings module pulls in the Kafka layer for its topic 
 
 _tracer = trace.get_tracer("driftloop.inference")
 SERVED_ALIAS = "champion"
+Result = TypeVar("Result")
+# The most UTF-8 bytes of any id a request carries (ids become Kafka keys and
+# are echoed in answers and errors).
+MAX_ID_BYTES = 256
+# A ModelInfer larger than this runs off the event loop: decoding 16 KiB of
+# short BYTES elements takes about half a millisecond, as long as a one-row call.
+OFFLOAD_BYTES = 16 * 1024
+
+
+def check_id(name: str, value: str) -> None:
+    """Raise InvalidInput when the id `name` has more than MAX_ID_BYTES of UTF-8."""
+    # A character is at most 4 bytes: most ids need no encoding to be counted.
+    if len(value) * 4 > MAX_ID_BYTES:
+        size = len(value.encode())
+        if size > MAX_ID_BYTES:
+            raise InvalidInput(
+                f"{name}: {size} bytes; an id may have at most {MAX_ID_BYTES} bytes (UTF-8)",
+                field=name,
+                rule=f"at most {MAX_ID_BYTES} bytes",
+            )
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """How much one ModelInfer may carry, and from what size it runs off the
+    event loop (`DataPlane.offload`)."""
+
+    max_rows: int
+    max_bytes: int
+    offload_bytes: int = OFFLOAD_BYTES
 
 
 class OnlineFeatures(Protocol):
@@ -146,6 +190,8 @@ class DataPlane:
         )
         # Registered first, so the swap is noted before any listener awaits.
         repository.on_change(self._swapped)
+        self.limits = RequestLimits(config.max_request_rows, config.max_request_bytes)
+        self._large = 0  # large requests admitted (`offload`), running or waiting
 
     @property
     def ready(self) -> bool:
@@ -154,6 +200,8 @@ class DataPlane:
     def model(self, name: str, version: str) -> ServedModel:
         """The version a request names ("" the served one); ModelNotFound or
         ModelUnavailable otherwise."""
+        check_id("model_name", name)
+        check_id("model_version", version)
         return self._repository.resolve(name, version)
 
     def model_ready(self, name: str, version: str) -> bool:
@@ -191,11 +239,47 @@ class DataPlane:
         self._served(model, method)
         return outputs
 
+    async def offload(
+        self,
+        model: ServedModel,
+        job: Callable[[], Result],
+        timeout_s: float | None,
+        method: str = "ModelInfer",
+    ) -> Result:
+        """A large request's whole work, `job` (blocking: decode, `run_now`,
+        encode), in the batcher's large-request thread after those before it,
+        within `timeout_s` seconds. Beyond `large_queue_capacity` admitted,
+        Overloaded at once."""
+        capacity = self._config.large_queue_capacity
+        if self._large >= capacity:
+            REJECTED.labels("large_queue_full").inc()
+            raise Overloaded(
+                f"large requests queue full ({capacity} waiting, "
+                "DRIFTLOOP_INFERENCE_LARGE_QUEUE_CAPACITY); retry later or send fewer rows"
+            )
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._large += 1
+        try:
+            result = await self._batcher.offload(job, deadline)
+        finally:
+            self._large -= 1
+        self._served(model, method)
+        return result
+
+    def run_now(self, model: ServedModel, feeds: dict[str, Array]) -> list[Array]:
+        """Blocking, in `offload`'s job: every output of `model` for `feeds`."""
+        _rows(model, feeds)
+        return model.run(feeds)
+
     async def predict(self, request: PredictRequest, timeout_s: float | None) -> Decision:
         """The decision on one event, by the champion or the arena's online
         learner, published as a Prediction."""
         received = time.perf_counter()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        check_id("event_id", request.event_id)
+        check_id("entity_id", request.entity_id)
+        check_id("model", request.model)
+        check_id("alias", request.alias)
         if request.alias not in ("", SERVED_ALIAS):
             raise ModelNotFound(
                 f"alias '{request.alias}' is not served; only '{SERVED_ALIAS}' "
@@ -383,13 +467,21 @@ def _prediction(
     used: dict[str, common_pb2.FeatureValue],
     missing: list[str],
 ) -> events_pb2.Prediction:
-    return events_pb2.Prediction(
+    prediction = events_pb2.Prediction(
         event_id=request.event_id,
         entity_id=request.entity_id,
         model=model,
-        features=used,
         defaults_applied=missing,
     )
+    features = prediction.features
+    for name, value in used.items():
+        if value.WhichOneof("kind") == "float_value" and not math.isfinite(value.float_value):
+            # Only a default can be here (request values are refused, online ones
+            # taken as missing): published without a value, as missing.
+            features[name].SetInParent()
+        else:
+            features[name].CopyFrom(value)
+    return prediction
 
 
 def _rows(model: ServedModel, feeds: dict[str, Array]) -> int:

@@ -29,6 +29,12 @@ class InvalidInput(InferenceError, ValueError):
         self.rule = rule
 
 
+class RequestTooLarge(InvalidInput):
+    """A request beyond a size limit; `rule` names the setting that holds it.
+
+    Refused whatever the load: only a smaller request can succeed."""
+
+
 class UnsupportedModel(InferenceError):
     """The served model cannot answer this kind of call (its signature or outputs)."""
 

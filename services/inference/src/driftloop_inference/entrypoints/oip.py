@@ -6,10 +6,16 @@ typed or raw contents, and RepositoryIndex. Outputs come back raw when the
 request's inputs were raw (tritonclient always sends raw and reads raw back)
 or an output asks for `binary_data`; typed contents otherwise. Every response
 carries the request id and the version that answered.
+
+A ModelInfer is checked before any value is read (`ModelCodec.plan`): its id,
+inputs, shapes and size against the data plane's `RequestLimits`. A large one
+is read, run and encoded whole off the event loop (`DataPlane.offload`), so
+one-row calls beside it still answer at once.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Sequence
 
@@ -17,8 +23,15 @@ from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
 
 from driftloop_inference import __version__
-from driftloop_inference.codec import CONTENTS_FIELDS, InputDecoder, InvalidTensor, add_output
-from driftloop_inference.dataplane import DataPlane
+from driftloop_inference.codec import (
+    CONTENTS_FIELDS,
+    InputDecoder,
+    InvalidTensor,
+    Planned,
+    add_output,
+    shown,
+)
+from driftloop_inference.dataplane import DataPlane, RequestLimits, check_id
 from driftloop_inference.entrypoints.status import Context, grpc_errors
 from driftloop_inference.model import Array, ServedModel, TensorSpec
 
@@ -72,10 +85,27 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: Context
     ) -> oip.ModelInferResponse:
-        model = self._plane.model(request.model_name, request.model_version)
+        plane = self._plane
+        model = plane.model(request.model_name, request.model_version)
         codec = self._codec(model)
-        feeds, selected = codec.decode(request)
-        outputs = await self._plane.infer(model, feeds, context.time_remaining())
+        planned, selected = codec.plan(request)
+        if planned.size > plane.limits.offload_bytes:
+            job = functools.partial(self._whole, model, codec, request, planned, selected)
+            return await plane.offload(model, job, context.time_remaining())
+        feeds = codec.decoder.read(planned)
+        outputs = await plane.infer(model, feeds, context.time_remaining())
+        return codec.encode(model, request, selected, outputs)
+
+    def _whole(
+        self,
+        model: ServedModel,
+        codec: ModelCodec,
+        request: oip.ModelInferRequest,
+        planned: Planned,
+        selected: Sequence[int],
+    ) -> oip.ModelInferResponse:
+        """A large request from its values to its response (blocking: `offload`'s job)."""
+        outputs = self._plane.run_now(model, codec.decoder.read(planned))
         return codec.encode(model, request, selected, outputs)
 
     async def RepositoryIndex(
@@ -91,7 +121,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def _codec(self, model: ServedModel) -> ModelCodec:
         codec = self._codecs.get(model)
         if codec is None:
-            codec = self._codecs[model] = ModelCodec(model)
+            codec = self._codecs[model] = ModelCodec(model, self._plane.limits)
         return codec
 
 
@@ -104,10 +134,12 @@ def _metadata_tensor(spec: TensorSpec) -> oip.ModelMetadataResponse.TensorMetada
 class ModelCodec:
     """ModelInfer requests and responses for one model version: its decoder
     (with the shapes it has already checked) and its outputs' facts, worked out
-    once per version."""
+    once per version, under the data plane's limits."""
 
-    def __init__(self, model: ServedModel) -> None:
-        self.decoder = InputDecoder(model.inputs)
+    def __init__(self, model: ServedModel, limits: RequestLimits) -> None:
+        self.decoder = InputDecoder(
+            model.inputs, max_rows=limits.max_rows, max_bytes=limits.max_bytes, finite=True
+        )
         self.outputs = model.outputs
         # True when every output has a typed contents field (else outputs go back raw).
         self.typed_outputs = all(spec.datatype in CONTENTS_FIELDS for spec in model.outputs)
@@ -115,23 +147,25 @@ class ModelCodec:
         for index, spec in enumerate(model.outputs):
             self._index.setdefault(spec.name, index)
 
-    def decode(self, request: oip.ModelInferRequest) -> tuple[dict[str, Array], Sequence[int]]:
-        """The request's inputs as arrays, and the indices of the outputs it asks for."""
-        feeds = self.decoder.decode(request)
+    def plan(self, request: oip.ModelInferRequest) -> tuple[Planned, Sequence[int]]:
+        """The request checked against the model and the limits, no value read
+        yet (`decoder.read` reads them), and the indices of the outputs it asks for."""
+        check_id("id", request.id)
+        planned = self.decoder.plan(request)
         if not request.outputs:
-            return feeds, range(len(self.outputs))
+            return planned, range(len(self.outputs))
         indices: list[int] = []
         for wanted in request.outputs:
             index = self._index.get(wanted.name)
             if index is None:
                 raise InvalidTensor(
-                    f"output '{wanted.name}': not an output of the model; expected one of "
-                    + ", ".join(spec.name for spec in self.outputs),
-                    field=wanted.name,
+                    f"output '{shown(wanted.name)}': not an output of the model; expected one "
+                    "of " + ", ".join(spec.name for spec in self.outputs),
+                    field=shown(wanted.name),
                     rule="output",
                 )
             indices.append(index)
-        return feeds, indices
+        return planned, indices
 
     def encode(
         self,
