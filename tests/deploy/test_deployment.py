@@ -439,7 +439,8 @@ def test_prod_mounts_each_service_its_own_certificate_and_turns_mutual_tls_on(
         ), name
     # The README's commands make the Secrets with the keys the services read.
     readme = (ROOT / "README.md").read_text()
-    assert f"kubectl create secret generic {TLS_SECRET_PREFIX}" in readme
+    # One Secret per service, made in a loop over the services.
+    assert f'create secret generic {TLS_SECRET_PREFIX}-"$service"' in readme
     for key in ("ca.crt", "tls.crt", "tls.key"):
         assert f"--from-file={key}=" in readme
 

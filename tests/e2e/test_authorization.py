@@ -10,6 +10,7 @@ and OIP liveness answer anyone; reflection is off.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -20,13 +21,11 @@ from typing import Any
 
 import grpc
 import pytest
-import tritonclient.grpc as triton
 from driftloop.v1 import features_pb2, ingest_pb2, predictor_pb2, registry_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from support.stack import stack_env
-from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.e2e
 
@@ -164,16 +163,33 @@ def test_every_method_needs_its_role(stack: dict[str, str], probe: Probe) -> Non
     assert _code(stack, probe, TOKENS["admin"]) not in REFUSED
 
 
+# tritonclient ships its own copy of the OIP protos (package `inference`, like
+# ours): it runs in a process of its own, as a user's client would.
+TRITON = """
+import json, sys
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+url, call, token, args = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+client = triton.InferenceServerClient(url)
+headers = {"authorization": "Bearer " + token} if token else None
+try:
+    getattr(client, call)(*args, headers=headers)
+    print("OK")
+except InferenceServerException as error:
+    print(error.status())
+"""
+
+
 def _triton(stack: dict[str, str], call: str, token: str | None, *args: Any) -> str:
-    client = triton.InferenceServerClient(stack["DRIFTLOOP_ENDPOINTS__INFERENCE"])
-    headers = {"authorization": f"Bearer {token}"} if token else None
-    try:
-        getattr(client, call)(*args, headers=headers)
-    except InferenceServerException as error:
-        return str(error.status())
-    finally:
-        client.close()
-    return "OK"
+    url = stack["DRIFTLOOP_ENDPOINTS__INFERENCE"]
+    done = subprocess.run(
+        [sys.executable, "-c", TRITON, url, call, token or "", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 def test_tritonclient_needs_the_predict_role(stack: dict[str, str]) -> None:
