@@ -399,9 +399,7 @@ async def test_a_certificate_holds_the_roles_its_names_are_given(
             return grpc.StatusCode.OK
 
     listing = registry_pb2.ListModelsRequest()
-    promote = registry_pb2.PromoteRequest(
-        model="nobody", version=1, actor="mallory", reason="try"
-    )
+    promote = registry_pb2.PromoteRequest(model="nobody", version=1, actor="mallory", reason="try")
     # Mapped to read by DRIFTLOOP_GRPC__CLIENT_ROLES: reads, never promotes.
     assert await call(pki.service, "ListModels", listing) == grpc.StatusCode.OK
     assert await call(pki.service, "Promote", promote) == grpc.StatusCode.PERMISSION_DENIED

@@ -182,14 +182,18 @@ def test_per_event_traces_are_sampled_and_the_loop_is_always_kept(
     tracer = telemetry.get_tracer("tests")
 
     for i in range(20):
-        with tracer.start_as_current_span(f"Predict {i}", kind=trace.SpanKind.SERVER):
-            with tracer.start_as_current_span("features.lookup"):
-                pass
+        with (
+            tracer.start_as_current_span(f"Predict {i}", kind=trace.SpanKind.SERVER),
+            tracer.start_as_current_span("features.lookup"),
+        ):
+            pass
         with tracer.start_as_current_span("process events.raw", kind=trace.SpanKind.CONSUMER):
             pass
-    with tracer.start_as_current_span("drift.detected") as detected:
-        with tracer.start_as_current_span("send drift.detected", kind=trace.SpanKind.PRODUCER):
-            pass
+    with (
+        tracer.start_as_current_span("drift.detected") as detected,
+        tracer.start_as_current_span("send drift.detected", kind=trace.SpanKind.PRODUCER),
+    ):
+        pass
     carried = trace.set_span_in_context(trace.NonRecordingSpan(detected.get_span_context()))
     with tracer.start_as_current_span(
         "process training.requested", context=carried, kind=trace.SpanKind.CONSUMER
