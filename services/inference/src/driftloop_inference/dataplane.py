@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.ids import MAX_ID_BYTES, oversized
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
@@ -78,7 +79,6 @@ SERVED_ALIAS = "champion"
 Result = TypeVar("Result")
 # The most UTF-8 bytes of any id a request carries (ids become Kafka keys and
 # are echoed in answers and errors).
-MAX_ID_BYTES = 256
 # A ModelInfer larger than this runs off the event loop: decoding 16 KiB of
 # short BYTES elements takes about half a millisecond, as long as a one-row call.
 OFFLOAD_BYTES = 16 * 1024
@@ -86,15 +86,13 @@ OFFLOAD_BYTES = 16 * 1024
 
 def check_id(name: str, value: str) -> None:
     """Raise InvalidInput when the id `name` has more than MAX_ID_BYTES of UTF-8."""
-    # A character is at most 4 bytes: most ids need no encoding to be counted.
-    if len(value) * 4 > MAX_ID_BYTES:
-        size = len(value.encode())
-        if size > MAX_ID_BYTES:
-            raise InvalidInput(
-                f"{name}: {size} bytes; an id may have at most {MAX_ID_BYTES} bytes (UTF-8)",
-                field=name,
-                rule=f"at most {MAX_ID_BYTES} bytes",
-            )
+    size = oversized(value)
+    if size is not None:
+        raise InvalidInput(
+            f"{name}: {size} bytes; an id may have at most {MAX_ID_BYTES} bytes (UTF-8)",
+            field=name,
+            rule=f"at most {MAX_ID_BYTES} bytes",
+        )
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
+from driftloop_core import ids
+
 RULE_JSON: Final = "json"
 RULE_SIZE: Final = "size"
 RULE_REQUIRED: Final = "required"
@@ -67,7 +69,7 @@ CORRECTION: Final = "correction"
 
 # The longest event id or entity id, in UTF-8 bytes: ids are keys of Kafka
 # records, index rows and feature-store states, not payloads.
-MAX_ID_BYTES: Final = 256
+MAX_ID_BYTES: Final = ids.MAX_ID_BYTES
 
 # A reason lists this many problems at most, then how many more there were.
 MAX_PROBLEMS: Final = 10

@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from driftloop_core.featureset import FeatureSet
+from driftloop_core.ids import oversized
 
 from driftloop_ingestion.decoding import DEFAULT_MAX_EVENT_BYTES, decode_event
 from driftloop_ingestion.fields import FieldCheck, FieldValue, Invalid, field_check
@@ -389,11 +390,7 @@ class Validator:
 
 
 def _too_long(identifier: str) -> bool:
-    # Four bytes at most per character: short ids need no encoding to be measured.
-    return (
-        len(identifier) * 4 > MAX_ID_BYTES
-        and len(identifier.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES
-    )
+    return oversized(identifier) is not None
 
 
 def _long_id(field: str, identifier: str) -> Problem:

@@ -23,11 +23,12 @@ from collections.abc import Mapping
 
 from driftloop.v1 import events_pb2
 from driftloop_core.artifacts import is_sha256
+from driftloop_core.ids import MAX_ID_BYTES
 
 from driftloop_registry.domain import InvalidRequestError
 
 # A model name or alias in any request.
-MAX_NAME_BYTES = 256
+MAX_NAME_BYTES = MAX_ID_BYTES
 # Text of a ModelTrained the registry keeps, at most the width of its column
 # (characters there; a UTF-8 byte bound below it always fits).
 _TRAINED_TEXT: Mapping[str, int] = {
@@ -38,7 +39,7 @@ _TRAINED_TEXT: Mapping[str, int] = {
     "artifact.media_type": 100,
     "artifact.uri": 2048,
     "dataset.uri": 2048,
-    "parent_drift_id": 256,
+    "parent_drift_id": MAX_ID_BYTES,
 }
 # A feature name, a metric's or a parameter's name.
 MAX_KEY_BYTES = 256

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 from driftloop.v1 import features_pb2, features_pb2_grpc
+from driftloop_core.ids import MAX_ID_BYTES, oversized
 from driftloop_core.values import fill_feature_value
 
 from driftloop_features.adapters.duckdb_reader import OfflineStore, TrainingSetFile
@@ -30,11 +31,6 @@ _STATUS = {
     FeatureStatus.STALE: features_pb2.FEATURE_STATUS_STALE,
 }
 MAX_ENTITIES = 1000
-# An entity id or model name, in UTF-8 bytes.
-MAX_ID_BYTES = 256
-# Ids of at most this many characters fit MAX_ID_BYTES whatever they hold (4
-# bytes a character at most): only longer ones need encoding to be measured.
-_SURELY_SHORT = MAX_ID_BYTES // 4
 # Validated feature-name lists, by what callers send (most send the same few).
 MAX_CACHED_NAME_LISTS = 256
 
@@ -86,11 +82,11 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 f"entity_ids: at most {MAX_ENTITIES} per call, got {len(request.entity_ids)}",
             )
         for index, entity_id in enumerate(request.entity_ids):
-            if len(entity_id) > _SURELY_SHORT and len(entity_id.encode()) > MAX_ID_BYTES:
+            size = oversized(entity_id)
+            if size is not None:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"entity_ids[{index}]: at most {MAX_ID_BYTES} bytes, "
-                    f"got {len(entity_id.encode())}",
+                    f"entity_ids[{index}]: at most {MAX_ID_BYTES} bytes, got {size}",
                 )
         names = self._valid_names(tuple(request.feature_names))
         if isinstance(names, list):
@@ -129,10 +125,11 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         request: features_pb2.GetTrainingSetRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> features_pb2.GetTrainingSetResponse:
-        if len(request.model.encode()) > MAX_ID_BYTES:
+        size = oversized(request.model)
+        if size is not None:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"model: at most {MAX_ID_BYTES} bytes, got {len(request.model.encode())}",
+                f"model: at most {MAX_ID_BYTES} bytes, got {size}",
             )
         try:
             result = await asyncio.to_thread(
