@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
+from driftloop_core.kafka.headers import LABEL_CORRECTION_HEADER
+
 from driftloop_ingestion.rules import Rejection
 from driftloop_ingestion.validation import Origin
 
@@ -130,7 +132,7 @@ class EventSink(Protocol):
 # The record header that marks a `Label` on events.valid as a correction: it
 # replaces the label its event was given before (drift re-scores the joined
 # prediction, the offline log keeps the latest), and is not a duplicate.
-CORRECTION_HEADER = "label_correction"
+CORRECTION_HEADER = LABEL_CORRECTION_HEADER
 
 
 class PublishFailed(Exception):

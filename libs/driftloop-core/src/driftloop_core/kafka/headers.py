@@ -22,6 +22,10 @@ JSON = "application/json"
 
 Headers = list[tuple[str, bytes]]
 
+# On a `Label` record: "1" when the label replaces one given before (the
+# producer sent `"correction": true`); ingestion writes it, drift reads it.
+LABEL_CORRECTION_HEADER = "label_correction"
+
 
 @dataclass(frozen=True)
 class EventHeaders:

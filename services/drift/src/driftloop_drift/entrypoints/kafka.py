@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from driftloop.v1 import events_pb2
 from driftloop_core.kafka import ConsumerLoop, PoisonMessage, Publisher, Record, StoredOffsets
+from driftloop_core.kafka.headers import LABEL_CORRECTION_HEADER
 from driftloop_core.kafka.topics import kind_of_type
 from driftloop_core.logging import get_logger
 from driftloop_core.settings import Settings
@@ -47,7 +48,7 @@ log = get_logger(__name__)
 # The name the loop's metrics and spans carry; the reader itself joins no group.
 GROUP_ID = "driftloop-drift"
 # The header ingestion sets on a `Label` that corrects the one before.
-CORRECTION_HEADER = "label_correction"
+CORRECTION_HEADER = LABEL_CORRECTION_HEADER
 
 Handler = Callable[[DriftApplication, Record, int], Awaitable[None]]
 M = TypeVar("M", bound=Message)
