@@ -284,11 +284,11 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = _method_name(handler_call_details.method)
-        if method in METHOD_ROLES and METHOD_ROLES[method] is None:
-            return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is None or not self._authorizer.enforced:
+            return handler
+        method = _method_name(handler_call_details.method)
+        if method in METHOD_ROLES and METHOD_ROLES[method] is None:
             return handler
         role = METHOD_ROLES.get(method)
         if role is not None:

@@ -26,6 +26,20 @@ from google.protobuf.message import DecodeError
 from driftloop_registry.domain import InvalidRequestError, RegistryError
 from driftloop_registry.handlers import Registry
 
+# What each artifact error says about a ModelTrained: the field and the rule.
+_ARTIFACT_PROBLEMS: tuple[tuple[type[Exception], str, str], ...] = (
+    (InvalidDigestError, "artifact.sha256", "format"),
+    (UnsafeArtifactError, "artifact.sha256", "regular_file"),
+    (ArtifactTooLargeError, "artifact.size_bytes", "size"),
+    (ArtifactDigestError, "artifact.sha256", "digest"),
+    (FileNotFoundError, "artifact.uri", "missing"),
+)
+_ARTIFACT_ERRORS = tuple(kind for kind, _, _ in _ARTIFACT_PROBLEMS)
+
+
+def _artifact_problem(error: Exception) -> tuple[str, str]:
+    return next((f, r) for kind, f, r in _ARTIFACT_PROBLEMS if isinstance(error, kind))
+
 
 class TrainedHandler:
     """The `ConsumerLoop` handler for `models.trained`."""
@@ -47,32 +61,14 @@ class TrainedHandler:
             raise PoisonMessage(
                 str(error), field=error.field, rule=error.rule or "invalid", event_id=event_id
             ) from error
-        except InvalidDigestError as error:
-            raise PoisonMessage(
-                str(error), field="artifact.sha256", rule="format", event_id=event_id
-            ) from error
-        except UnsafeArtifactError as error:
-            raise PoisonMessage(
-                f"artifact {trained.artifact.sha256}: {error}",
-                field="artifact.sha256",
-                rule="regular_file",
-                event_id=event_id,
-            ) from error
-        except ArtifactTooLargeError as error:
-            raise PoisonMessage(
-                str(error), field="artifact.size_bytes", rule="size", event_id=event_id
-            ) from error
-        except ArtifactDigestError as error:
-            raise PoisonMessage(
-                str(error), field="artifact.sha256", rule="digest", event_id=event_id
-            ) from error
-        except FileNotFoundError as error:
-            raise PoisonMessage(
-                f"artifact {trained.artifact.sha256} not found in the artifact store",
-                field="artifact.uri",
-                rule="missing",
-                event_id=event_id,
-            ) from error
+        except _ARTIFACT_ERRORS as error:
+            field, rule = _artifact_problem(error)
+            reason = str(error)
+            if isinstance(error, UnsafeArtifactError):
+                reason = f"artifact {trained.artifact.sha256}: {error}"
+            elif isinstance(error, FileNotFoundError):
+                reason = f"artifact {trained.artifact.sha256} not found in the artifact store"
+            raise PoisonMessage(reason, field=field, rule=rule, event_id=event_id) from error
         except RegistryError as error:
             raise PoisonMessage(
                 str(error), field="artifact", rule="invalid", event_id=event_id
