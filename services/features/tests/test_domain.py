@@ -14,10 +14,16 @@ MIN = 60_000
 T0 = 1_763_800_000_000
 
 
+def window_start(as_of: int, window: int) -> int:
+    """A window's far edge: the start of the tile (a sixtieth of it) holding as_of - window."""
+    tile = window // 60
+    return (as_of - window) // tile * tile
+
+
 def reference(events: list[tuple[int, float]], as_of: int) -> dict[str, float | int]:
     """amount_mean_1h and txn_count_10m as the feature set defines them."""
-    hour = [a for t, a in events if as_of - 60 * MIN <= t < as_of]
-    ten = [a for t, a in events if as_of - 10 * MIN <= t < as_of]
+    hour = [a for t, a in events if window_start(as_of, 60 * MIN) <= t < as_of]
+    ten = [a for t, a in events if window_start(as_of, 10 * MIN) <= t < as_of]
     result: dict[str, float | int] = {"txn_count_10m": len(ten)}
     if hour:
         result["amount_mean_1h"] = sum(hour) / len(hour)

@@ -128,10 +128,15 @@ def read_stream(lines: Iterable[str], featureset: FeatureSet, source: Path | str
     stream = Stream([], lines=count)
     if orphans:
         stream.skipped["label_without_observation"] = orphans
+    ingested: set[str] = set()
     for _number, seen in observations:
+        # Ingestion acknowledges an id it has seen as a duplicate, however old.
+        outcome = Outcome.DUPLICATE if seen.event_id in ingested else None
+        ingested.add(seen.event_id)
         state = states.setdefault(seen.entity_id, EntityState())
         row = math_.point_in_time_row(state, seen.event_time_ms, seen.values)
-        outcome = math_.apply(state, seen.event_id, seen.event_time_ms, seen.values)
+        if outcome is None:
+            outcome = math_.apply(state, seen.event_id, seen.event_time_ms, seen.values)
         if outcome is not Outcome.APPLIED:
             stream.skipped[outcome.value] = stream.skipped.get(outcome.value, 0) + 1
             continue
