@@ -103,7 +103,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
             entry = response.entities.add(entity_id=entity_id)
             statuses = entry.statuses
             state = self._state_of(entity_id)
-            if state is None or not state.events:
+            if state is None or state.empty:
                 for name in names:
                     statuses[name] = not_found
                 continue
