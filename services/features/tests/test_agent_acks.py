@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -65,8 +65,8 @@ class Setup:
             worker.sent.append(outgoing)
             await features.send(outgoing)
 
-        async def deadletter(record: Record, poison: PoisonMessage) -> None:
-            raise AssertionError(f"dead-lettered: {poison.reason}")
+        async def deadletter(poisoned: Sequence[tuple[Record, PoisonMessage]]) -> None:
+            raise AssertionError(f"dead-lettered: {[poison.reason for _, poison in poisoned]}")
 
         agent = EventsAgent(handler, send, deadletter, group=self.app_id)
         stream = StreamAgent(agent, self.settings.kafka)

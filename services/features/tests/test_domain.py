@@ -7,17 +7,17 @@ from datetime import timedelta
 
 import pytest
 from driftloop_core.featureset import default_featureset_path, load_featureset
-from driftloop_features.domain import EntityState, FeatureMath, FeatureStatus, Outcome
+from driftloop_features.domain import (
+    EntityState,
+    FeatureMath,
+    FeatureStatus,
+    Outcome,
+    window_start,
+)
 
 FS = load_featureset(default_featureset_path())
 MIN = 60_000
 T0 = 1_763_800_000_000
-
-
-def window_start(as_of: int, window: int) -> int:
-    """A window's far edge: the start of the tile (a sixtieth of it) holding as_of - window."""
-    tile = window // 60
-    return (as_of - window) // tile * tile
 
 
 def reference(events: list[tuple[int, float]], as_of: int) -> dict[str, float | int]:

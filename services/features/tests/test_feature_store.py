@@ -17,6 +17,7 @@ from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_core.kafka import Outgoing, Publisher
 from driftloop_core.settings import Settings
 from driftloop_features.bootstrap import FeatureStore, build
+from driftloop_features.domain import window_start
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -75,8 +76,8 @@ def observation(event: Event) -> events_pb2.Observation:
 
 def reference(history: list[Event], entity: str, as_of: int) -> dict[str, float | int]:
     mine = [e for e in history if e.entity == entity]
-    hour = [e.amount for e in mine if as_of - 60 * MIN <= e.time_ms < as_of]
-    ten = [e for e in mine if as_of - 10 * MIN <= e.time_ms < as_of]
+    hour = [e.amount for e in mine if window_start(as_of, 60 * MIN) <= e.time_ms < as_of]
+    ten = [e for e in mine if window_start(as_of, 10 * MIN) <= e.time_ms < as_of]
     result: dict[str, float | int] = {"txn_count_10m": len(ten)}
     if hour:
         result["amount_mean_1h"] = sum(hour) / len(hour)

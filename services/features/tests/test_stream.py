@@ -6,6 +6,7 @@ before the states are there."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from driftloop_core.kafka.headers import make_headers, parse_headers
 from driftloop_core.settings import load_settings
 from driftloop_features.adapters.duckdb_reader import OfflineStore
 from driftloop_features.domain import EntityState, FeatureMath
-from driftloop_features.entrypoints.events import EventsAgent, Send
+from driftloop_features.entrypoints.events import Batch, EventsAgent, Send
 from driftloop_features.entrypoints.grpc import FeatureServicer
 from driftloop_features.stream import OBSERVED, StreamHandler
 
@@ -43,8 +44,8 @@ def observed(event_id: str, entity: str, t_ms: int, amount: float) -> Record:
 
 
 def events_agent(table: dict[str, Any], send: Send) -> EventsAgent:
-    async def no_deadletter(record: Record, poison: PoisonMessage) -> None:
-        raise AssertionError(f"dead-lettered: {poison.reason}")
+    async def no_deadletter(poisoned: Sequence[tuple[Record, PoisonMessage]]) -> None:
+        raise AssertionError(f"dead-lettered: {[poison.reason for _, poison in poisoned]}")
 
     return EventsAgent(StreamHandler(FeatureMath(FS), table), send, no_deadletter, group="test")
 
@@ -57,7 +58,7 @@ async def test_loading_the_table_keeps_the_state_an_event_is_being_applied_to() 
 
     # Before the crash: one event counted, in the table.
     before = events_agent(table, send_at_once)
-    await before.process(observed("e0", "c1", T0, 10.0))
+    await before.process(Batch([observed("e0", "c1", T0, 10.0)]))
 
     # After the restart the stream resumes with an empty cache; its next event is
     # suspended while its offline row is sent, and the states are loaded then.
@@ -70,12 +71,12 @@ async def test_loading_the_table_keeps_the_state_an_event_is_being_applied_to() 
             await release.wait()
 
     after = events_agent(table, send_slowly)
-    applying = asyncio.create_task(after.process(observed("e1", "c1", T0 + 1000, 20.0)))
+    applying = asyncio.create_task(after.process(Batch([observed("e1", "c1", T0 + 1000, 20.0)])))
     await asyncio.wait_for(row_sent.wait(), 5)
     after.handler.load_all()
     release.set()
     await applying
-    await after.process(observed("e2", "c1", T0 + 2000, 30.0))
+    await after.process(Batch([observed("e2", "c1", T0 + 2000, 30.0)]))
 
     math = FeatureMath(FS)
     state = after.handler.state("c1")

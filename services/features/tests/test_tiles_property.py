@@ -14,7 +14,7 @@ import math
 
 import pytest
 from driftloop_core.featureset import parse_featureset
-from driftloop_features.domain import EntityState, FeatureMath, Outcome
+from driftloop_features.domain import EntityState, FeatureMath, Outcome, window_start
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,11 +46,6 @@ FS = parse_featureset(
 )
 
 Counted = tuple[int, str, float, str]  # time, id, amount, channel
-
-
-def window_start(as_of: int, window: int) -> int:
-    tile = window // 60
-    return (as_of - window) // tile * tile
 
 
 def reference(events: list[Counted], as_of: int) -> dict[str, object]:

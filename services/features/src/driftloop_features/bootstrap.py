@@ -189,7 +189,9 @@ def build(
     publisher = Publisher(settings)
     handler = StreamHandler(math, faust.table, offline_topic=offline_topic)
     deadletters = DeadLetterWriter(publisher, deadletter_topic, settings.service_name)
-    stream = StreamAgent(EventsAgent(handler, faust.send, deadletters.write, group=app_id), kafka)
+    stream = StreamAgent(
+        EventsAgent(handler, faust.send, deadletters.write_many, group=app_id), kafka
+    )
     stream.attach(faust, topic=source_topic)
     sink = OfflineSink(
         settings,

@@ -458,6 +458,13 @@ def tile_ms(window_ms: int) -> int:
     return max(1, window_ms // TILES_PER_WINDOW)
 
 
+def window_start(as_of_ms: int, window_ms: int) -> int:
+    """The far edge of a window as of `as_of_ms`: the start of the tile holding
+    `as_of_ms - window_ms` (the definition the module docstring gives)."""
+    tile = tile_ms(window_ms)
+    return (as_of_ms - window_ms) // tile * tile
+
+
 def _windows_of(aggregations: Iterable[Aggregation]) -> tuple[_Window, ...]:
     by_window: dict[int, list[Aggregation]] = {}
     for aggregation in aggregations:

@@ -4,10 +4,12 @@ An observation comes to its point-in-time row, to be published to
 `features.offline` for the offline log, and then to be counted in its entity's
 state; a late label is forwarded to the offline log, where it is joined to its
 row. `StreamHandler.handle` decides (it publishes nothing and changes no
-state); the agent (`entrypoints.events`) publishes, then `count`s. The row is
-published for replays too (the offline log keeps one row per event id), so a
-crash between publishing and counting can lose nothing; the state itself
-counts an event id once. Records that cannot be decoded, observations too
+state); the agent (`entrypoints.events`) publishes, then `count`s, and once a
+batch of records is counted `save`s each entity they changed to the table. The
+row is published for replays too (the offline log keeps one row per event id),
+so a crash between publishing and saving can lose nothing; the state itself
+counts an event once, recognised by its id or by its position on
+`events.valid`. Records that cannot be decoded, observations too
 late to be counted (rule `late`), and observations later than the wall clock
 plus the grace period (rule `future`: counted, one would move its entity's
 clock ahead and make every real event after it late) come back as the
@@ -31,12 +33,9 @@ from driftloop_core.kafka import Outgoing, PoisonMessage, Record, Topics
 from driftloop_core.kafka.topics import kind_of_message
 from driftloop_core.values import from_feature_value, to_feature_value
 from google.protobuf.message import DecodeError
-from opentelemetry import trace
 
-from driftloop_features.domain import EntityState, FeatureMath, Outcome, Value
+from driftloop_features.domain import EntityState, FeatureMath, Outcome, Position, Value
 from driftloop_features.offline import offline_label, offline_row
-
-tracer = trace.get_tracer("driftloop.features")
 
 OBSERVED = kind_of_message("driftloop.v1.Observation").ce_type
 LABELLED = kind_of_message("driftloop.v1.Label").ce_type
@@ -54,12 +53,14 @@ class EntityStates(Protocol):
 
 @dataclass(frozen=True)
 class Observed:
-    """An observation to count once its row is published."""
+    """An observation to count once its row is published; `position` is where it
+    was read (partition, offset), by which its replay is recognised."""
 
     entity_id: str
     event_id: str
     event_time_ms: int
     values: Mapping[str, Value]
+    position: Position | None = None
 
 
 @dataclass(frozen=True)
@@ -117,28 +118,30 @@ class StreamHandler:
         except PoisonMessage as poison:
             return Handled(poison=poison)
 
-    def count(self, observed: Observed) -> str:
-        """Add a published observation to its entity's state (once per event id);
-        returns what happened: applied, duplicate, too_late or future."""
-        state = self.state(observed.entity_id)
-        with tracer.start_as_current_span("features.aggregate"):
-            outcome = self._math.apply(
-                state,
-                observed.event_id,
-                observed.event_time_ms,
-                observed.values,
-                now_ms=self._now_ms(),
-            )
-        if outcome is Outcome.APPLIED:
-            self._table[observed.entity_id] = state.to_json()
-        return outcome.value
+    def count(self, observed: Observed) -> Outcome:
+        """Add a published observation to its entity's state in memory (once per
+        event); what is `APPLIED` is in the table once the entity is `save`d."""
+        return self._math.apply(
+            self.state(observed.entity_id),
+            observed.event_id,
+            observed.event_time_ms,
+            observed.values,
+            now_ms=self._now_ms(),
+            position=observed.position,
+        )
+
+    def save(self, entity_id: str) -> None:
+        """Write an entity's state to the table: once per batch, after the rows of
+        every observation it counts are published."""
+        self._table[entity_id] = self.state(entity_id).to_json()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     def _dispatch(self, record: Record) -> Handled:
         if record.headers.type == OBSERVED:
-            return self._observation(_decode(events_pb2.Observation, record))
+            observation = _decode(events_pb2.Observation, record)
+            return self._observation(observation, (record.partition, record.offset))
         if record.headers.type == LABELLED:
             label = _decode(events_pb2.Label, record)
             publish = offline_label(label, event_id=record.headers.id, topic=self._offline_topic)
@@ -149,7 +152,7 @@ class StreamHandler:
             rule="type",
         )
 
-    def _observation(self, observation: events_pb2.Observation) -> Handled:
+    def _observation(self, observation: events_pb2.Observation, position: Position) -> Handled:
         entity = observation.entity_id
         event_time_ms = observation.event_time.ToMilliseconds()
         values = {
@@ -158,7 +161,7 @@ class StreamHandler:
             if (plain := from_feature_value(value)) is not None
         }
         state = self.state(entity)
-        if state.contains(observation.event_id):
+        if self._math.is_replay(state, observation.event_id, event_time_ms, position):
             # A replay: publish the same row again (the log keeps one), count nothing.
             pass
         elif event_time_ms < self._math.horizon_ms(state):
@@ -179,8 +182,7 @@ class StreamHandler:
                 rule="future",
                 event_id=observation.event_id,
             )
-        with tracer.start_as_current_span("features.point_in_time_row"):
-            row_values = self._math.point_in_time_row(state, event_time_ms, values)
+        row_values = self._math.point_in_time_row(state, event_time_ms, values)
         row = features_pb2.TrainingRow(
             event_id=observation.event_id,
             entity_id=entity,
@@ -191,7 +193,7 @@ class StreamHandler:
         publish = offline_row(
             row, has_label=observation.HasField("label"), topic=self._offline_topic
         )
-        observed = Observed(entity, observation.event_id, event_time_ms, values)
+        observed = Observed(entity, observation.event_id, event_time_ms, values, position)
         return Handled(publish=(publish,), observed=observed)
 
 

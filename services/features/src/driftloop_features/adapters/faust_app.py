@@ -10,7 +10,9 @@ changelog with its own count, and Faust then refuses to start the table.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +22,13 @@ from driftloop_core.kafka.headers import make_headers, parse_headers
 from driftloop_core.kafka.offsets import true_end_offsets
 from driftloop_core.kafka.topics import TopicSpec
 from driftloop_core.settings import KafkaSettings, Settings
+from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 APP_ID = "driftloop-features"
 TABLE = "entities"
+# A whole batch of rows (500 of a few hundred bytes) fits in one producer batch.
+PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 def changelog_topic(app_id: str = APP_ID) -> str:
@@ -125,6 +130,10 @@ def build_faust_app(settings: Settings, *, app_id: str = APP_ID) -> FeaturesApp:
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         producer_linger_ms=1,
+        # aiokafka holds one batch per partition while a request is in flight,
+        # and a send waits once it is full: 16 KiB (the default) is about 40
+        # rows, so a batch of events would wait on the broker every 40 rows.
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         broker_credentials=_credentials(settings),
     )
     table = app.Table(
@@ -148,6 +157,23 @@ def _credentials(settings: Settings) -> Any:
     if kafka.security_protocol == "SSL":
         return faust.SSLCredentials(settings.kafka.client_options()["ssl_context"])
     return None
+
+
+@contextmanager
+def processing(event: Any) -> Iterator[None]:
+    """Make `event` the one being processed, for the table writes it causes.
+
+    A Faust table writes a key to the changelog partition, and the RocksDB
+    partition, of the event being processed (they match the source's). A
+    batch taken with `noack_take` is handled outside the stream's iteration,
+    where no event is current; Faust has no public way to name one, so this
+    sets the context variable its `current_event()` reads.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def record_of(message: Any) -> Record:
