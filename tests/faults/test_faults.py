@@ -17,6 +17,8 @@ the assertions are outcomes and generous deadlines, never speed targets.
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import signal
 import time
 from collections import Counter
@@ -755,3 +757,75 @@ async def test_duplicates_and_replays_change_nothing(
     assert versions_after == versions_before
     assert served_after == served_before
     assert trained == 0 and replayed == len(copies[Topics.TRAINING_REQUESTED])
+
+
+BURST = "SIGKILL of the feature store in a burst"
+BURST_EVENTS = 20_000
+
+
+@pytest.mark.timeout(420)
+async def test_sigkill_of_the_feature_store_mid_burst_is_exact_soon_after_its_restart(
+    stack: Any, figures: Any
+) -> None:
+    """A producer pushes 20,000 events at once for 200 customers of their own; the
+    feature store is SIGKILLed once a quarter of them are counted. Restarted by
+    the supervisor, it recovers its table from the changelog (tiles, not every
+    event) and reads the rest of the burst: every count and mean is exact, and
+    the figures say how long after its restart."""
+    rng = random.Random(21)
+    customers = [f"burst-{i}" for i in range(200)]
+    start_ms = int(time.time() * 1000) - 240_000
+    # 10 ms of event time apart: the burst spans 200 s, inside both windows.
+    events = [
+        {
+            "event_id": f"burst-{n}",
+            "customer_id": rng.choice(customers),
+            "ts": start_ms + n * 10,
+            "amount": round(rng.uniform(1, 500), 2),
+            "channel": rng.choice(["web", "pos", "atm"]),
+            "hour": rng.randrange(24),
+            "is_fraud": int(rng.random() < 0.05),
+        }
+        for n in range(BURST_EVENTS)
+    ]
+    burst = Truth()
+    async with Clients(stack) as clients:
+        rows_before = await clients.end(Topics.FEATURES_OFFLINE)
+        sent = time.monotonic()
+        acks = [
+            await clients.producer.send(
+                Topics.RAW, json.dumps(event).encode(), key=str(event["customer_id"]).encode()
+            )
+            for event in events
+        ]
+        await asyncio.gather(*acks)
+        burst.acknowledged(events)
+        produced_s = time.monotonic() - sent
+
+        async def counted() -> int:
+            return await clients.end(Topics.FEATURES_OFFLINE) - rows_before
+
+        await eventually(
+            lambda: _at_least(counted(), BURST_EVENTS // 4), 120, "a quarter of the burst"
+        )
+        kill = await stack.kill("features")
+        at_kill = await counted()
+        healthy_s = await stack.healthy_again(kill, timeout_s=120)
+        restarted = kill.at + healthy_s
+        exact_s = await seconds_until(
+            lambda: clients.exact(burst, customers), restarted, 180, "exact counts after the burst"
+        )
+        diff = await clients.exact(burst, customers)
+
+    figures.row(
+        BURST,
+        events=BURST_EVENTS,
+        entities=len(customers),
+        produced_s=produced_s,
+        counted_at_kill=at_kill,
+        healthy_s=healthy_s,
+        exact_after_restart_s=exact_s,
+        lost=diff.lost if diff is not None else "?",
+        twice=diff.twice if diff is not None else "?",
+    )
+    assert diff is not None and diff.exact, diff

@@ -18,7 +18,7 @@ import sqlite3
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -150,12 +150,16 @@ class Difference:
         return self.exact
 
 
-def difference(truth: Truth, seen: dict[str, tuple[int, float | None]]) -> Difference:
+def difference(
+    truth: Truth,
+    seen: dict[str, tuple[int, float | None]],
+    entities: Sequence[str] = ENTITIES,
+) -> Difference:
     expected = truth.counts()
     lost = twice = 0
     means_exact = True
     mismatched: dict[str, Any] = {}
-    for entity in ENTITIES:
+    for entity in entities:
         want_count, want_mean = expected.get(entity, (0, 0.0))
         count, mean = seen.get(entity, (0, None))
         lost += max(want_count - count, 0)
@@ -374,14 +378,16 @@ class Clients:
 
     # -- the services' answers
 
-    async def online(self) -> dict[str, tuple[int, float | None]] | None:
+    async def online(
+        self, entities: Sequence[str] = ENTITIES
+    ) -> dict[str, tuple[int, float | None]] | None:
         """Every entity's `txn_count_10m` and `amount_mean_1h`, or None while the
         feature store does not answer."""
         stub = features_pb2_grpc.FeatureServiceStub(self.channel("features"))
         try:
             reply = await stub.GetOnlineFeatures(
                 features_pb2.GetOnlineFeaturesRequest(
-                    entity_ids=ENTITIES, feature_names=["txn_count_10m", "amount_mean_1h"]
+                    entity_ids=entities, feature_names=["txn_count_10m", "amount_mean_1h"]
                 ),
                 timeout=2,
             )
@@ -397,11 +403,11 @@ class Clients:
             )
         return seen
 
-    async def exact(self, truth: Truth) -> Difference | None:
+    async def exact(self, truth: Truth, entities: Sequence[str] = ENTITIES) -> Difference | None:
         """The difference from the truth (true when there is none), None while the
         feature store does not answer."""
-        seen = await self.online()
-        return None if seen is None else difference(truth, seen)
+        seen = await self.online(entities)
+        return None if seen is None else difference(truth, seen, entities)
 
     async def compare(self, truth: Truth) -> Difference | None:
         seen = await self.online()
@@ -453,6 +459,17 @@ class Clients:
     def drift_labels(self) -> int:
         state, _ = self.drift_state()
         return 0 if state is None else int(state["labels"]["total"])
+
+    async def end(self, topic: str) -> int:
+        """Records written to `topic` so far, over its partitions."""
+        probe = AIOKafkaConsumer(bootstrap_servers=self.stack.bootstrap, group_id=None)
+        await probe.start()
+        try:
+            await probe.topics()
+            tps = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or ()]
+            return sum((await end_offsets(self.settings.kafka, probe, tps)).values())
+        finally:
+            await probe.stop()
 
     async def lag(self, group: str, topic: str) -> dict[int, int]:
         """Records between the group's committed offset and the end, by partition.
