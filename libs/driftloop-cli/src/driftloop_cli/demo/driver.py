@@ -45,7 +45,7 @@ from driftloop_core.settings import Settings
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 
-from driftloop_cli.demo.scenario import DemoEvent, Scenario
+from driftloop_cli.demo.scenario import START_ALIGN_MS, DemoEvent, Scenario
 from driftloop_cli.demo.timeline import (
     DriftSeen,
     FailureSeen,
@@ -438,6 +438,7 @@ class DemoRun:
         """Send the history, then score and send each event on schedule; stop once recovered."""
         loop = asyncio.get_running_loop()
         start_ms = int(time.time() * 1000) - self.scenario.span_ms
+        start_ms -= start_ms % START_ALIGN_MS
         self.phase = "sending an hour of history"
         for past in self.scenario.history:
             await producer.send(

@@ -32,12 +32,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from driftloop_features.domain import window_start
 
 ScenarioKind = Literal["drift", "stationary"]
 SCENARIO_KINDS: tuple[ScenarioKind, ...] = ("drift", "stationary")
 
 MEAN_WINDOW_MS = 60 * 60 * 1000  # amount_mean_1h
 COUNT_WINDOW_MS = 10 * 60 * 1000  # txn_count_10m
+# Both windows' tiles (1 min, 10 s) divide a minute: a scenario sent from a whole
+# minute on has, in the feature store, the aggregates computed here on offsets.
+START_ALIGN_MS = 60 * 1000
 
 # Event time before the first scored payment: the longest aggregate window.
 HISTORY_S = 3600.0
@@ -356,10 +360,11 @@ def build_scenario(config: ScenarioConfig | None = None) -> Scenario:
 
 def aggregates(times: list[int], amounts: list[float], as_of_ms: int) -> tuple[float | None, int]:
     """amount_mean_1h and txn_count_10m of one customer's earlier payments (times
-    sorted), over `as_of - window <= time < as_of`, as the feature store computes them."""
+    sorted), over `window_start(as_of, window) <= time < as_of`, as the feature store
+    computes them when the scenario starts on a whole minute (`START_ALIGN_MS`)."""
     end = bisect.bisect_left(times, as_of_ms)
-    start_mean = bisect.bisect_left(times, as_of_ms - MEAN_WINDOW_MS, hi=end)
-    start_count = bisect.bisect_left(times, as_of_ms - COUNT_WINDOW_MS, hi=end)
+    start_mean = bisect.bisect_left(times, window_start(as_of_ms, MEAN_WINDOW_MS), hi=end)
+    start_count = bisect.bisect_left(times, window_start(as_of_ms, COUNT_WINDOW_MS), hi=end)
     window = amounts[start_mean:end]
     mean = math.fsum(window) / len(window) if window else None
     return mean, end - start_count
