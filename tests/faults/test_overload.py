@@ -50,8 +50,10 @@ CAPACITY = 16
 WAVE_SECONDS = 4.0
 RETRY_PAUSE_S = 0.1
 # How much worse than the at-capacity wave an overloaded wave's accepted p99 may be.
+# A server that queued the excess of the 4x wave would put its p99 near 4x; the
+# other test worker sharing the two cores has pushed an honest 4x wave to 3.4x.
 P50_FACTOR = 2.5
-P99_FACTOR = 3.0
+P99_FACTOR = 3.6
 P99_SLACK_S = 0.025
 # RSS growth allowed from the end of the 1x wave to the end of the 4x wave.
 RSS_GROWTH_MAX_MB = 48.0
