@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,10 @@ from driftloop_drift.domain.join import LabelSeen, PredictionSeen
 from driftloop_drift.handlers import DriftEngine, EngineResult
 from driftloop_inference.online.arena import Arena, ArenaConfig
 from driftloop_registry.domain import GatePolicy, decide_promotion
+from driftloop_trainer.config import TrainerSettings
 from driftloop_trainer.onnx_model import reference_distributions
 from driftloop_trainer.training import (
     TrainedModel,
-    TrainingConfig,
     TrainingData,
     TrainingError,
     classification_metrics,
@@ -306,7 +306,8 @@ class Backtest:
             model = train(
                 training_data(self.featureset, rows),
                 self.featureset,
-                TrainingConfig(min_rows=self.options.min_rows),
+                # The trainer's own settings (DRIFTLOOP_TRAINER_*), as the service reads them.
+                replace(TrainerSettings().training_config(), min_rows=self.options.min_rows),
             )
         except TrainingError as error:
             self.log.append(f"event {index}: training failed: {error}")
