@@ -4,7 +4,7 @@
         [--events-per-entity 3] [--hot-events 100000]
 
 Two questions from issue 21, answered on the built-in feature set with the
-store's own arithmetic (`driftloop_features.domain`, no Kafka):
+store's own arithmetic (`driftloop_core.feature_math`, no Kafka):
 
 1. Does an event cost the same for a quiet entity as for a hot one? Applies
    events to one entity whose windows hold about 10, 1,000 and 100,000 events
@@ -25,8 +25,8 @@ import resource
 import time
 from collections.abc import Sequence
 
+from driftloop_core.feature_math import EntityState, FeatureMath
 from driftloop_core.featureset import default_featureset_path, load_featureset
-from driftloop_features.domain import EntityState, FeatureMath
 
 HOUR_MS = 3_600_000
 T0 = 1_763_800_000_000

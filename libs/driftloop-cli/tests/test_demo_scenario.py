@@ -15,8 +15,8 @@ from driftloop_cli.demo.scenario import (
     ScenarioError,
     build_scenario,
 )
+from driftloop_core.feature_math import EntityState, FeatureMath
 from driftloop_core.featureset import default_featureset_path, load_featureset
-from driftloop_features.domain import EntityState, FeatureMath
 from driftloop_trainer.training import TrainedModel, TrainingData, classification_metrics, train
 
 FEATURESET = load_featureset(default_featureset_path())

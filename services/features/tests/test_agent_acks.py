@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.feature_math import FeatureMath
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_core.kafka import Outgoing, PoisonMessage, Publisher, Record, TopicSpec
 from driftloop_core.kafka.topics import ensure_topics
 from driftloop_core.settings import Settings
 from driftloop_features.adapters.faust_app import FeaturesApp, build_faust_app, faust_topic_specs
-from driftloop_features.domain import FeatureMath
 from driftloop_features.entrypoints.events import EventsAgent, StreamAgent
 from driftloop_features.stream import OBSERVED, StreamHandler
 

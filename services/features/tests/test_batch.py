@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 from driftloop.v1 import common_pb2, events_pb2, features_pb2
+from driftloop_core.feature_math import EntityState, FeatureMath
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_core.kafka import Outgoing, PoisonMessage, Record, Topics
 from driftloop_core.kafka.headers import make_headers, parse_headers
 from driftloop_core.kafka.retry import until_done
 from driftloop_core.settings import KafkaSettings
-from driftloop_features.domain import EntityState, FeatureMath
 from driftloop_features.entrypoints.events import Batch, EventsAgent
 from driftloop_features.stream import OBSERVED, StreamHandler
 from opentelemetry import trace

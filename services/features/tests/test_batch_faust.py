@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.feature_math import FeatureMath
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_core.kafka import Outgoing, PoisonMessage, Publisher, Record, TopicSpec
 from driftloop_core.kafka.topics import ensure_topics
@@ -23,7 +24,6 @@ from driftloop_features.adapters.faust_app import (
     changelog_topic,
     faust_topic_specs,
 )
-from driftloop_features.domain import FeatureMath
 from driftloop_features.entrypoints.events import EventsAgent, StreamAgent
 from driftloop_features.stream import OBSERVED, StreamHandler
 from driftloop_testing.kafka import read_topic

@@ -6,14 +6,14 @@ import random
 from datetime import timedelta
 
 import pytest
-from driftloop_core.featureset import default_featureset_path, load_featureset
-from driftloop_features.domain import (
+from driftloop_core.feature_math import (
     EntityState,
     FeatureMath,
     FeatureStatus,
     Outcome,
     window_start,
 )
+from driftloop_core.featureset import default_featureset_path, load_featureset
 
 FS = load_featureset(default_featureset_path())
 MIN = 60_000

@@ -13,11 +13,11 @@ import grpc
 import pytest
 from driftloop.v1 import common_pb2, events_pb2, features_pb2, features_pb2_grpc
 from driftloop_core.broker import free_port
+from driftloop_core.feature_math import window_start
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_core.kafka import Outgoing, Publisher
 from driftloop_core.settings import Settings
 from driftloop_features.bootstrap import FeatureStore, build
-from driftloop_features.domain import window_start
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -16,12 +16,12 @@ import grpc.aio
 import pyarrow as pa
 import pytest
 from driftloop.v1 import features_pb2, features_pb2_grpc
+from driftloop_core.feature_math import FeatureMath
 from driftloop_core.featureset import FeatureSet, default_featureset_path, load_featureset
 from driftloop_core.grpc.server import build_server
 from driftloop_core.settings import Settings, load_settings
 from driftloop_features.adapters.duckdb_reader import OfflineStore
 from driftloop_features.adapters.parquet_log import write_parquet_atomic
-from driftloop_features.domain import FeatureMath
 from driftloop_features.entrypoints.grpc import FeatureServicer
 from driftloop_features.offline import datasets_dir, offline_dir, rows_schema
 

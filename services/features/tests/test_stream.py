@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 from driftloop.v1 import common_pb2, events_pb2, features_pb2, features_pb2_grpc
+from driftloop_core.feature_math import EntityState, FeatureMath
 from driftloop_core.featureset import default_featureset_path, load_featureset
 from driftloop_core.grpc.server import build_server
 from driftloop_core.kafka import Outgoing, PoisonMessage, Topics
@@ -21,7 +22,6 @@ from driftloop_core.kafka.consumer import Record
 from driftloop_core.kafka.headers import make_headers, parse_headers
 from driftloop_core.settings import load_settings
 from driftloop_features.adapters.duckdb_reader import OfflineStore
-from driftloop_features.domain import EntityState, FeatureMath
 from driftloop_features.entrypoints.events import Batch, EventsAgent, Send
 from driftloop_features.entrypoints.grpc import FeatureServicer
 from driftloop_features.stream import OBSERVED, StreamHandler

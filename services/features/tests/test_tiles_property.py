@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from driftloop_core.feature_math import EntityState, FeatureMath, Outcome, window_start
 from driftloop_core.featureset import parse_featureset
-from driftloop_features.domain import EntityState, FeatureMath, Outcome, window_start
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiokafka.errors import KafkaError
 from driftloop.v1 import features_pb2_grpc
+from driftloop_core.feature_math import EntityState, FeatureMath
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.grpc.server import GrpcServer, build_server
 from driftloop_core.kafka import Publisher, Topics, TopicSpec, ensure_topics
@@ -33,7 +34,6 @@ from driftloop_features.adapters.faust_app import (
     build_faust_app,
     faust_topic_specs,
 )
-from driftloop_features.domain import EntityState, FeatureMath
 from driftloop_features.entrypoints.events import EventsAgent, StreamAgent
 from driftloop_features.entrypoints.grpc import FeatureServicer
 from driftloop_features.entrypoints.offline_sink import DEFAULT_GROUP, OfflineSink

@@ -29,12 +29,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from driftloop.v1 import events_pb2, features_pb2
+from driftloop_core.feature_math import EntityState, FeatureMath, Outcome, Position, Value
 from driftloop_core.kafka import Outgoing, PoisonMessage, Record, Topics
 from driftloop_core.kafka.topics import kind_of_message
 from driftloop_core.values import from_feature_value, to_feature_value
 from google.protobuf.message import DecodeError
 
-from driftloop_features.domain import EntityState, FeatureMath, Outcome, Position, Value
 from driftloop_features.offline import offline_label, offline_row
 
 OBSERVED = kind_of_message("driftloop.v1.Observation").ce_type

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from driftloop_core.feature_math import EntityState, FeatureMath, Outcome
 from driftloop_core.featureset import FeatureSet
-from driftloop_features.domain import EntityState, FeatureMath, Outcome
 from driftloop_ingestion.rules import Rejection
 from driftloop_ingestion.validation import Validator, ValidLabel, ValidObservation
 from driftloop_trainer.training import MISSING_CATEGORY, is_categorical

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from driftloop_features.domain import window_start
+from driftloop_core.feature_math import window_start
 
 ScenarioKind = Literal["drift", "stationary"]
 SCENARIO_KINDS: tuple[ScenarioKind, ...] = ("drift", "stationary")

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from driftloop_core.feature_math import Outcome
 from driftloop_core.kafka import Outgoing, PoisonMessage, Record, Topics
 from driftloop_core.kafka.retry import Stopped, until_done
 from driftloop_core.kafka.spans import batch_span
@@ -48,7 +49,6 @@ from opentelemetry.trace import Span
 from prometheus_client import Counter as Metric
 
 from driftloop_features.adapters.faust_app import FeaturesApp, processing, record_of
-from driftloop_features.domain import Outcome
 from driftloop_features.metrics import EVENTS
 from driftloop_features.stream import StreamHandler
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import grpc
 from driftloop.v1 import features_pb2, features_pb2_grpc
+from driftloop_core.feature_math import EntityState, FeatureMath, FeatureStatus
 from driftloop_core.ids import MAX_ID_BYTES, oversized
 from driftloop_core.values import fill_feature_value
 
 from driftloop_features.adapters.duckdb_reader import OfflineStore, TrainingSetFile
-from driftloop_features.domain import EntityState, FeatureMath, FeatureStatus
 from driftloop_features.offline import InvalidWindowError, UnknownModelError
 
 _STATUS = {
