@@ -34,6 +34,7 @@ from driftloop_core.settings import Settings
 from inference import grpc_service_pb2_grpc as oip_grpc
 
 from driftloop_inference.adapters.arena_feed import build_feed
+from driftloop_inference.adapters.feature_replica import FeatureReplica
 from driftloop_inference.adapters.features import FeatureClient
 from driftloop_inference.adapters.onnx import load_model
 from driftloop_inference.adapters.predictions import PredictionSink
@@ -72,7 +73,7 @@ class Parts:
     repository: ModelRepository
     batcher: Batcher
     registry: RegistryClient
-    features: FeatureClient
+    features: FeatureClient | FeatureReplica
     publisher: Publisher | None
     sink: PredictionSink
     plane: DataPlane
@@ -81,6 +82,8 @@ class Parts:
     # The online arena and its feed; None when it is off.
     arena: ArenaHost | None = None
     feed: ConsumerLoop | None = None
+    # The in-process replica of the entity table; None when lookups are remote.
+    replica: FeatureReplica | None = None
 
 
 def build(
@@ -114,6 +117,17 @@ def build(
         settings, features_address or settings.endpoints.features, config.feature_lookup_timeout_s
     )
     publisher = Publisher(settings) if config.events else None
+    replica: FeatureReplica | None = None
+    online: FeatureClient | FeatureReplica = features
+    if config.features_source == "replica" and publisher is not None:
+        online = replica = FeatureReplica(
+            settings,
+            featureset_for(settings),
+            config.features_changelog,
+            features,
+            publisher,
+            decoded_cache=config.features_decoded_cache,
+        )
     sink = PredictionSink(publisher, config.predictions_topic, config.prediction_buffer)
     arena: ArenaHost | None = None
     feed: ConsumerLoop | None = None
@@ -126,7 +140,7 @@ def build(
         )
         feed = build_feed(settings, config.arena_topics, arena, publisher)
         inputs = featureset_inputs(featureset_for(settings))
-    plane = DataPlane(repository, batcher, features, sink, config, arena, inputs)
+    plane = DataPlane(repository, batcher, online, sink, config, arena, inputs)
     servicers: list[ServicerRegistration] = [
         (
             oip_grpc.add_GRPCInferenceServiceServicer_to_server,
@@ -144,7 +158,7 @@ def build(
         repository=repository,
         batcher=batcher,
         registry=registry,
-        features=features,
+        features=online,
         publisher=publisher,
         sink=sink,
         plane=plane,
@@ -152,6 +166,7 @@ def build(
         servicers=servicers,
         arena=arena,
         feed=feed,
+        replica=replica,
     )
 
 
@@ -217,6 +232,11 @@ class InferenceService:
             )
             await parts.publisher.start()
             parts.sink.start()
+        if parts.replica is not None:
+            await parts.replica.start()
+            self._tasks.append(
+                asyncio.create_task(parts.replica.loop.run(), name="features-replica")
+            )
         if parts.feed is not None:
             # Positioned at the end before the first Predict, so the arena sees
             # every prediction this process serves.
@@ -278,6 +298,8 @@ class InferenceService:
             self.listener.request_stop()
         if parts.feed is not None:
             parts.feed.request_stop()
+        if parts.replica is not None:
+            parts.replica.loop.request_stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -291,6 +313,8 @@ class InferenceService:
             await self.listener.stop()
         if parts.feed is not None:
             await parts.feed.stop()
+        if parts.replica is not None:
+            await parts.replica.loop.stop()
         if parts.publisher is not None:
             await parts.publisher.stop()
         await parts.registry.close()

@@ -1,0 +1,187 @@
+"""A replica of the feature store's entity table, read from its changelog.
+
+Predict needs the entity's features as of its event. Asked over gRPC, that is
+a call to another process per Predict: a client span, a server span, two
+serialisations and a wait for the feature store's event loop, which is busy
+counting the stream; profiled, about half of Predict's cost. The feature store
+already writes each entity's state to its table's changelog (compacted, keyed
+by entity, once per batch it counts). The replica reads that changelog — every
+partition, from the beginning, in no consumer group — into memory, and answers
+a lookup in-process with the same arithmetic (`driftloop_core.feature_math`).
+
+* **Every entity, on every inference process**, whichever feature-store worker
+  owns its partition: a lookup never lands on a worker without the entity.
+* **As fresh as the changelog.** The store writes an entity's state after each
+  batch; the replica fetches it with a short fetch wait (`fetch_max_wait_ms`).
+  An event counted by the store shows in the replica a few milliseconds later,
+  where the gRPC lookup would show it at once (`loadtests/README.md` has the
+  measured lag). Predict's contract is "as of the event"; an application that
+  must see its own write of a moment ago can set
+  `DRIFTLOOP_INFERENCE_FEATURES_SOURCE=remote`.
+* **Until caught up, the feature store answers.** At start the replica notes
+  the changelog's end offsets; until it has read up to them, lookups go over
+  gRPC as before, so a restarted process never answers from a half-read table.
+* **Memory**: the encoded state of every entity (the JSON the store writes,
+  1-60 KiB by activity) plus the decoded states of the most recently looked-up
+  `decoded_cache` entities.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from driftloop.v1 import common_pb2
+from driftloop_core.feature_math import EntityState, FeatureMath
+from driftloop_core.featureset import FeatureSet
+from driftloop_core.kafka.loop import ConsumerLoop
+from driftloop_core.kafka.policies import Positions, StoredOffsets
+from driftloop_core.kafka.publisher import Publisher
+from driftloop_core.kafka.record import PoisonMessage, Record
+from driftloop_core.logging import get_logger
+from driftloop_core.settings import Settings
+from driftloop_core.values import fill_feature_value
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from driftloop_inference.adapters.arena_feed import latest_positions
+from driftloop_inference.adapters.features import FeatureClient
+
+log = get_logger(__name__)
+
+GROUP_ID = "driftloop-inference-features-replica"  # never joined: the loop only assigns
+# A changelog write reaches the replica within this much more than its fetch.
+FETCH_MAX_WAIT_MS = 5
+
+
+class FeatureReplica:
+    """`FeatureClient.online`, answered from the changelog once caught up."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        featureset: FeatureSet,
+        changelog: str,
+        remote: FeatureClient,
+        publisher: Publisher,
+        *,
+        decoded_cache: int = 10_000,
+    ) -> None:
+        self._settings = settings
+        self._math = FeatureMath(featureset)
+        self._changelog = changelog
+        self._remote = remote
+        self._encoded: dict[str, bytes] = {}
+        self._decoded: OrderedDict[str, EntityState] = OrderedDict()
+        self._decoded_cache = decoded_cache
+        self._ends: Positions | None = None
+        self._behind: set[tuple[str, int]] = set()
+        self.ready = False
+        self.applied = 0
+        self.loop = ConsumerLoop(
+            settings,
+            topics=[changelog],
+            group_id=GROUP_ID,
+            # Never used: the handler dead-letters nothing.
+            publisher=publisher,
+            handle_batch=self._apply,
+            policy=StoredOffsets(self._from_beginning, self._keep_nothing),
+            client_suffix="features-replica",
+            consumer_options={"fetch_max_wait_ms": FETCH_MAX_WAIT_MS},
+        )
+
+    @property
+    def target(self) -> str:
+        return f"{self._remote.target} (replica of {self._changelog})"
+
+    @property
+    def entities(self) -> int:
+        return len(self._encoded)
+
+    async def start(self) -> None:
+        """Note where the changelog ends now, then start reading it from its beginning."""
+        self._ends = await latest_positions(self._settings, [self._changelog])
+        self._behind = {key for key, end in self._ends.items() if end > 0}
+        log.info(
+            "feature_replica_starting",
+            changelog=self._changelog,
+            partitions=len(self._ends),
+            records=sum(self._ends.values()),
+        )
+        self._check_ready()
+        await self.loop.start()
+
+    async def close(self) -> None:
+        await self._remote.close()
+
+    async def online(
+        self, entity_id: str, names: list[str], as_of: Timestamp | None, timeout_s: float | None
+    ) -> Mapping[str, common_pb2.FeatureValue]:
+        """The entity's values as `FeatureClient.online` gives them: from the
+        replica once it has caught up, from the feature store before."""
+        if not self.ready:
+            return await self._remote.online(entity_id, names, as_of, timeout_s)
+        state = self._state(entity_id)
+        if state is None or state.empty:
+            return {}
+        as_of_ms = as_of.ToMilliseconds() if as_of is not None else None
+        values, _ = self._math.lookup(
+            state,
+            names or self._math.feature_names,  # none named: all, as GetOnlineFeatures
+            as_of_ms=as_of_ms,
+            now_ms=int(time.time() * 1000),
+        )
+        out: dict[str, common_pb2.FeatureValue] = {}
+        for name, value in values.items():
+            fill_feature_value(out.setdefault(name, common_pb2.FeatureValue()), value)
+        return out
+
+    def _state(self, entity_id: str) -> EntityState | None:
+        state = self._decoded.get(entity_id)
+        if state is not None:
+            self._decoded.move_to_end(entity_id)
+            return state
+        encoded = self._encoded.get(entity_id)
+        if encoded is None:
+            return None
+        state = EntityState.from_json(json.loads(encoded))
+        self._decoded[entity_id] = state
+        if len(self._decoded) > self._decoded_cache:
+            self._decoded.popitem(last=False)
+        return state
+
+    async def _apply(self, records: Sequence[Record]) -> Sequence[PoisonMessage | None]:
+        for record in records:
+            try:
+                entity_id = json.loads(record.key) if record.key is not None else None
+            except ValueError:
+                entity_id = None
+            if not isinstance(entity_id, str):
+                log.warning("replica_record_skipped", offset=record.offset, why="key")
+                continue
+            self._decoded.pop(entity_id, None)
+            if record.value:
+                self._encoded[entity_id] = record.value
+            else:  # a tombstone: the entity is gone
+                self._encoded.pop(entity_id, None)
+            self.applied += 1
+        if not self.ready and records:
+            for record in records:
+                key = (record.topic, record.partition)
+                if self._ends is not None and record.offset + 1 >= self._ends.get(key, 0):
+                    self._behind.discard(key)
+            self._check_ready()
+        return [None] * len(records)
+
+    def _check_ready(self) -> None:
+        if not self.ready and self._ends is not None and not self._behind:
+            self.ready = True
+            log.info("feature_replica_ready", entities=len(self._encoded), applied=self.applied)
+
+    async def _from_beginning(self) -> dict[Any, int]:
+        return {}
+
+    async def _keep_nothing(self, positions: Mapping[Any, int]) -> None:
+        return None
