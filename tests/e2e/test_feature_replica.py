@@ -68,7 +68,7 @@ def exact(found: dict[str, tuple[int, float]], expected: dict[str, tuple[int, fl
 def test_predict_uses_the_replica_exactly_and_keeps_it_while_the_feature_store_is_down(
     tmp_path: Path,
 ) -> None:
-    env = stack_env(tmp_path / "home")
+    env = stack_env(tmp_path / "home", DRIFTLOOP_INFERENCE_FEATURES_SOURCE="replica")
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen(
         [*DRIFTLOOP, "up", "--only", "registry,ingestion,features,inference"],

@@ -22,15 +22,6 @@ sys.path.insert(0, str(HERE))
 from models import generic_onnx, payments_onnx  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def remote_feature_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lookups over gRPC: these tests stand a feature server of their own
-    (features_server.py) in for the feature store, and the replica would read
-    the real one's changelog instead. The replica has tests of its own
-    (test_feature_replica.py) against the real feature store."""
-    monkeypatch.setenv("DRIFTLOOP_INFERENCE_FEATURES_SOURCE", "remote")
-
-
 @pytest.fixture(scope="session")
 def payments_v1() -> bytes:
     return payments_onnx(c=1.0)

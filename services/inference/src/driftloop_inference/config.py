@@ -62,11 +62,12 @@ class InferenceSettings(BaseSettings):
     reuse_port: bool = False
     # Predict: feature store lookup deadline and the missing-feature policy.
     feature_lookup_timeout_s: float = Field(default=0.25, gt=0)
-    # Where Predict's online features come from: `replica` (the feature store's
-    # entity changelog read into this process, see adapters/feature_replica.py;
-    # the feature store answers over gRPC until the replica has caught up) or
-    # `remote` (one GetOnlineFeatures call per Predict).
-    features_source: Literal["replica", "remote"] = "replica"
+    # Where Predict's online features come from: `remote` (one GetOnlineFeatures
+    # call per Predict) or `replica` (the feature store's entity changelog read
+    # into this process, see adapters/feature_replica.py; the feature store
+    # answers over gRPC until the replica has caught up). Not the default yet:
+    # under a steady stream the changelog trails the store's table (README).
+    features_source: Literal["replica", "remote"] = "remote"
     features_changelog: str = "driftloop-features-entities-changelog"
     # Decoded entity states the replica keeps beside the encoded ones.
     features_decoded_cache: int = Field(default=10_000, ge=1)
