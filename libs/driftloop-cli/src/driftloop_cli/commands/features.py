@@ -12,7 +12,10 @@ from driftloop.v1 import features_pb2, features_pb2_grpc
 from driftloop_core.grpc.client import open_channel
 from driftloop_core.settings import Settings, load_settings
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from driftloop_cli.rpc import failure
 
 app = typer.Typer(help="The feature store.", no_args_is_help=True)
 console = Console(highlight=False)
@@ -59,7 +62,7 @@ def get(
     try:
         found = asyncio.run(_lookup(settings, target, entity, names))
     except grpc.aio.AioRpcError as error:
-        console.print(f"[red]{error.code().name}[/]: {error.details()}")
+        console.print(f"[red]{escape(failure('features', target, error))}[/]")
         raise typer.Exit(1) from None
     values = {name: _value(value) for name, value in found.values.items()}
     statuses = {name: _STATUS_NAMES.get(s, "unknown") for name, s in found.statuses.items()}

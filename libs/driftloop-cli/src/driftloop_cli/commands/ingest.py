@@ -40,6 +40,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from driftloop_cli.rpc import failure
+
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -132,7 +134,7 @@ def ingest(
                 _stream(settings, target, _lines(handle, line_numbers, progress, task))
             )
     except grpc.aio.AioRpcError as error:
-        err.print(f"[red]ingest failed:[/] {error.code().name}: {escape(error.details() or '')}")
+        err.print(f"[red]ingest failed:[/] {escape(failure('ingestion', target, error))}")
         raise typer.Exit(1) from None
     except OSError as error:
         err.print(f"[red]cannot read {escape(str(file))}:[/] {error.strerror}")

@@ -33,6 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from driftloop_cli.outputs import is_stdout, open_output
+from driftloop_cli.rpc import failure
 
 app = typer.Typer(help="The model registry.", no_args_is_help=True)
 console = Console(highlight=False)
@@ -129,7 +130,7 @@ def _call(endpoint: str | None, call: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as error:
-        err.print(f"[red]{error.code().name}[/]: {escape(error.details() or '')}")
+        err.print(f"[red]{escape(failure('registry', target, error))}[/]")
         raise typer.Exit(1) from None
 
 

@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from driftloop_cli.rpc import failure
+
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -117,7 +119,7 @@ def predict(
     try:
         reply = asyncio.run(call())
     except grpc.aio.AioRpcError as error:
-        err.print(f"[red]{error.code().name}[/]: {escape(error.details() or '')}")
+        err.print(f"[red]{escape(failure('inference', target, error))}[/]")
         raise typer.Exit(1) from None
     used: dict[str, Any] = {k: _plain(v) for k, v in sorted(reply.features_used.items())}
     document: dict[str, Any] = {
