@@ -9,6 +9,8 @@ same length: v1 only, and no retraining triggered by drift.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -78,10 +80,15 @@ def test_drift_is_detected_retrained_and_recovered(tmp_path: Path) -> None:
     assert report["retrain_trace_id"] and len(report["retrain_trace_id"]) == 32
 
     # The retrain loop reads as one trace, from the detection to the first
-    # prediction the new version served.
+    # prediction the new version served, with the command the demo printed, as
+    # printed (the demo keeps its state apart from `driftloop up`'s).
+    printed = re.search(r"`(driftloop traces [^`]+)`", done.stdout)
+    assert printed is not None, done.stdout
+    command = shlex.split(printed.group(1))
+    assert command[-1] == report["retrain_trace_id"], command
     traced = subprocess.run(
-        [*DRIFTLOOP, "traces", "--last-loop", "--json"],
-        env={**stack_env(tmp_path / "unused"), "DRIFTLOOP_HOME": str(tmp_path / "home" / "demo")},
+        [*DRIFTLOOP, *command[1:], "--json"],
+        env=stack_env(tmp_path / "unused"),
         capture_output=True,
         text=True,
         timeout=60,

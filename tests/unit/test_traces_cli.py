@@ -72,3 +72,17 @@ def test_unknown_trace_is_an_error(home: Path) -> None:
     result = CliRunner().invoke(app, ["traces", "0" * 32])
     assert result.exit_code == 1
     assert "not found" in result.output
+
+
+def test_another_state_folder_is_read_with_home(
+    home: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The traces live in `home` (as the demo's live in .driftloop/demo); the
+    # environment now points elsewhere, as a user's shell does.
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path_factory.mktemp("elsewhere")))
+    assert CliRunner().invoke(app, ["traces", "--last-loop"]).exit_code == 1
+
+    result = CliRunner().invoke(app, ["traces", "--home", str(home), "--last-loop", "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert {span["name"] for span in json.loads(result.output)["spans"]} >= {"train"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -134,6 +135,12 @@ def demo(
         index_of,
         window=options.window,
     )
+    if report["retrain_trace_id"]:
+        # The demo keeps its state (and traces) apart from `driftloop up`'s.
+        report["retrain_trace_command"] = (
+            f"driftloop traces --home {shlex.quote(_shown(settings.home))} "
+            f"{report['retrain_trace_id']}"
+        )
     paths = write_report(report, out)
     console.print(f"\nwrote {', '.join(str(p) for p in paths)}\n")
     console.print(summary_markdown(report), markup=False, soft_wrap=True)
@@ -143,3 +150,11 @@ def demo(
         else report["outcome"] == "completed" and report["drift_retrains"] == 0
     )
     raise typer.Exit(0 if ok else 1)
+
+
+def _shown(path: Path) -> str:
+    """`path` as the user would type it here: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

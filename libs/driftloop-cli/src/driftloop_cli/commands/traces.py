@@ -13,6 +13,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -120,9 +121,17 @@ def traces(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     limit: Annotated[int, typer.Option(help="Traces listed when no trace is given.")] = 20,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="The state folder whose traces to read (default DRIFTLOOP_HOME; "
+            "the demo's is .driftloop/demo).",
+        ),
+    ] = None,
 ) -> None:
     """Show a trace as a tree of services and durations, from the local span store."""
-    settings = load_settings()
+    settings = load_settings() if home is None else load_settings(home=home)
     spans = read_spans(settings.traces_dir)
     if last_loop_:
         trace_id = last_loop(spans)

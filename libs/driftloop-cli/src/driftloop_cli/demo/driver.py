@@ -293,6 +293,55 @@ def skewed(event: DemoEvent, reply: predictor_pb2.PredictResponse) -> bool:
     return math.isnan(seen) or abs(seen - event.amount_mean_1h) > 1e-3 * max(1.0, seen)
 
 
+class Announcer:
+    """The live view's lines for the loop's events, in the loop's order.
+
+    The watcher reads several topics at once, so a version's promotion
+    (`models.promoted`) can arrive before its registration
+    (`models.registered`), though the registry registers first. A promotion of
+    a version not announced yet waits for its registration, at most
+    `hold_s`, so the view never says "v2 promoted" before "v2 registered"."""
+
+    def __init__(self, say: Callable[[str], None], hold_s: float = 5.0) -> None:
+        self._say = say
+        self._hold_s = hold_s
+        self._registered: set[int] = set()
+        self._held: list[tuple[float, PromotionSeen]] = []
+
+    def announce(self, record: Any, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if isinstance(record, DriftSeen):
+            what = record.feature or "error rate"
+            self._say(f"drift detected on v{record.model_version}: {record.detector} ({what})")
+        elif isinstance(record, TrainingSeen):
+            self._say(f"training requested ({record.trigger})")
+        elif isinstance(record, VersionSeen):
+            auc = record.metrics.get("roc_auc")
+            score = f", roc_auc {auc:.3f}" if auc is not None else ""
+            self._say(f"v{record.version} registered as {record.status}{score}")
+            self._registered.add(record.version)
+        elif isinstance(record, PromotionSeen):
+            if record.to_version in self._registered:
+                self._promoted(record)
+            else:
+                self._held.append((now, record))
+        elif isinstance(record, FailureSeen):
+            self._say(f"training failed at {record.stage}: {record.reason}")
+        self._release(now)
+
+    def _release(self, now: float) -> None:
+        still: list[tuple[float, PromotionSeen]] = []
+        for since, promotion in self._held:
+            if promotion.to_version in self._registered or now - since >= self._hold_s:
+                self._promoted(promotion)
+            else:
+                still.append((since, promotion))
+        self._held = still
+
+    def _promoted(self, promotion: PromotionSeen) -> None:
+        self._say(f"v{promotion.to_version} promoted to {promotion.alias}")
+
+
 class DemoRun:
     """One run: the stack, the stream, the watcher and the stop rule."""
 
@@ -314,6 +363,7 @@ class DemoRun:
         self.phase = "starting the stack"
         self._log_path = log_path
         self._say = on_change or (lambda _message: None)
+        self._announcer = Announcer(self._say)
         self._services = services
         self._stop = asyncio.Event()
 
@@ -555,19 +605,7 @@ class DemoRun:
         await follow(consumer, seen)
 
     def _announce(self, record: Any) -> None:
-        if isinstance(record, DriftSeen):
-            what = record.feature or "error rate"
-            self._say(f"drift detected on v{record.model_version}: {record.detector} ({what})")
-        elif isinstance(record, TrainingSeen):
-            self._say(f"training requested ({record.trigger})")
-        elif isinstance(record, VersionSeen):
-            auc = record.metrics.get("roc_auc")
-            score = f", roc_auc {auc:.3f}" if auc is not None else ""
-            self._say(f"v{record.version} registered as {record.status}{score}")
-        elif isinstance(record, PromotionSeen):
-            self._say(f"v{record.to_version} promoted to {record.alias}")
-        elif isinstance(record, FailureSeen):
-            self._say(f"training failed at {record.stage}: {record.reason}")
+        self._announcer.announce(record)
 
     def stop(self) -> None:
         """End the stream now; the run then stops the stack and returns."""

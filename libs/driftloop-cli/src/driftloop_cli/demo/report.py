@@ -323,11 +323,10 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
         )
     if report["false_alarms"] and drift.get("onset_event") is not None:
         lines.append(f"- False alarms before the onset: {report['false_alarms']}.")
-    if report["retrain_trace_id"]:
-        lines.append(
-            f"- Trace of the retrain loop: `{report['retrain_trace_id']}` "
-            f"(`driftloop traces {report['retrain_trace_id']}`)."
-        )
+    trace_id = report["retrain_trace_id"]
+    if trace_id:
+        command = report.get("retrain_trace_command") or f"driftloop traces {trace_id}"
+        lines.append(f"- Trace of the retrain loop: `{trace_id}` (`{command}`).")
     lines += ["", "![rolling accuracy](accuracy.png)", ""]
     return "\n".join(lines)
 
