@@ -29,7 +29,8 @@ def failure(service: str, target: str, error: grpc.aio.AioRpcError) -> str:
         words in details.lower() for words in _NOT_LISTENING
     ):
         return (
-            f"the {service} service is not answering at {target}: is the stack running? "
+            f"UNAVAILABLE: the {service} service is not answering at {target}: "
+            "is the stack running? "
             f"Start it with `driftloop up` (`driftloop status` shows what runs), or give "
             f"the address with --endpoint or DRIFTLOOP_ENDPOINTS__{service.upper()}."
         )
