@@ -156,11 +156,13 @@ def _attributes(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         except TypeError as error:
             _log.warning("span_attribute_not_encoded", key=key, error=str(error))
             continue
-        entry: dict[str, Any] = {"value": encoded}
-        if key:
-            entry = {"key": key, "value": encoded}
-        out.append(entry)
+        out.append(_pair(key, encoded))
     return out
+
+
+def _pair(key: str, encoded: dict[str, Any]) -> dict[str, Any]:
+    """A KeyValue; an empty key is a default, left out like every default."""
+    return {"key": key, "value": encoded} if key else {"value": encoded}
 
 
 def _value(value: Any) -> dict[str, Any]:
@@ -187,7 +189,7 @@ def _value(value: Any) -> dict[str, Any]:
         values = [_value(item) for item in value]
         return {"arrayValue": {"values": values} if values else {}}
     if isinstance(value, Mapping):
-        pairs = [{"key": str(k), "value": _value(v)} for k, v in value.items()]
+        pairs = [_pair(str(k), _value(v)) for k, v in value.items()]
         return {"kvlistValue": {"values": pairs} if pairs else {}}
     raise TypeError(f"invalid type {type(value).__name__} of value {value!r}")
 
