@@ -125,7 +125,10 @@ def test_prometheus_scrapes_every_service_and_finds_the_key_series(tmp_path: Pat
         subprocess.run([*DRIFTLOOP, "features", "get", "c-1"], env=env, timeout=30, check=False)
 
         def every_target_up() -> bool:
-            up_series = query(prometheus_port, "up == 1")
+            # Scraped successfully at least once: with a 1 s interval the scrape
+            # timeout is 1 s too, and one scrape of a busy service on the shared
+            # CI cores can take longer, which sets `up` to 0 until the next.
+            up_series = query(prometheus_port, "max_over_time(up[5m]) == 1")
             return {series["metric"]["driftloop_service"] for series in up_series} == set(SERVICES)
 
         wait_for(every_target_up, 60, "Prometheus to scrape all six services")
