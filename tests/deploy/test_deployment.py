@@ -75,6 +75,9 @@ CALLS = {
     },
     "drift": {"registry": ["GetChampion", "GetVersion"]},
 }
+# Calls between the pods of one service, on a port of their own: a feature-store
+# worker forwards a lookup to the worker owning the entity's partition.
+PEER_CALLS = {"features": ("route", "/driftloop.v1.FeatureService/GetOnlineFeatures")}
 PROTO_SERVICES = {
     "features": "/driftloop.v1.FeatureService/",
     "registry": "/driftloop.v1.RegistryService/",
@@ -538,12 +541,14 @@ def checked_roles(name: str) -> set[Role]:
 
 def sent_roles(name: str) -> set[Role]:
     """The roles whose tokens ``name`` sends to the services it calls."""
-    return {
-        role
-        for server, methods in CALLS.get(name, {}).items()
-        for method in methods
-        if (role := METHOD_ROLES[PROTO_SERVICES[server] + method]) is not None
-    }
+    methods = [
+        PROTO_SERVICES[server] + method
+        for server, called in CALLS.get(name, {}).items()
+        for method in called
+    ]
+    if name in PEER_CALLS:
+        methods.append(PEER_CALLS[name][1])
+    return {role for method in methods if (role := METHOD_ROLES[method]) is not None}
 
 
 def pod_secrets(pod: dict[str, Any]) -> set[str]:
@@ -769,6 +774,19 @@ def test_each_grpc_port_admits_its_callers_only(overlay: str) -> None:
             {key: value for key, value in peer.items() if key != "ports"}
             for peer in peers(found, name, "metrics", "ingress")
         ] == [{"namespaceSelector": {"matchLabels": MONITORING}}], name
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_a_workers_own_port_admits_its_peers_only(overlay: str) -> None:
+    found = by_kind(rendered(overlay))
+    for name, (port, _) in PEER_CALLS.items():
+        allowed = peers(found, name, port, "ingress")
+        assert allowed, name
+        assert all(
+            peer.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": name}
+            and "namespaceSelector" not in peer
+            for peer in allowed
+        ), (name, allowed)
 
 
 def test_each_service_reaches_only_the_services_it_calls() -> None:

@@ -11,7 +11,7 @@ import typer
 from driftloop_core.broker import BrokerNotFoundError, BrokerStartError
 from driftloop_core.featureset import FeatureSetError, default_featureset_path, load_featureset
 from driftloop_core.logging import configure_logging
-from driftloop_core.services import discover_services
+from driftloop_core.services import ServiceSpec, discover_services
 from driftloop_core.settings import load_settings
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +53,14 @@ def up(
             "--only", help="Comma-separated services to run (default: every installed one)."
         ),
     ] = None,
+    scale: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scale",
+            help="NAME=N: run N processes of a service that splits its work "
+            "(features: N workers sharing its partitions and its port). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Start the embedded broker and every installed service, in the foreground."""
     settings = load_settings()
@@ -71,6 +79,11 @@ def up(
             err.print(f"[red]--only: unknown services {sorted(unknown)}[/]")
             raise typer.Exit(2)
         services = [spec for spec in services if spec.name in wanted]
+    try:
+        services = scaled_services(services, scale or [])
+    except ValueError as error:
+        err.print(f"[red]--scale: {error}[/]")
+        raise typer.Exit(2) from None
     supervisor = Supervisor(settings, services, featureset=path, console=console)
     try:
         code = asyncio.run(supervisor.run())
@@ -78,6 +91,20 @@ def up(
         err.print(f"[red]driftloop up failed:[/] {error}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def scaled_services(services: list[ServiceSpec], scale: list[str]) -> list[ServiceSpec]:
+    """The services with those named in `scale` ("NAME=N") run as N processes."""
+    counts: dict[str, int] = {}
+    for item in scale:
+        name, _, count = item.partition("=")
+        if not count.strip().isdigit():
+            raise ValueError(f"{item!r}: expected NAME=N, e.g. features=2")
+        counts[name.strip()] = int(count)
+    unknown = set(counts) - {spec.name for spec in services}
+    if unknown:
+        raise ValueError(f"unknown services {sorted(unknown)}")
+    return [each for spec in services for each in spec.scaled(counts.get(spec.name, 1))]
 
 
 @app.command()

@@ -57,7 +57,10 @@ def run_service(
 
 
 def run_with_featureset(
-    settings: Settings, serve: Callable[[FeatureSet], Coroutine[Any, Any, int | None]]
+    settings: Settings,
+    serve: Callable[[FeatureSet], Coroutine[Any, Any, int | None]],
+    *,
+    metrics: bool = True,
 ) -> int:
     """`run_service` for a service that needs the feature set: it exits 2 when
     the feature set is invalid, else `serve(featureset)` runs."""
@@ -68,7 +71,7 @@ def run_with_featureset(
             return 2
         return await serve(featureset)
 
-    return run_service(settings, with_featureset)
+    return run_service(settings, with_featureset, metrics=metrics)
 
 
 async def serve_until_signal(

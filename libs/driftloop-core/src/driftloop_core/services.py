@@ -7,7 +7,7 @@ one it finds, so a service that is not installed is simply absent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 
 import structlog
@@ -32,10 +32,34 @@ class ServiceSpec:
     # saved position, the ids it published): when the embedded broker restarts
     # empty, `driftloop up` stops it first and starts it again on the new broker.
     restart_with_broker: bool = False
+    # The prefix of the settings by which several processes of the service
+    # share its work on one machine (`<prefix>WORKER`, `<prefix>REUSE_PORT`);
+    # empty: the service runs as one process.
+    scale_env_prefix: str = ""
 
     def endpoint(self, settings: Settings) -> str:
         address: str = getattr(settings.endpoints, self.endpoint_key or self.name)
         return address
+
+    def scaled(self, count: int) -> list[ServiceSpec]:
+        """`count` processes of this service sharing its port: `name`, `name-2`, ...
+        Raises ValueError when the service runs as one process."""
+        if count < 1:
+            raise ValueError(f"{self.name}={count}: at least 1 process")
+        if count > 1 and not self.scale_env_prefix:
+            raise ValueError(f"{self.name} runs as one process")
+        if count == 1:
+            return [self]
+        prefix = self.scale_env_prefix
+        return [
+            replace(
+                self,
+                name=self.name if index == 0 else f"{self.name}-{index + 1}",
+                endpoint_key=self.endpoint_key or self.name,
+                env={**self.env, f"{prefix}WORKER": str(index), f"{prefix}REUSE_PORT": "1"},
+            )
+            for index in range(count)
+        ]
 
 
 def discover_services() -> list[ServiceSpec]:

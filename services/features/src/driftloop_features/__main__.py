@@ -14,16 +14,23 @@ from driftloop_core.runtime import run_with_featureset
 from driftloop_core.settings import Settings, load_settings
 
 from driftloop_features.bootstrap import build
+from driftloop_features.config import FeaturesSettings, load_features_settings
 
 
-async def serve(settings: Settings, featureset: FeatureSet) -> int:
+async def serve(settings: Settings, config: FeaturesSettings, featureset: FeatureSet) -> int:
     # Built inside the running loop: the Faust app binds to it.
-    return await build(settings, featureset).run_until_signal()
+    return await build(settings, featureset, config=config).run_until_signal()
 
 
 def main() -> int:
     settings = load_settings().for_service("features")
-    return run_with_featureset(settings, lambda featureset: serve(settings, featureset))
+    config = load_features_settings()
+    # Workers sharing a machine share the /metrics port too: the first serves it.
+    return run_with_featureset(
+        settings,
+        lambda featureset: serve(settings, config, featureset),
+        metrics=config.worker == 0,
+    )
 
 
 if __name__ == "__main__":

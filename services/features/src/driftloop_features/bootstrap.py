@@ -32,11 +32,14 @@ from driftloop_features.adapters.faust_app import (
     APP_ID,
     FeaturesApp,
     build_faust_app,
+    changelog_topic,
     faust_topic_specs,
 )
+from driftloop_features.config import FeaturesSettings, load_features_settings
 from driftloop_features.entrypoints.events import EventsAgent, StreamAgent
 from driftloop_features.entrypoints.grpc import FeatureServicer
 from driftloop_features.entrypoints.offline_sink import DEFAULT_GROUP, OfflineSink
+from driftloop_features.routing import Forwarder, Ownership, Routes
 from driftloop_features.stream import StreamHandler
 
 log = structlog.get_logger(__name__)
@@ -56,10 +59,27 @@ def state_lookup(handler: StreamHandler) -> Callable[[str], EntityState | None]:
     """The state a lookup reads: the stream's, once it holds an event."""
 
     def state_of(entity_id: str) -> EntityState | None:
-        state = handler.cache.get(entity_id)
+        state = handler.known(entity_id)
         return state if state is not None and state.events else None
 
     return state_of
+
+
+def forget_on_revoke(faust: FeaturesApp, handler: StreamHandler) -> None:
+    """Drop the states held in memory whenever the group takes partitions away.
+
+    Faust sends the signal once the agent has acked what it took and the
+    producer is flushed, so no batch is half counted; lookups and the stream
+    read the states again from the table, recovered for what this worker owns.
+    """
+
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked")
+        if revoked:
+            handler.forget_all()
+            log.info("features_partitions_revoked", partitions=len(revoked))
+
+    faust.app.on_partitions_revoked.connect(on_revoked)
 
 
 class FeatureStore:
@@ -78,6 +98,8 @@ class FeatureStore:
         server: GrpcServer,
         recovery: Recovery,
         topics: list[TopicSpec],
+        routes: Routes,
+        config: FeaturesSettings,
     ) -> None:
         self.settings = settings
         self.faust = faust
@@ -88,6 +110,8 @@ class FeatureStore:
         self.publisher = publisher
         self.server = server
         self.recovery = recovery
+        self.routes = routes
+        self.config = config
         # What must run for as long as the service does: one ending is a failure.
         self.tasks: list[asyncio.Task[Any]] = []
         self._recovery_task: asyncio.Task[None] | None = None
@@ -100,6 +124,14 @@ class FeatureStore:
         # Not ready until the table is recovered: lookups would be wrong before.
         await self.server.set_serving(SERVICE_NAME, False)
         await self.server.set_serving("", False)
+        # The group learns where this worker answers for its partitions.
+        self.routes.ownership.announce(f"{self.config.route_host}:{self.server.extra_ports[0]}")
+        log.info(
+            "features_worker",
+            worker=self.config.worker,
+            lookups=self.server.endpoint,
+            route=self.routes.ownership.me,
+        )
         await self.faust.start()
         await self.sink.start()
         self.tasks.append(asyncio.create_task(self.sink.run(), name="offline-sink"))
@@ -160,6 +192,7 @@ class FeatureStore:
         await self.sink.stop()
         await self.faust.stop()
         await self.server.stop()
+        await self.routes.forwarder.close()
         await self.publisher.stop()
 
     async def run_until_signal(self) -> int:
@@ -180,14 +213,23 @@ def build(
     offline_topic: str = Topics.FEATURES_OFFLINE,
     offline_group: str = DEFAULT_GROUP,
     deadletter_topic: str = Topics.DEADLETTER,
+    config: FeaturesSettings | None = None,
 ) -> FeatureStore:
     """The feature store, wired; nothing connects and no file opens here. The
     topics and the Faust app id are parameters so tests can run stores side by side."""
     kafka = settings.kafka
+    config = config or load_features_settings()
     math = FeatureMath(featureset)
-    faust = build_faust_app(settings, app_id=app_id)
+    faust = build_faust_app(
+        settings,
+        app_id=app_id,
+        store_dir="features" if config.worker == 0 else f"features-{config.worker}",
+    )
+    ownership = Ownership(faust.app, changelog_topic(app_id), kafka.partitions)
+    routes = Routes(ownership, Forwarder(settings, ownership, config.route_timeout_s))
     publisher = Publisher(settings)
     handler = StreamHandler(math, faust.table, offline_topic=offline_topic)
+    forget_on_revoke(faust, handler)
     deadletters = DeadLetterWriter(publisher, deadletter_topic, settings.service_name)
     stream = StreamAgent(
         EventsAgent(handler, faust.send, deadletters.write_many, group=app_id), kafka
@@ -207,6 +249,7 @@ def build(
         state_lookup(handler),
         OfflineStore(settings, featureset),
         ready=lambda: recovery.done,
+        routes=routes,
     )
     server = build_server(
         settings,
@@ -215,6 +258,8 @@ def build(
         # The lookup path is traced inside its caller's trace (inference's
         # Predict) but starts none of its own at thousands of calls a second.
         untraced_roots=[f"/{SERVICE_NAME}/GetOnlineFeatures"],
+        reuse_port=config.reuse_port,
+        extra_addresses=[config.route_address],
     )
     extra = {source_topic, offline_topic, deadletter_topic} - set(Topics.all())
     topics = [
@@ -233,4 +278,6 @@ def build(
         server=server,
         recovery=recovery,
         topics=topics,
+        routes=routes,
+        config=config,
     )

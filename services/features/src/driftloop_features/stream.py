@@ -101,6 +101,25 @@ class StreamHandler:
             self.cache[entity_id] = cached
         return cached
 
+    def known(self, entity_id: str) -> EntityState | None:
+        """The entity's state for a lookup: from memory, else decoded from the
+        table once (an entity of a partition this worker was just assigned), or
+        None when the table has never seen it (kept out of memory: a caller
+        asking for made-up ids must not grow it)."""
+        cached = self.cache.get(entity_id)
+        if cached is None:
+            data = self._table.get(entity_id)
+            if data is None:
+                return None
+            cached = self.cache[entity_id] = EntityState.from_json(data)
+        return cached
+
+    def forget_all(self) -> None:
+        """Drop every state held in memory (the table keeps them): after a
+        rebalance this worker may own other partitions, and a state of one it
+        owned before would be stale if the partition comes back."""
+        self.cache.clear()
+
     def load_all(self) -> int:
         """Decode every entity of the table into the in-memory cache, except those
         the stream already holds: an event being applied (suspended while its row

@@ -24,8 +24,8 @@ A caller holds roles by its credentials:
   ``_ADMIN_TOKEN`` holds that role (compared in constant time);
 * under mutual TLS, the client certificate's names (common name and subject
   alternative names) hold the roles ``grpc.client_roles`` gives them; the
-  services that call others (``inference``, ``trainer``, ``drift``) hold
-  ``read`` by name.
+  services that call others (``inference``, ``trainer``, ``drift``, and
+  ``features`` for lookups one worker forwards to another) hold ``read`` by name.
 
 Authorization is enforced once any token is set or clients must present a
 certificate; with neither (the embedded single-machine stack) every call is
@@ -121,6 +121,8 @@ SERVICE_IDENTITIES: Mapping[str, frozenset[Role]] = {
     "inference": frozenset({Role.READ}),
     "trainer": frozenset({Role.READ}),
     "drift": frozenset({Role.READ}),
+    # A feature-store worker asks the others for the entities they own.
+    "features": frozenset({Role.READ}),
 }
 
 _ALL_ROLES = frozenset(Role)

@@ -30,15 +30,17 @@ from driftloop_core.settings import Settings
 __all__ = ["channel_options", "insecure_channel", "open_channel", "open_sync_channel"]
 
 
-def channel_options(settings: Settings) -> list[tuple[str, Any]]:
+def channel_options(settings: Settings, server_name: str | None = None) -> list[tuple[str, Any]]:
     """Message size limits matching the servers', and the name a TLS server's
-    certificate is checked against when the settings override it."""
+    certificate is checked against when the settings override it (else
+    `server_name`, for a server dialled by address)."""
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", settings.grpc.max_message_bytes),
         ("grpc.max_receive_message_length", settings.grpc.max_message_bytes),
     ]
-    if settings.grpc.tls and settings.grpc.tls_server_name:
-        options.append(("grpc.ssl_target_name_override", settings.grpc.tls_server_name))
+    name = settings.grpc.tls_server_name or server_name
+    if settings.grpc.tls and name:
+        options.append(("grpc.ssl_target_name_override", name))
     return options
 
 
@@ -58,10 +60,12 @@ def open_channel(
     *,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     tracer_provider: trace.TracerProvider | None = None,
+    server_name: str | None = None,
 ) -> grpc.aio.Channel:
     """A ``grpc.aio`` channel to ``target`` (``host:port``) that traces calls: TLS
     (mutual when this process has a certificate) when the settings turn it on,
-    plaintext otherwise.
+    plaintext otherwise. ``server_name``: the name the server's certificate
+    holds, when ``target`` is an address (a pod's IP) rather than that name.
 
     Use it as ``async with open_channel(...) as channel:`` so it is closed. Raises
     ``TlsConfigError`` when a configured certificate file cannot be read.
@@ -74,7 +78,7 @@ def open_channel(
     channel: grpc.aio.Channel = grpc.aio.secure_channel(
         target,
         credentials,
-        options=channel_options(settings),
+        options=channel_options(settings, server_name),
         interceptors=[
             *_tracing(tracer_provider),
             *client_interceptors(settings),

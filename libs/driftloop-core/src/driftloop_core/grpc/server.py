@@ -67,6 +67,7 @@ class GrpcServer:
         grace_s: float,
         drain_s: float,
         credentials: grpc.ServerCredentials | None = None,
+        extra_addresses: Sequence[str] = (),
     ) -> None:
         self.server = server
         self.health = health
@@ -75,6 +76,9 @@ class GrpcServer:
         self.grace_s = grace_s
         self.drain_s = drain_s
         self.credentials = credentials
+        self.extra_addresses = tuple(extra_addresses)
+        # The ports bound for `extra_addresses`, in order, once started.
+        self.extra_ports: list[int] = []
         self._port: int | None = None
         self._stop_task: asyncio.Task[None] | None = None
 
@@ -96,11 +100,8 @@ class GrpcServer:
         if self._port is not None:
             return self._port
         # Raises RuntimeError naming the address when it is taken.
-        port: int = (
-            self.server.add_insecure_port(self.address)
-            if self.credentials is None
-            else self.server.add_secure_port(self.address, self.credentials)
-        )
+        port = self._bind(self.address)
+        self.extra_ports = [self._bind(address) for address in self.extra_addresses]
         await self.server.start()
         self._port = port
         for name in ("", *self.service_names):
@@ -111,6 +112,14 @@ class GrpcServer:
             port=port,
             services=list(self.service_names),
             tls=self.credentials is not None,
+        )
+        return port
+
+    def _bind(self, address: str) -> int:
+        port: int = (
+            self.server.add_insecure_port(address)
+            if self.credentials is None
+            else self.server.add_secure_port(address, self.credentials)
         )
         return port
 
@@ -195,6 +204,7 @@ def build_server(
     drain_s: float = DEFAULT_DRAIN_S,
     tracer_provider: trace.TracerProvider | None = None,
     untraced_roots: Sequence[str] = (),
+    extra_addresses: Sequence[str] = (),
 ) -> GrpcServer:
     """Assemble a server for ``servicers`` that will listen on ``address``.
 
@@ -204,12 +214,17 @@ def build_server(
     ``reuse_port`` lets several processes share the port (grpc's own default);
     it is off so that a second instance fails to bind instead of silently taking
     half of the traffic. ``untraced_roots`` names hot read methods that join a
-    caller's trace but never start one of their own. Raises ``TlsConfigError``
-    when TLS is configured but a certificate file is missing or unreadable.
+    caller's trace but never start one of their own. ``extra_addresses`` are more
+    ``host:port`` to listen on (a worker's own address beside the port it shares
+    with others). Raises ``TlsConfigError`` when TLS is configured but a
+    certificate file is missing or unreadable.
     """
     credentials = server_credentials(settings.grpc)
     if settings.grpc.bind_host:
         address = f"{settings.grpc.bind_host}:{address.rpartition(':')[2]}"
+        extra_addresses = [
+            f"{settings.grpc.bind_host}:{extra.rpartition(':')[2]}" for extra in extra_addresses
+        ]
     if interceptors is None:
         interceptors = default_server_interceptors(tracer_provider, untraced_roots=untraced_roots)
     authorizer = Authorizer(settings)
@@ -250,4 +265,5 @@ def build_server(
         grace_s=settings.grpc.grace_period_s,
         drain_s=drain_s,
         credentials=credentials,
+        extra_addresses=extra_addresses,
     )

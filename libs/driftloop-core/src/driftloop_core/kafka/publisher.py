@@ -65,7 +65,7 @@ _Prepared = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _partition_index(key: bytes, count: int) -> int:
+def partition_index(key: bytes, count: int) -> int:
     """The partition a key goes to, as the Java client and aiokafka's default
     partitioner choose it (murmur2), so keyed records land where they would
     with `send()`; cached because entity keys repeat."""
@@ -328,7 +328,7 @@ class Publisher:
             if choices is None:
                 choices = partitions[topic] = sorted(await producer.partitions_for(topic))
             partition = (
-                choices[_partition_index(key, len(choices))]
+                choices[partition_index(key, len(choices))]
                 if key is not None
                 else random.choice(choices)
             )

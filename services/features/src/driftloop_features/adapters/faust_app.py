@@ -114,10 +114,14 @@ def correct_faust_highwaters(kafka: KafkaSettings) -> None:
     setattr(thread, "_driftloop_corrected", True)  # noqa: B010
 
 
-def build_faust_app(settings: Settings, *, app_id: str = APP_ID) -> FeaturesApp:
+def build_faust_app(
+    settings: Settings, *, app_id: str = APP_ID, store_dir: str = "features"
+) -> FeaturesApp:
+    """The app; `store_dir` (under DRIFTLOOP_HOME/ephemeral) holds its table
+    store, one per worker process on a machine."""
     correct_faust_highwaters(settings.kafka)
     options = settings.kafka.faust_options()
-    datadir = settings.ephemeral_dir / "features"
+    datadir = settings.ephemeral_dir / store_dir
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -24,6 +24,14 @@ from driftloop_core.values import fill_feature_value
 
 from driftloop_features.adapters.duckdb_reader import OfflineStore, TrainingSetFile
 from driftloop_features.offline import InvalidWindowError, UnknownModelError
+from driftloop_features.routing import (
+    ANSWERED_BY,
+    FORWARDED_BY,
+    ROUTED_TO,
+    Routes,
+    Unsettled,
+    split_by_owner,
+)
 
 _STATUS = {
     FeatureStatus.PRESENT: features_pb2.FEATURE_STATUS_PRESENT,
@@ -42,11 +50,14 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         state_of: Callable[[str], EntityState | None],
         offline: OfflineStore,
         ready: Callable[[], bool] = lambda: True,
+        routes: Routes | None = None,
     ) -> None:
         self._math = math
         self._state_of = state_of
         self._offline = offline
         self._ready = ready
+        # Several workers: each entity is answered by the owner of its partition.
+        self._routes = routes
         self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._known = frozenset(math.feature_names)
 
@@ -96,10 +107,26 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 f"known: {', '.join(self._math.feature_names)}",
             )
         as_of = request.as_of.ToMilliseconds() if request.HasField("as_of") else None
+        routes = self._routes
+        if routes is None:
+            return self._answer(request.entity_ids, names, as_of)
+        try:
+            mine, others = split_by_owner(routes.ownership, request.entity_ids)
+        except Unsettled as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{error}; retry")
+        if not others:
+            context.set_trailing_metadata(((ANSWERED_BY, routes.ownership.me),))
+            return self._answer(request.entity_ids, names, as_of)
+        return await self._gather(request, mine, others, names, as_of, context)
+
+    def _answer(
+        self, entity_ids: Sequence[str], names: Sequence[str], as_of: int | None
+    ) -> features_pb2.GetOnlineFeaturesResponse:
+        """The lookup, answered from this worker's entity states."""
         now_ms = int(time.time() * 1000)
         not_found = features_pb2.FEATURE_STATUS_NOT_FOUND
         response = features_pb2.GetOnlineFeaturesResponse()
-        for entity_id in request.entity_ids:
+        for entity_id in entity_ids:
             entry = response.entities.add(entity_id=entity_id)
             statuses = entry.statuses
             state = self._state_of(entity_id)
@@ -118,6 +145,53 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                     fill_feature_value(entry_values[name], value)
                     statuses[name] = found
             entry.updated_at.FromMilliseconds(state.latest_time_ms)
+        return response
+
+    async def _gather(
+        self,
+        request: features_pb2.GetOnlineFeaturesRequest,
+        mine: list[str],
+        others: dict[str, list[str]],
+        names: Sequence[str],
+        as_of: int | None,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> features_pb2.GetOnlineFeaturesResponse:
+        """Answer for this worker's entities; ask each other owner for its own."""
+        assert self._routes is not None
+        me = self._routes.ownership.me
+        if any(key == FORWARDED_BY for key, _ in context.invocation_metadata() or ()):
+            # Ownership moved between the sender's view and ours: the sender's
+            # caller retries once the group has settled.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"entity_ids: {next(iter(others.values()))[0]!r} is no longer owned by "
+                f"worker {me} (a rebalance is under way); retry",
+            )
+        asked = []
+        for target, entity_ids in others.items():
+            forwarded = features_pb2.GetOnlineFeaturesRequest(
+                entity_ids=entity_ids, feature_names=request.feature_names
+            )
+            if request.HasField("as_of"):
+                forwarded.as_of.CopyFrom(request.as_of)
+            asked.append(self._routes.forwarder.lookup(target, forwarded, context.time_remaining()))
+        try:
+            replies = await asyncio.gather(*asked)
+        except grpc.aio.AioRpcError as error:
+            await context.abort(
+                error.code(), f"the worker owning some entity_ids answered: {error.details()}"
+            )
+        context.set_trailing_metadata(((ANSWERED_BY, me), (ROUTED_TO, ",".join(sorted(others)))))
+        if not mine and len(replies) == 1:
+            return replies[0]
+        entries = {
+            entry.entity_id: entry
+            for reply in (self._answer(mine, names, as_of), *replies)
+            for entry in reply.entities
+        }
+        response = features_pb2.GetOnlineFeaturesResponse()
+        for entity_id in request.entity_ids:
+            response.entities.add().CopyFrom(entries[entity_id])
         return response
 
     async def GetTrainingSet(
