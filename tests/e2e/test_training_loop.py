@@ -1,5 +1,7 @@
 """Labelled events in, a registered champion out: the training path through real
-processes (`driftloop up`: ingestion, feature store, trainer, registry)."""
+processes (`driftloop up`: ingestion, feature store, trainer, registry), served by
+inference scaled out to two processes (`DRIFTLOOP_INFERENCE_WORKERS=2`) which
+follow every change of champion, by hand or back, each on its own."""
 
 from __future__ import annotations
 
@@ -10,19 +12,37 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from driftloop.v1 import features_pb2, features_pb2_grpc
+from driftloop.v1 import features_pb2, features_pb2_grpc, predictor_pb2, predictor_pb2_grpc
 from driftloop_testing import produce_json, wait_until
+from inference import grpc_service_pb2 as oip
+from inference import grpc_service_pb2_grpc as oip_grpc
+from support.sockets import accepted_by, client_ports, copies_of
 from support.stack import stack_env
 
 pytestmark = pytest.mark.e2e
 
 DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
+WORKERS = 2
+# Fresh connections asked per check: the kernel spreads them over the workers
+# by their addresses' hash, so all of them reach one worker 1 time in 2**39.
+CONNECTIONS = 40
+# One row of each input type ModelInfer may take, for whatever inputs the model has.
+ONE_VALUE = {
+    "BYTES": ("bytes_contents", b"atm"),
+    "FP32": ("fp32_contents", 480.0),
+    "FP64": ("fp64_contents", 480.0),
+    "INT64": ("int64_contents", 2),
+    "INT32": ("int_contents", 2),
+}
+# The version a connection was told: by ModelMetadata, ModelInfer and Predict.
+Told = tuple[str, str, int]
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -77,12 +97,95 @@ def training_rows(target: str) -> int:
     return int(reply.dataset.row_count)
 
 
-def test_labelled_events_become_a_registered_champion(tmp_path: Path) -> None:
-    env = stack_env(tmp_path / "home")
+def one_row(metadata: oip.ModelMetadataResponse) -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name=metadata.name)
+    for tensor in metadata.inputs:
+        field, value = ONE_VALUE[tensor.datatype]
+        request.inputs.add(
+            name=tensor.name,
+            datatype=tensor.datatype,
+            shape=[1] + [1] * (len(tensor.shape) - 1),
+            contents=oip.InferTensorContents(**{field: [value]}),
+        )
+    return request
+
+
+def ask(channel: grpc.Channel, entity: str) -> Told:
+    """The served version, as ModelMetadata (its first, the current one),
+    ModelInfer and Predict (for the alias "champion") report it."""
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+    metadata = stub.ModelMetadata(oip.ModelMetadataRequest(name="payments"), timeout=10)
+    inferred = stub.ModelInfer(one_row(metadata), timeout=10)
+    predicted = predictor_pb2_grpc.PredictorStub(channel).Predict(
+        predictor_pb2.PredictRequest(
+            event_id=f"scale-out-{time.monotonic_ns()}", entity_id=entity, alias="champion"
+        ),
+        timeout=10,
+    )
+    return metadata.versions[0], inferred.model_version, predicted.model_version
+
+
+def ask_fresh_connections(
+    target: str, workers: list[int], entity: str
+) -> dict[int | None, Counter[Told]]:
+    """Open CONNECTIONS connections, held open together, and ask each which
+    version it is served; the answers counted by the worker that accepted the
+    connection (None: none of them)."""
+    port = int(target.rpartition(":")[2])
+    channels: list[grpc.Channel] = []
+    asked = []
+    try:
+        for _ in range(CONNECTIONS):
+            before = client_ports(port)
+            # A subchannel pool of its own: a TCP connection of its own, not the
+            # one another channel to the same target would share.
+            channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            channels.append(channel)
+            told = ask(channel, entity)
+            opened = client_ports(port) - before
+            assert len(opened) == 1, f"one new connection per channel, got {opened}"
+            asked.append((opened.pop(), told))
+        # While every connection is still open, so no client port is reused.
+        owners = accepted_by(port, workers)
+    finally:
+        for channel in channels:
+            channel.close()
+    served: dict[int | None, Counter[Told]] = {}
+    for client, told in asked:
+        served.setdefault(owners.get(client), Counter())[told] += 1
+    return served
+
+
+def every_worker_serves(
+    target: str, workers: list[int], version: int, entity: str, timeout_s: float = 60
+) -> None:
+    """Within `timeout_s`, every one of CONNECTIONS fresh connections is told
+    `version` three ways, and each worker accepted some of them."""
+    wanted = {pid: {(str(version), str(version), version)} for pid in workers}
+    seen: dict[str, object] = {}
+
+    def all_told() -> bool:
+        served = ask_fresh_connections(target, workers, entity)
+        seen["served"] = served
+        return {pid: set(told) for pid, told in served.items()} == wanted
+
+    try:
+        wait_until(
+            all_told, timeout_s, f"every worker to serve v{version}", tolerate=(grpc.RpcError,)
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}; workers {workers} served {seen}") from None
+
+
+# A stack start, two trainings and three checks of every worker: beyond the
+# default 120 s on a busy machine.
+@pytest.mark.timeout(240)
+def test_labelled_events_become_a_champion_every_inference_worker_serves(tmp_path: Path) -> None:
+    env = stack_env(tmp_path / "home", DRIFTLOOP_INFERENCE_WORKERS=str(WORKERS))
     bootstrap = env["DRIFTLOOP_KAFKA_BOOTSTRAP"]
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen(
-        [*DRIFTLOOP, "up", "--only", "ingestion,features,trainer,registry"],
+        [*DRIFTLOOP, "up", "--only", "ingestion,features,trainer,registry,inference"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -151,6 +254,33 @@ def test_labelled_events_become_a_registered_champion(tmp_path: Path) -> None:
         probabilities = outputs["probabilities"]
         assert probabilities.shape == (2, 2)
         assert probabilities[0, 1] > probabilities[1, 1], "a large ATM withdrawal looks riskier"
+
+        # Inference runs as WORKERS processes on one port (SO_REUSEPORT), the
+        # one the supervisor started and its copies; each serves v1.
+        status = json.loads(run(env, "status", "--json").stdout)
+        [started] = [s["pid"] for s in status["services"] if s["name"] == "inference"]
+        workers = [started, *copies_of(started, "driftloop_inference")]
+        assert len(workers) == WORKERS, workers
+        target = env["DRIFTLOOP_ENDPOINTS__INFERENCE"]
+        entity = str(last["customer_id"])
+        every_worker_serves(target, workers, 1, entity)
+
+        # The same rows train an equal v2: the gate keeps it a candidate.
+        retrained = run(
+            env, "train", "payments", "--reason", "e2e", "--json", "--timeout", "150", timeout=200
+        )
+        assert retrained.returncode == 0, retrained.stdout + retrained.stderr
+        second = json.loads(retrained.stdout.strip().splitlines()[-1])
+        assert second["outcome"] == "registered" and second["version"] == 2, second
+        assert second["status"].endswith("CANDIDATE"), second
+
+        # Promoted by hand, then rolled back: every worker follows each change.
+        promoted = run(env, "models", "promote", "payments", "2", "--reason", "e2e scale-out")
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        every_worker_serves(target, workers, 2, entity)
+        rolled_back = run(env, "models", "rollback", "payments", "--reason", "e2e scale-out")
+        assert rolled_back.returncode == 0, rolled_back.stdout + rolled_back.stderr
+        every_worker_serves(target, workers, 1, entity)
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(90)
