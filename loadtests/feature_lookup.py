@@ -4,8 +4,12 @@ Starts the embedded broker and the feature store as its own process (as
 `driftloop up` would), loads a few thousand events for 1,000 entities, then
 calls `GetOnlineFeatures` for 1 and for 10 entities x 10 features: sequentially
 for latency, and with several calls in flight for throughput. Prints a table.
+With `--workers 1,2` it does it again with two feature-store workers sharing
+the port (`driftloop up --scale features=2`): each caller thread has its own
+connection, so the kernel spreads them over the workers, and a worker forwards
+what it does not own to the other.
 
-    .venv/bin/python loadtests/feature_lookup.py [--seconds 5]
+    .venv/bin/python loadtests/feature_lookup.py [--seconds 5] [--workers 1,2]
 
 Reference (issue 3): Feast 0.67's HTTP feature server serves one entity at p50
 2.6 ms, p99 3.1-3.8 ms, 300-400 lookups/s on this kind of machine. Target: p99
@@ -74,17 +78,6 @@ async def wait_serving(endpoint: str, timeout_s: float = 90) -> None:
     raise RuntimeError("the feature store did not become ready")
 
 
-async def wait_loaded(stub: features_pb2_grpc.FeatureServiceStub, expected: int) -> None:
-    request = features_pb2.GetOnlineFeaturesRequest(entity_ids=[f"c{ENTITIES - 1}"])
-    for _ in range(300):
-        reply = await stub.GetOnlineFeatures(request)
-        count = reply.entities[0].values.get("txn_count_10m")
-        if count is not None and count.int_value >= expected:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("events were not all applied")
-
-
 def wait_idle(stub: features_pb2_grpc.FeatureServiceStub) -> None:
     """Until every loaded event is applied: the total count stops changing."""
     request = features_pb2.GetOnlineFeaturesRequest(
@@ -94,7 +87,14 @@ def wait_idle(stub: features_pb2_grpc.FeatureServiceStub) -> None:
     request.as_of.FromMilliseconds(int(time.time() * 1000))
     previous = -1
     while True:
-        reply = stub.GetOnlineFeatures(request, timeout=10)
+        try:
+            reply = stub.GetOnlineFeatures(request, timeout=10)
+        except grpc.RpcError as error:
+            # Workers still settling their partitions answer UNAVAILABLE.
+            if error.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                raise
+            time.sleep(1.0)
+            continue
         total = sum(e.values["txn_count_10m"].int_value for e in reply.entities if e.values)
         if total == previous:
             return
@@ -103,12 +103,13 @@ def wait_idle(stub: features_pb2_grpc.FeatureServiceStub) -> None:
 
 
 def measure(
-    stub: features_pb2_grpc.FeatureServiceStub,
+    endpoint: str,
     entities: int,
     seconds: float,
     concurrency: int,
 ) -> tuple[float, float, float, int]:
-    """Blocking calls from `concurrency` threads: p50 and p99 in ms, calls/s, calls."""
+    """Blocking calls from `concurrency` threads, each on its own connection:
+    p50 and p99 in ms, calls/s, calls."""
     names = list(load_featureset(FEATURESET).model.features)
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
@@ -116,13 +117,16 @@ def measure(
     def worker(seed: int) -> None:
         rng = random.Random(seed)
         mine: list[float] = []
-        while time.perf_counter() < stop_at:
-            ids = [f"c{rng.randrange(ENTITIES)}" for _ in range(entities)]
-            request = features_pb2.GetOnlineFeaturesRequest(entity_ids=ids, feature_names=names)
-            started = time.perf_counter()
-            reply = stub.GetOnlineFeatures(request, timeout=5)
-            mine.append(time.perf_counter() - started)
-            assert len(reply.entities) == entities
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(endpoint, options=options) as channel:
+            stub = features_pb2_grpc.FeatureServiceStub(channel)
+            while time.perf_counter() < stop_at:
+                ids = [f"c{rng.randrange(ENTITIES)}" for _ in range(entities)]
+                request = features_pb2.GetOnlineFeaturesRequest(entity_ids=ids, feature_names=names)
+                started = time.perf_counter()
+                reply = stub.GetOnlineFeatures(request, timeout=5)
+                mine.append(time.perf_counter() - started)
+                assert len(reply.entities) == entities
         latencies.extend(mine)
 
     started = time.perf_counter()
@@ -138,7 +142,15 @@ def measure(
     return p50, p99, len(latencies) / elapsed, len(latencies)
 
 
-def spawn_feature_store(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_feature_store(
+    env: dict[str, str], log_path: Path, worker: int, workers: int
+) -> subprocess.Popen[bytes]:
+    if workers > 1:
+        env = {
+            **env,
+            "DRIFTLOOP_FEATURES_WORKER": str(worker),
+            "DRIFTLOOP_FEATURES_REUSE_PORT": "1",
+        }
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "driftloop_features"],
@@ -148,7 +160,28 @@ def spawn_feature_store(env: dict[str, str], log_path: Path) -> subprocess.Popen
         )
 
 
-async def main(seconds: float) -> None:
+Row = tuple[int, int, float, float, float, int]
+
+
+async def main(seconds: float, worker_counts: list[int]) -> None:
+    tables = [(workers, await run(seconds, workers)) for workers in worker_counts]
+    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on (every call traced)")
+    for workers, rows in tables:
+        print(
+            "\nOnline lookups, 10 features per entity, Python gRPC client, "
+            f"{workers} feature-store worker(s)"
+        )
+        print(f"tracing sampler: {sampler}")
+        header = ("entities", "in flight", "p50 ms", "p99 ms", "lookups/s", "calls")
+        print("{:>8} {:>9} {:>8} {:>8} {:>10} {:>7}".format(*header))
+        for entities, concurrency, p50, p99, rate, calls in rows:
+            print(
+                f"{entities:>8} {concurrency:>9} {p50:>8.3f} {p99:>8.3f} {rate:>10.0f} {calls:>7}"
+            )
+    print("target: one entity p99 <= 2 ms and >= 1,200 lookups/s (3x Feast 0.67's 300-400)")
+
+
+async def run(seconds: float, workers: int) -> list[Row]:
     home = Path(tempfile.mkdtemp(prefix="driftloop-bench-"))
     port = free_port()
     endpoint = f"127.0.0.1:{free_port()}"
@@ -169,32 +202,30 @@ async def main(seconds: float) -> None:
             await publisher.publish_batch(
                 [Outgoing.event(m, key=m.entity_id, event_id=m.event_id) for m in loaded]
             )
-        service = spawn_feature_store(env, home / "features.log")
+        services = [
+            spawn_feature_store(env, home / f"features-{i}.log", i, workers) for i in range(workers)
+        ]
+        rows: list[Row] = []
         try:
             await wait_serving(endpoint)
-            async with grpc.aio.insecure_channel(endpoint) as channel:
-                await wait_loaded(features_pb2_grpc.FeatureServiceStub(channel), 1)
             with grpc.insecure_channel(endpoint) as channel:
-                stub = features_pb2_grpc.FeatureServiceStub(channel)
-                wait_idle(stub)
-                rows = []
-                for entities, concurrency in ((1, 1), (1, 4), (10, 1), (10, 4)):
-                    p50, p99, rate, calls = measure(stub, entities, seconds, concurrency)
-                    rows.append((entities, concurrency, p50, p99, rate, calls))
+                wait_idle(features_pb2_grpc.FeatureServiceStub(channel))
+            for entities, concurrency in ((1, 1), (1, 4), (10, 1), (10, 4)):
+                p50, p99, rate, calls = measure(endpoint, entities, seconds, concurrency)
+                rows.append((entities, concurrency, p50, p99, rate, calls))
         finally:
-            service.terminate()
-            service.wait(30)
-    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on (every call traced)")
-    print("\nOnline lookups, 10 features per entity, Python gRPC client, one feature store")
-    print(f"tracing sampler: {sampler}")
-    header = ("entities", "in flight", "p50 ms", "p99 ms", "lookups/s", "calls")
-    print("{:>8} {:>9} {:>8} {:>8} {:>10} {:>7}".format(*header))
-    for entities, concurrency, p50, p99, rate, calls in rows:
-        print(f"{entities:>8} {concurrency:>9} {p50:>8.3f} {p99:>8.3f} {rate:>10.0f} {calls:>7}")
-    print("target: one entity p99 <= 2 ms and >= 1,200 lookups/s (3x Feast 0.67's 300-400)")
+            for service in services:
+                service.terminate()
+            for service in services:
+                service.wait(30)
+    return rows
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    asyncio.run(main(parser.parse_args().seconds))
+    parser.add_argument(
+        "--workers", default="1", help="feature-store workers, comma-separated runs (e.g. 1,2)"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.seconds, [int(n) for n in args.workers.split(",")]))
