@@ -5,12 +5,10 @@ counted twice)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,29 +17,11 @@ import grpc.aio
 import pytest
 from driftloop.v1 import features_pb2, features_pb2_grpc
 from driftloop_testing import produce_json, wait_until
-from support.stack import stack_env
+from support.stack import DRIFTLOOP, pids, run_json, stack_env
 
 pytestmark = pytest.mark.e2e
 
-DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
 ENTITIES = [f"cust-{i}" for i in range(8)]
-
-
-def run_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, object]]:
-    done = subprocess.run(
-        [*DRIFTLOOP, *args, "--json"], env=env, capture_output=True, text=True, timeout=30
-    )
-    try:
-        return done.returncode, json.loads(done.stdout)
-    except json.JSONDecodeError:
-        return done.returncode, {"stdout": done.stdout, "stderr": done.stderr}
-
-
-def pids(env: dict[str, str]) -> dict[str, object]:
-    code, report = run_json(env, "status")
-    services = report.get("services", [])
-    assert isinstance(services, list)
-    return {s["name"]: (s["pid"], s["ready"]) for s in services} | {"_all_ready": code == 0}
 
 
 def make_events(count: int) -> list[dict[str, object]]:

@@ -7,12 +7,10 @@ lookups answering again once the group has settled."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,33 +19,15 @@ import grpc.aio
 import pytest
 from driftloop.v1 import features_pb2, features_pb2_grpc
 from driftloop_testing import produce_json, wait_until
-from support.stack import stack_env
+from support.stack import DRIFTLOOP, pids, stack_env
 
 pytestmark = pytest.mark.e2e
 
-DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
 # Enough entities that both workers own some (4 partitions).
 ENTITIES = [f"cust-{i}" for i in range(24)]
 NAMES = ["txn_count_10m", "amount_mean_1h"]
 # Fresh connections per round: the kernel spreads them over the two workers.
 CONNECTIONS = 8
-
-
-def run_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, object]]:
-    done = subprocess.run(
-        [*DRIFTLOOP, *args, "--json"], env=env, capture_output=True, text=True, timeout=30
-    )
-    try:
-        return done.returncode, json.loads(done.stdout)
-    except json.JSONDecodeError:
-        return done.returncode, {"stdout": done.stdout, "stderr": done.stderr}
-
-
-def pids(env: dict[str, str]) -> dict[str, object]:
-    code, report = run_json(env, "status")
-    services = report.get("services", [])
-    assert isinstance(services, list)
-    return {s["name"]: s["pid"] for s in services} | {"_all_ready": code == 0}
 
 
 def make_events(count: int) -> list[dict[str, object]]:
@@ -125,7 +105,7 @@ def test_two_feature_workers_answer_every_lookup_exactly_and_survive_a_kill(
     try:
         before = wait_until(lambda: (p := pids(env))["_all_ready"] and p, 120, "driftloop up")
         assert {"broker", "ingestion", "features", "features-2"} <= set(before)
-        assert before["features"] != before["features-2"]
+        assert before["features"][0] != before["features-2"][0]
 
         events = make_events(600)
         asyncio.run(produce_json(bootstrap, events[:300]))
@@ -162,7 +142,7 @@ def test_two_feature_workers_answer_every_lookup_exactly_and_survive_a_kill(
         assert routed <= seen_workers and routed, (seen_workers, routed)
 
         # Kill the second worker half-way through the second half of the stream.
-        killed = before["features-2"]
+        killed = before["features-2"][0]
         assert isinstance(killed, int)
         outcomes: list[tuple[float, str]] = []
 
@@ -205,7 +185,7 @@ def test_two_feature_workers_answer_every_lookup_exactly_and_survive_a_kill(
         )
 
         wait_until(
-            lambda: (p := pids(env))["_all_ready"] and p["features-2"] != killed,
+            lambda: (p := pids(env))["_all_ready"] and p["features-2"][0] != killed,
             120,
             "the supervisor to restart the second worker",
         )

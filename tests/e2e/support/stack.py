@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from driftloop_core.broker import free_port
@@ -29,3 +31,25 @@ def stack_env(home: Path, **extra: str) -> dict[str, str]:
     env["DRIFTLOOP_ENDPOINTS__METRICS"] = json.dumps(metrics)
     env.update(extra)
     return env
+
+
+DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
+
+
+def run_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, object]]:
+    """`driftloop ARGS --json` against the stack: its exit code and its document."""
+    done = subprocess.run(
+        [*DRIFTLOOP, *args, "--json"], env=env, capture_output=True, text=True, timeout=30
+    )
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return done.returncode, {"stdout": done.stdout, "stderr": done.stderr}
+
+
+def pids(env: dict[str, str]) -> dict[str, object]:
+    """`driftloop status`: (pid, ready) by service, and `_all_ready`."""
+    code, report = run_json(env, "status")
+    services = report.get("services", [])
+    assert isinstance(services, list)
+    return {s["name"]: (s["pid"], s["ready"]) for s in services} | {"_all_ready": code == 0}
