@@ -124,6 +124,12 @@ GRPC_PATHS: dict[Kind, str] = {
 TARGET_RATIO = 4.0
 TARGET_P99_MS = 10.0
 TARGET_CONCURRENCY = 16
+# Issue 15's Predict target, against ModelInfer in the same run and client:
+# at c16 at least this share of its requests/s with p99 at most this multiple
+# of its p99; one caller's p50 at most PREDICT_P50_MS; no fall from c16 to c64.
+PREDICT_SHARE = 0.6
+PREDICT_P99_MULTIPLE = 2.0
+PREDICT_P50_MS = 1.5
 
 Kind = Literal["mlserver", "oip", "predict", "bare"]
 LABELS: dict[Kind, str] = {
@@ -979,6 +985,7 @@ def report(cells: list[Cell], options: Options) -> dict[str, Any]:
         "target": f">= {TARGET_RATIO:g}x MLServer requests/s at concurrency "
         f"{TARGET_CONCURRENCY}, p99 <= {TARGET_P99_MS:g} ms",
         "by_client": verdicts,
+        "predict": predict_verdict(by_key, console),
     }
     sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on (every call traced)")
     console.print(
@@ -1011,6 +1018,44 @@ def report(cells: list[Cell], options: Options) -> dict[str, Any]:
         },
         "cells": [asdict(cell) for cell in cells],
         "verdict": verdict,
+    }
+
+
+def predict_verdict(by_key: dict[tuple[str, str, int], Any], console: Any) -> dict[str, Any]:
+    """Issue 15's Predict target against ModelInfer, same run, Python client."""
+    c16 = TARGET_CONCURRENCY
+    infer = by_key.get(("oip", PYTHON_CLIENT, c16))
+    predict = by_key.get(("predict", PYTHON_CLIENT, c16))
+    one = by_key.get(("predict", PYTHON_CLIENT, 1))
+    many = by_key.get(("predict", PYTHON_CLIENT, 64))
+    source = os.environ.get("DRIFTLOOP_INFERENCE_FEATURES_SOURCE", "remote")
+    if not (infer and predict and one and many and infer.requests_per_s > 0):
+        console.print("Predict target: not evaluated (needs c1, c16 and c64 cells)")
+        return {}
+    share = predict.requests_per_s / infer.requests_per_s
+    p99_multiple = predict.p99_ms / infer.p99_ms if infer.p99_ms > 0 else float("inf")
+    checks = {
+        f"c{c16} requests/s >= {PREDICT_SHARE:.0%} of ModelInfer's": share >= PREDICT_SHARE,
+        f"c{c16} p99 <= {PREDICT_P99_MULTIPLE:g}x ModelInfer's": p99_multiple
+        <= PREDICT_P99_MULTIPLE,
+        f"c1 p50 <= {PREDICT_P50_MS:g} ms": one.p50_ms <= PREDICT_P50_MS,
+        "c64 requests/s >= c16's": many.requests_per_s >= predict.requests_per_s,
+    }
+    met = all(checks.values()) and not (predict.errors or one.errors or many.errors)
+    console.print(
+        f"Predict target (online features from {source}), python client: c{c16} "
+        f"{share:.0%} of ModelInfer's requests/s, p99 {p99_multiple:.1f}x ModelInfer's, "
+        f"c1 p50 {one.p50_ms:.2f} ms, c64/c16 {many.requests_per_s / predict.requests_per_s:.2f}: "
+        f"[bold]{'MET' if met else 'NOT MET'}[/]"
+        + ("" if met else " (" + "; ".join(k for k, ok in checks.items() if not ok) + ")")
+    )
+    return {
+        "features_source": source,
+        "share_of_modelinfer": round(share, 3),
+        "p99_multiple": round(p99_multiple, 2),
+        "c1_p50_ms": round(one.p50_ms, 3),
+        "checks": checks,
+        "met": met,
     }
 
 

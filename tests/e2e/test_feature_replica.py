@@ -65,10 +65,12 @@ def exact(found: dict[str, tuple[int, float]], expected: dict[str, tuple[int, fl
     )
 
 
+# `replica`: the store's changelog; `events`: counted in inference from events.valid.
+@pytest.mark.parametrize("source", ["replica", "events"])
 def test_predict_uses_the_replica_exactly_and_keeps_it_while_the_feature_store_is_down(
-    tmp_path: Path,
+    tmp_path: Path, source: str
 ) -> None:
-    env = stack_env(tmp_path / "home", DRIFTLOOP_INFERENCE_FEATURES_SOURCE="replica")
+    env = stack_env(tmp_path / "home", DRIFTLOOP_INFERENCE_FEATURES_SOURCE=source)
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen(
         [*DRIFTLOOP, "up", "--only", "registry,ingestion,features,inference"],

@@ -34,7 +34,7 @@ from driftloop_core.settings import Settings
 from inference import grpc_service_pb2_grpc as oip_grpc
 
 from driftloop_inference.adapters.arena_feed import build_feed
-from driftloop_inference.adapters.feature_replica import FeatureReplica
+from driftloop_inference.adapters.feature_replica import EventsReplica, FeatureReplica
 from driftloop_inference.adapters.features import FeatureClient
 from driftloop_inference.adapters.onnx import load_model
 from driftloop_inference.adapters.predictions import PredictionSink
@@ -127,6 +127,14 @@ def build(
             features,
             publisher,
             decoded_cache=config.features_decoded_cache,
+        )
+    elif config.features_source == "events" and publisher is not None:
+        online = replica = EventsReplica(
+            settings,
+            featureset_for(settings),
+            config.features_events_topic,
+            features,
+            publisher,
         )
     sink = PredictionSink(publisher, config.predictions_topic, config.prediction_buffer)
     arena: ArenaHost | None = None

@@ -65,10 +65,13 @@ class InferenceSettings(BaseSettings):
     # Where Predict's online features come from: `remote` (one GetOnlineFeatures
     # call per Predict) or `replica` (the feature store's entity changelog read
     # into this process, see adapters/feature_replica.py; the feature store
-    # answers over gRPC until the replica has caught up). Not the default yet:
-    # under a steady stream the changelog trails the store's table (README).
-    features_source: Literal["replica", "remote"] = "remote"
+    # answers over gRPC until the replica has caught up), or `events` (the
+    # states counted in this process from `events.valid`, as the store counts
+    # them). Not the default yet: under a steady stream the changelog trails the
+    # store's table (README).
+    features_source: Literal["replica", "events", "remote"] = "remote"
     features_changelog: str = "driftloop-features-entities-changelog"
+    features_events_topic: str = Topics.VALID
     # Decoded entity states the replica keeps beside the encoded ones.
     features_decoded_cache: int = Field(default=10_000, ge=1)
     missing_features: MissingPolicy = "default"
