@@ -17,20 +17,13 @@ import pytest
 from driftloop.v1 import predictor_pb2, predictor_pb2_grpc
 from driftloop_testing import wait_until
 from google.protobuf.timestamp_pb2 import Timestamp
+from support.payments import expected_aggregates
 from support.stack import stack_env
 from test_features_crash import ENTITIES, _lookup_all, make_events, pids, produce
 
 pytestmark = pytest.mark.e2e
 
 DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
-
-
-def expected_aggregates(events: list[dict[str, object]]) -> dict[str, tuple[int, float]]:
-    expected = {}
-    for entity in ENTITIES:
-        amounts = [float(e["amount"]) for e in events if e["customer_id"] == entity]  # type: ignore[arg-type]
-        expected[entity] = (len(amounts), sum(amounts) / len(amounts))
-    return expected
 
 
 async def predict_all(target: str) -> dict[str, tuple[int, float]]:
@@ -82,7 +75,7 @@ def test_predict_uses_the_replica_exactly_and_keeps_it_while_the_feature_store_i
         ready = wait_until(lambda: (p := pids(env))["_all_ready"] and p, 120, "driftloop up")
         events = make_events(300)
         asyncio.run(produce(env["DRIFTLOOP_KAFKA_BOOTSTRAP"], events, 0))
-        expected = expected_aggregates(events)
+        expected = expected_aggregates(events, ENTITIES)
 
         def store_exact() -> bool:
             reply = asyncio.run(_lookup_all(env["DRIFTLOOP_ENDPOINTS__FEATURES"]))

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
@@ -17,6 +15,7 @@ import grpc.aio
 import pytest
 from driftloop.v1 import features_pb2, features_pb2_grpc
 from driftloop_testing import produce_json, wait_until
+from support.payments import make_payments
 from support.stack import DRIFTLOOP, pids, run_json, stack_env
 
 pytestmark = pytest.mark.e2e
@@ -25,20 +24,7 @@ ENTITIES = [f"cust-{i}" for i in range(8)]
 
 
 def make_events(count: int) -> list[dict[str, object]]:
-    rng = random.Random(5)
-    now = int(time.time() * 1000)
-    # Every event is within the last five minutes: both windows hold all of them.
-    return [
-        {
-            "event_id": f"ev-{i}",
-            "customer_id": rng.choice(ENTITIES),
-            "ts": now - 300_000 + i * (290_000 // count),
-            "amount": round(rng.uniform(1, 400), 2),
-            "channel": rng.choice(["web", "pos", "atm"]),
-            "hour": rng.randrange(24),
-        }
-        for i in range(count)
-    ]
+    return make_payments(count, ENTITIES, seed=5)
 
 
 async def produce(bootstrap: str, events: list[dict[str, object]], pause_s: float) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import time
@@ -19,6 +18,7 @@ import grpc.aio
 import pytest
 from driftloop.v1 import features_pb2, features_pb2_grpc
 from driftloop_testing import produce_json, wait_until
+from support.payments import expected_aggregates, make_payments
 from support.stack import DRIFTLOOP, pids, stack_env
 
 pytestmark = pytest.mark.e2e
@@ -28,30 +28,6 @@ ENTITIES = [f"cust-{i}" for i in range(24)]
 NAMES = ["txn_count_10m", "amount_mean_1h"]
 # Fresh connections per round: the kernel spreads them over the two workers.
 CONNECTIONS = 8
-
-
-def make_events(count: int) -> list[dict[str, object]]:
-    rng = random.Random(11)
-    now = int(time.time() * 1000)
-    return [
-        {
-            "event_id": f"ev-{i}",
-            "customer_id": rng.choice(ENTITIES),
-            "ts": now - 300_000 + i * (290_000 // count),
-            "amount": round(rng.uniform(1, 400), 2),
-            "channel": rng.choice(["web", "pos", "atm"]),
-            "hour": rng.randrange(24),
-        }
-        for i in range(count)
-    ]
-
-
-def expected_of(events: list[dict[str, object]]) -> dict[str, tuple[int, float]]:
-    expected = {}
-    for entity in ENTITIES:
-        amounts = [float(e["amount"]) for e in events if e["customer_id"] == entity]  # type: ignore[arg-type]
-        expected[entity] = (len(amounts), sum(amounts) / len(amounts))
-    return expected
 
 
 def exact(
@@ -107,9 +83,9 @@ def test_two_feature_workers_answer_every_lookup_exactly_and_survive_a_kill(
         assert {"broker", "ingestion", "features", "features-2"} <= set(before)
         assert before["features"][0] != before["features-2"][0]
 
-        events = make_events(600)
+        events = make_payments(600, ENTITIES, seed=11)
         asyncio.run(produce_json(bootstrap, events[:300]))
-        expected = expected_of(events[:300])
+        expected = expected_aggregates(events[:300], ENTITIES)
         last: dict[str, object] = {}
 
         def both_workers_exact() -> bool:
@@ -189,7 +165,7 @@ def test_two_feature_workers_answer_every_lookup_exactly_and_survive_a_kill(
             120,
             "the supervisor to restart the second worker",
         )
-        expected = expected_of(events)
+        expected = expected_aggregates(events, ENTITIES)
         wait_until(both_workers_exact, 120, f"exact lookups after the kill ({last})")
     finally:
         up.send_signal(signal.SIGTERM)
