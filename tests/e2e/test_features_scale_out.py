@@ -100,7 +100,12 @@ def test_two_feature_workers_answer_every_lookup_exactly_and_survive_a_kill(
             last["exact"] = [exact(reply, expected) for reply, _ in replies]
             return all(last["exact"])  # type: ignore[arg-type]
 
-        wait_until(both_workers_exact, 120, f"exact lookups through the shared port ({last})")
+        try:
+            wait_until(both_workers_exact, 120, "exact lookups through the shared port")
+        except AssertionError:
+            raise AssertionError(
+                f"lookups not exact through the shared port; last round: {last}"
+            ) from None
         # Both workers answered, and each asked the other for what it owns.
         seen_workers: set[str] = set()
         routed: set[str] = set()
@@ -166,7 +171,10 @@ def test_two_feature_workers_answer_every_lookup_exactly_and_survive_a_kill(
             "the supervisor to restart the second worker",
         )
         expected = expected_aggregates(events, ENTITIES)
-        wait_until(both_workers_exact, 120, f"exact lookups after the kill ({last})")
+        try:
+            wait_until(both_workers_exact, 120, "exact lookups after the kill")
+        except AssertionError:
+            raise AssertionError(f"lookups not exact after the kill; last round: {last}") from None
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)

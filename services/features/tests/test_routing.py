@@ -87,7 +87,7 @@ async def start_worker(settings: Settings, math: FeatureMath) -> Worker:
         extra_addresses=["127.0.0.1:0"],
     )
     await server.start()
-    ownership.announce(f"127.0.0.1:{server.extra_ports[0]}")
+    ownership.announce("127.0.0.1", server.extra_ports[0])
     return Worker(app, server, ownership, states)
 
 
@@ -190,3 +190,14 @@ async def test_a_dead_owner_makes_its_entities_unavailable(
     mine = next(e for e in ENTITIES if partition_index(e.encode(), PARTITIONS) < 2)
     reply, _ = await lookup(first.route, [mine])
     assert counts(reply) == [(mine, ENTITIES.index(mine) + 1)]
+
+
+def test_a_worker_on_an_ipv6_address_is_dialled_in_brackets() -> None:
+    app = FakeApp()
+    ownership = Ownership(app, TOPIC, PARTITIONS)
+    ownership.announce("fd00::7", 50062)
+    assert ownership.me == "[fd00::7]:50062"
+    app.assignor.changelog_distribution = {
+        "http://[fd00::7]:50062": {TOPIC: list(range(PARTITIONS))}
+    }
+    assert ownership.owner("cust-1") == ownership.me

@@ -125,7 +125,7 @@ class FeatureStore:
         await self.server.set_serving(SERVICE_NAME, False)
         await self.server.set_serving("", False)
         # The group learns where this worker answers for its partitions.
-        self.routes.ownership.announce(f"{self.config.route_host}:{self.server.extra_ports[0]}")
+        self.routes.ownership.announce(self.config.route_host, self.server.extra_ports[0])
         log.info(
             "features_worker",
             worker=self.config.worker,

@@ -59,10 +59,10 @@ class Ownership:
         self._source: object | None = None
         self._owners: dict[int, str] = {}
 
-    def announce(self, address: str) -> None:
+    def announce(self, host: str, port: int) -> None:
         """Tell the group where this worker answers (before the app starts)."""
-        self.me = address
-        self._app.conf.canonical_url = f"http://{address}"
+        self.me = _join(host, port)
+        self._app.conf.canonical_url = f"http://{self.me}"
 
     def owner(self, entity_id: str) -> str:
         """The lookup address of the worker owning `entity_id` (maybe `me`);
@@ -90,7 +90,12 @@ class Ownership:
 
 def _address(url: str) -> str:
     parts = urlsplit(str(url))
-    return f"{parts.hostname}:{parts.port or 80}"
+    return _join(parts.hostname or "", parts.port or 80)
+
+
+def _join(host: str, port: int) -> str:
+    """`host:port` as gRPC dials it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Forwarder:
