@@ -125,7 +125,8 @@ class FeatureStore:
         await self.server.set_serving(SERVICE_NAME, False)
         await self.server.set_serving("", False)
         # The group learns where this worker answers for its partitions.
-        self.routes.ownership.announce(self.config.route_host, self.server.extra_ports[0])
+        route_port = self.server.extra_ports[0] if self.server.extra_ports else self.server.port
+        self.routes.ownership.announce(self.config.route_host, route_port)
         log.info(
             "features_worker",
             worker=self.config.worker,
@@ -259,7 +260,9 @@ def build(
         # Predict) but starts none of its own at thousands of calls a second.
         untraced_roots=[f"/{SERVICE_NAME}/GetOnlineFeatures"],
         reuse_port=config.reuse_port,
-        extra_addresses=[config.route_address],
+        # A port of its own only when the lookup port is shared or one is set;
+        # else the lookup port is this worker's alone and names it.
+        extra_addresses=[config.route_address] if config.own_route_port else [],
     )
     extra = {source_topic, offline_topic, deadletter_topic} - set(Topics.all())
     topics = [

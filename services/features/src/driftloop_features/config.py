@@ -28,11 +28,18 @@ class FeaturesSettings(BaseSettings):
     # the kernel spreads callers' connections over them.
     reuse_port: bool = False
     # Where the other workers reach this one for the entities it owns: a host
-    # they can dial (the pod IP in Kubernetes) and a port (0: any free one).
+    # they can dial (the pod IP in Kubernetes) and a port (0: the lookup port
+    # when it is not shared, else any free one).
     route_host: str = "127.0.0.1"
     route_port: int = Field(default=0, ge=0, le=65535)
     # How long a lookup forwarded to the owning worker may take.
     route_timeout_s: float = Field(default=2.0, gt=0)
+
+    @property
+    def own_route_port(self) -> bool:
+        """Whether this worker needs a port of its own to be reached by the
+        others: when it shares the lookup port, or when one is set."""
+        return self.reuse_port or self.route_port != 0
 
     @property
     def route_address(self) -> str:
