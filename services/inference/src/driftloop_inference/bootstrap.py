@@ -127,6 +127,7 @@ def build(
             features,
             publisher,
             decoded_cache=config.features_decoded_cache,
+            broker_check_s=config.features_broker_check_s,
         )
     elif config.features_source == "events" and publisher is not None:
         online = replica = EventsReplica(
@@ -135,6 +136,7 @@ def build(
             config.features_events_topic,
             features,
             publisher,
+            broker_check_s=config.features_broker_check_s,
         )
     sink = PredictionSink(publisher, config.predictions_topic, config.prediction_buffer)
     arena: ArenaHost | None = None
@@ -244,6 +246,9 @@ class InferenceService:
             await parts.replica.start()
             self._tasks.append(
                 asyncio.create_task(parts.replica.loop.run(), name="features-replica")
+            )
+            self._tasks.append(
+                asyncio.create_task(parts.replica.watch_broker(), name="features-replica-broker")
             )
         if parts.feed is not None:
             # Positioned at the end before the first Predict, so the arena sees

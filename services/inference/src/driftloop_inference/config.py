@@ -72,6 +72,9 @@ class InferenceSettings(BaseSettings):
     features_source: Literal["replica", "events", "remote"] = "remote"
     features_changelog: str = "driftloop-features-entities-changelog"
     features_events_topic: str = Topics.VALID
+    # How often a replica asks whether the broker is still the one it read (a
+    # restarted embedded broker is empty: the replica starts over).
+    features_broker_check_s: float = Field(default=2.0, gt=0)
     # Decoded entity states the replica keeps beside the encoded ones.
     features_decoded_cache: int = Field(default=10_000, ge=1)
     missing_features: MissingPolicy = "default"

@@ -144,6 +144,18 @@ class ConsumerLoop:
             await first_assignment(consumer, self.group_id, policy.assignment_timeout_s)
             self._first_assignment_done = True
 
+    async def rewind(self) -> int:
+        """Read every partition of the topics again from its beginning, as the
+        broker describes them now (a topic recreated on a new broker may have
+        other partitions); for a loop in no group (`StoredOffsets`). Records
+        fetched before are dropped with the old assignment. Returns how many
+        partitions are assigned."""
+        if not isinstance(self._policy, StoredOffsets) or self._consumer is None:
+            raise RuntimeError("only a started loop in no group can rewind")
+        self._positions.clear()
+        await assign_all(self._consumer, self._topics, {})
+        return len(self._consumer.assignment())
+
     def _build(self) -> Any:
         if isinstance(self._policy, StoredOffsets):
             return reader(self._settings, client_suffix=self._client_suffix, **self._options)

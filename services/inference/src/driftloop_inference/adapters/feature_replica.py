@@ -23,6 +23,13 @@ a lookup in-process with the same arithmetic (`driftloop_core.feature_math`).
 * **Until caught up, the feature store answers.** At start the replica notes
   the changelog's end offsets; until it has read up to them, lookups go over
   gRPC as before, so a restarted process never answers from a half-read table.
+* **A new broker is a new stream.** The embedded broker starts empty after a
+  restart, with a new cluster id, and the topic is written again from offset 0
+  (the store, restarted on it, counts from nothing). The replica asks the
+  broker's cluster id every `broker_check_s`; when it changes, lookups go to
+  the feature store again, and between two fetches the replica forgets every
+  state and reads the topic from its beginning, ready once caught up. Kept
+  states would refuse the new offsets as replays of positions already counted.
 * **Memory**: the encoded state of every entity (the JSON the store writes,
   1-60 KiB by activity) plus the decoded states of the most recently looked-up
   `decoded_cache` entities.
@@ -37,13 +44,16 @@ of memory per entity; it reads the topic from its beginning at start.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from driftloop.v1 import common_pb2, events_pb2
+from driftloop_core.broker import cluster_id
 from driftloop_core.feature_math import EntityState, FeatureMath
 from driftloop_core.featureset import FeatureSet
 from driftloop_core.kafka.loop import ConsumerLoop
@@ -79,8 +89,14 @@ class FeatureReplica:
         publisher: Publisher,
         *,
         decoded_cache: int = 10_000,
+        broker_check_s: float = 2.0,
     ) -> None:
         self._settings = settings
+        self._broker_check_s = broker_check_s
+        self._cluster: str | None = None
+        self._rewind_pending = False
+        self._next_rewind_at = 0.0
+        self.rewinds = 0
         self._math = FeatureMath(featureset)
         self._changelog = changelog
         self._remote = remote
@@ -98,6 +114,7 @@ class FeatureReplica:
             # Never used: the handler dead-letters nothing.
             publisher=publisher,
             handle_batch=self._apply,
+            after_poll=self._after_poll,
             policy=StoredOffsets(self._from_beginning, self._keep_nothing),
             client_suffix="features-replica",
             consumer_options={"fetch_max_wait_ms": FETCH_MAX_WAIT_MS},
@@ -112,17 +129,74 @@ class FeatureReplica:
         return len(self._encoded)
 
     async def start(self) -> None:
-        """Note where the changelog ends now, then start reading it from its beginning."""
-        self._ends = await latest_positions(self._settings, [self._changelog])
-        self._behind = {key for key, end in self._ends.items() if end > 0}
+        """Note the broker and where the topic ends now, then start reading it
+        from its beginning."""
+        self._cluster = await cluster_id(self._settings.kafka)
+        await self._note_ends()
         log.info(
             "feature_replica_starting",
-            changelog=self._changelog,
-            partitions=len(self._ends),
-            records=sum(self._ends.values()),
+            topic=self._changelog,
+            cluster_id=self._cluster,
+            partitions=len(self._ends or {}),
+            records=sum((self._ends or {}).values()),
         )
         self._check_ready()
         await self.loop.start()
+
+    async def _note_ends(self) -> None:
+        self._ends = await latest_positions(self._settings, [self._changelog])
+        self._behind = {key for key, end in self._ends.items() if end > 0}
+
+    async def watch_broker(self) -> None:
+        """Until cancelled: every `broker_check_s`, whether the broker is still
+        the one read from; a new one (a new cluster id) sends lookups back to
+        the feature store and the replica back to the topic's beginning."""
+        while True:
+            await asyncio.sleep(self._broker_check_s)
+            try:
+                current = await cluster_id(self._settings.kafka, timeout_s=self._broker_check_s)
+            except Exception as exc:  # noqa: BLE001 - a broker away is asked again later
+                log.debug("feature_replica_broker_unreachable", error=str(exc))
+                continue
+            if current and current != self._cluster:
+                log.warning(
+                    "feature_replica_new_broker",
+                    was=self._cluster,
+                    now=current,
+                    why="the topic starts over: states are read again from its beginning",
+                )
+                self._cluster = current
+                self.ready = False
+                self._rewind_pending = True  # done by the loop after its next poll
+
+    async def _rewind(self) -> None:
+        """Forget every state and read the topic again from its beginning, once
+        the new broker has the topic (until then, tried again every
+        `broker_check_s`)."""
+        if time.monotonic() < self._next_rewind_at:
+            return
+        self._next_rewind_at = time.monotonic() + self._broker_check_s
+        try:
+            ends = await latest_positions(self._settings, [self._changelog])
+            if not ends:
+                log.info("feature_replica_waiting_for_topic", topic=self._changelog)
+                return
+            partitions = await self.loop.rewind()
+        except KafkaError as exc:
+            log.warning("feature_replica_rewind_failed", error=str(exc))
+            return
+        self._rewind_pending = False
+        self._forget_all()
+        self.applied = 0
+        self._ends = ends
+        self._behind = {key for key, end in ends.items() if end > 0}
+        self.rewinds += 1
+        log.info("feature_replica_rewound", partitions=partitions, records=sum(ends.values()))
+        self._check_ready()
+
+    def _forget_all(self) -> None:
+        self._encoded.clear()
+        self._decoded.clear()
 
     async def close(self) -> None:
         await self._remote.close()
@@ -164,6 +238,20 @@ class FeatureReplica:
         return state
 
     async def _apply(self, records: Sequence[Record]) -> Sequence[PoisonMessage | None]:
+        """Count the records in hand; after a broker change, drop them: the
+        loop reads the topic again from its beginning after this poll."""
+        if not self._rewind_pending:
+            self._apply_records(records)
+            self._caught_up(records)
+        return [None] * len(records)
+
+    async def _after_poll(self) -> None:
+        # In the loop's own task, between two fetches: no batch is in hand, and
+        # records fetched for the old assignment are never handed out.
+        if self._rewind_pending:
+            await self._rewind()
+
+    def _apply_records(self, records: Sequence[Record]) -> None:
         for record in records:
             try:
                 entity_id = json.loads(record.key) if record.key is not None else None
@@ -178,8 +266,6 @@ class FeatureReplica:
             else:  # a tombstone: the entity is gone
                 self._encoded.pop(entity_id, None)
             self.applied += 1
-        self._caught_up(records)
-        return [None] * len(records)
 
     def _caught_up(self, records: Sequence[Record]) -> None:
         if not self.ready and records:
@@ -211,8 +297,12 @@ class EventsReplica(FeatureReplica):
         topic: str,
         remote: FeatureClient,
         publisher: Publisher,
+        *,
+        broker_check_s: float = 2.0,
     ) -> None:
-        super().__init__(settings, featureset, topic, remote, publisher)
+        super().__init__(
+            settings, featureset, topic, remote, publisher, broker_check_s=broker_check_s
+        )
         self._states: dict[str, EntityState] = {}
 
     @property
@@ -222,7 +312,10 @@ class EventsReplica(FeatureReplica):
     def _state(self, entity_id: str) -> EntityState | None:
         return self._states.get(entity_id)
 
-    async def _apply(self, records: Sequence[Record]) -> Sequence[PoisonMessage | None]:
+    def _forget_all(self) -> None:
+        self._states.clear()
+
+    def _apply_records(self, records: Sequence[Record]) -> None:
         now_ms = int(time.time() * 1000)
         for record in records:
             if record.headers.type != OBSERVED:
@@ -249,5 +342,3 @@ class EventsReplica(FeatureReplica):
                 position=(record.partition, record.offset),
             )
             self.applied += 1
-        self._caught_up(records)
-        return [None] * len(records)
