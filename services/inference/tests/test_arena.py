@@ -51,6 +51,8 @@ async def serve(settings: Settings, unique: str) -> AsyncIterator[Serve]:
             "follow_promotions": False,
             "retry_interval_s": 0.5,
             "registry_timeout_s": 1.0,
+            # Lookups go to the feature store standing in at `features_address`.
+            "features_source": "remote",
         }
         service = InferenceService(
             settings.for_service("inference"),

@@ -56,6 +56,7 @@ async def _serve_predict(
             predictions_topic=topic,
             follow_promotions=False,
             online_learners=(),
+            features_source="remote",  # the stand-in store at `features_address`
         ),
         "127.0.0.1:0",
         features_address=features_address,

@@ -34,6 +34,8 @@ async def _serve(
     """Inference serving the ONNX file at `path` (version from `config`, default 4),
     its lookups going to `features_address`; appended to `running` for the stop."""
     config.setdefault("model_file_version", 4)
+    # The feature store is the stand-in at `features_address`: lookups go to it.
+    config.setdefault("features_source", "remote")
     service = InferenceService(
         settings.for_service("inference"),
         InferenceSettings(

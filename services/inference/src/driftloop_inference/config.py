@@ -62,14 +62,14 @@ class InferenceSettings(BaseSettings):
     reuse_port: bool = False
     # Predict: feature store lookup deadline and the missing-feature policy.
     feature_lookup_timeout_s: float = Field(default=0.25, gt=0)
-    # Where Predict's online features come from: `remote` (one GetOnlineFeatures
-    # call per Predict) or `replica` (the feature store's entity changelog read
-    # into this process, see adapters/feature_replica.py; the feature store
-    # answers over gRPC until the replica has caught up), or `events` (the
-    # states counted in this process from `events.valid`, as the store counts
-    # them). Not the default yet: under a steady stream the changelog trails the
-    # store's table (README).
-    features_source: Literal["replica", "events", "remote"] = "remote"
+    # Where Predict's online features come from: `events` (the states counted
+    # in this process from `events.valid`, as the store counts them: the fast
+    # path, every entity in every process), `remote` (one GetOnlineFeatures
+    # call per Predict, one copy of the states) or `replica` (the feature
+    # store's entity changelog read into this process; it trails the store's
+    # table under a steady stream). A replica answers over gRPC until it has
+    # caught up (adapters/feature_replica.py).
+    features_source: Literal["replica", "events", "remote"] = "events"
     features_changelog: str = "driftloop-features-entities-changelog"
     features_events_topic: str = Topics.VALID
     # How often a replica asks whether the broker is still the one it read (a

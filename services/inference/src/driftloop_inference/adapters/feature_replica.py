@@ -17,9 +17,8 @@ a lookup in-process with the same arithmetic (`driftloop_core.feature_math`).
   the store's table by a few milliseconds (measured: 553 ms from `events.raw`
   to the changelog, 548 ms to a gRPC lookup, p50). Under the demo's steady
   stream it trails by more: 44% of Predicts saw an older state of the entity
-  than a gRPC lookup would have (3%). That is why `remote` stays the default
-  (`DRIFTLOOP_INFERENCE_FEATURES_SOURCE`) until the store publishes states
-  without the buffer's delay.
+  than a gRPC lookup would have (3%). That is why `events` (below) is the
+  default (`DRIFTLOOP_INFERENCE_FEATURES_SOURCE`), not this changelog copy.
 * **Until caught up, the feature store answers.** At start the replica notes
   the changelog's end offsets; until it has read up to them, lookups go over
   gRPC as before, so a restarted process never answers from a half-read table.
@@ -34,7 +33,7 @@ a lookup in-process with the same arithmetic (`driftloop_core.feature_math`).
   1-60 KiB by activity) plus the decoded states of the most recently looked-up
   `decoded_cache` entities.
 
-`EventsReplica` (`DRIFTLOOP_INFERENCE_FEATURES_SOURCE=events`) reads
+`EventsReplica` (`DRIFTLOOP_INFERENCE_FEATURES_SOURCE=events`, the default) reads
 `events.valid` instead, the stream the store itself counts, and counts every
 observation with the same arithmetic: its states are the store's, without the
 wait for the store's batch to reach the changelog. It costs what counting
