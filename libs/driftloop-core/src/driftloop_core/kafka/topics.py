@@ -30,6 +30,8 @@ class Topics:
     MODELS_TRAINED = "models.trained"
     MODELS_REGISTERED = "models.registered"
     MODELS_PROMOTED = "models.promoted"
+    # A candidate's rollout: started by the registry, judged by drift, ended by the registry.
+    MODELS_ROLLOUTS = "models.rollouts"
     # Point-in-time feature rows and labels, written by the feature store's
     # online side and turned into the offline Parquet log by its sink.
     FEATURES_OFFLINE = "features.offline"
@@ -70,6 +72,17 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     ),
     EventKind("driftloop.v1.TrainingRow", Topics.FEATURES_OFFLINE, "driftloop.features.row.v1"),
     EventKind("driftloop.v1.ModelPromoted", Topics.MODELS_PROMOTED, "driftloop.model.promoted.v1"),
+    EventKind(
+        "driftloop.v1.ModelRolloutStarted",
+        Topics.MODELS_ROLLOUTS,
+        "driftloop.model.rollout.started.v1",
+    ),
+    EventKind(
+        "driftloop.v1.RolloutJudged", Topics.MODELS_ROLLOUTS, "driftloop.model.rollout.judged.v1"
+    ),
+    EventKind(
+        "driftloop.v1.ModelRolloutEnded", Topics.MODELS_ROLLOUTS, "driftloop.model.rollout.ended.v1"
+    ),
 )
 _BY_MESSAGE = {kind.message: kind for kind in EVENT_KINDS}
 _BY_TYPE = {kind.ce_type: kind for kind in EVENT_KINDS}

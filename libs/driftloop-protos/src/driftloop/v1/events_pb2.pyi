@@ -30,6 +30,19 @@ class PromotionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROMOTION_KIND_UNSPECIFIED: _ClassVar[PromotionKind]
     PROMOTION_KIND_PROMOTE: _ClassVar[PromotionKind]
     PROMOTION_KIND_ROLLBACK: _ClassVar[PromotionKind]
+
+class RolloutVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_VERDICT_UNSPECIFIED: _ClassVar[RolloutVerdict]
+    ROLLOUT_VERDICT_PROMOTE: _ClassVar[RolloutVerdict]
+    ROLLOUT_VERDICT_REJECT: _ClassVar[RolloutVerdict]
+
+class RolloutOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_OUTCOME_UNSPECIFIED: _ClassVar[RolloutOutcome]
+    ROLLOUT_OUTCOME_PROMOTED: _ClassVar[RolloutOutcome]
+    ROLLOUT_OUTCOME_REJECTED: _ClassVar[RolloutOutcome]
+    ROLLOUT_OUTCOME_SUPERSEDED: _ClassVar[RolloutOutcome]
 DRIFT_KIND_UNSPECIFIED: DriftKind
 DRIFT_KIND_PERFORMANCE: DriftKind
 DRIFT_KIND_DATA: DriftKind
@@ -40,6 +53,13 @@ TRAINING_TRIGGER_MANUAL: TrainingTrigger
 PROMOTION_KIND_UNSPECIFIED: PromotionKind
 PROMOTION_KIND_PROMOTE: PromotionKind
 PROMOTION_KIND_ROLLBACK: PromotionKind
+ROLLOUT_VERDICT_UNSPECIFIED: RolloutVerdict
+ROLLOUT_VERDICT_PROMOTE: RolloutVerdict
+ROLLOUT_VERDICT_REJECT: RolloutVerdict
+ROLLOUT_OUTCOME_UNSPECIFIED: RolloutOutcome
+ROLLOUT_OUTCOME_PROMOTED: RolloutOutcome
+ROLLOUT_OUTCOME_REJECTED: RolloutOutcome
+ROLLOUT_OUTCOME_SUPERSEDED: RolloutOutcome
 
 class Observation(_message.Message):
     __slots__ = ("event_id", "entity_id", "event_time", "values", "label", "ingested_at", "feature_set")
@@ -119,7 +139,7 @@ class DeadLetter(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., field: _Optional[str] = ..., rule: _Optional[str] = ..., payload: _Optional[bytes] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[KafkaHeader, _Mapping]]] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key: _Optional[bytes] = ..., service: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("event_id", "entity_id", "model", "model_version", "label", "probability", "features", "defaults_applied", "event_time", "predicted_at", "latency", "learner", "champion")
+    __slots__ = ("event_id", "entity_id", "model", "model_version", "label", "probability", "features", "defaults_applied", "event_time", "predicted_at", "latency", "learner", "champion", "shadow", "rollout_id")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +160,8 @@ class Prediction(_message.Message):
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     LEARNER_FIELD_NUMBER: _ClassVar[int]
     CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     entity_id: str
     model: str
@@ -153,7 +175,9 @@ class Prediction(_message.Message):
     latency: _duration_pb2.Duration
     learner: str
     champion: ShadowAnswer
-    def __init__(self, event_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., label: _Optional[int] = ..., probability: _Optional[float] = ..., features: _Optional[_Mapping[str, _common_pb2.FeatureValue]] = ..., defaults_applied: _Optional[_Iterable[str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., predicted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., learner: _Optional[str] = ..., champion: _Optional[_Union[ShadowAnswer, _Mapping]] = ...) -> None: ...
+    shadow: bool
+    rollout_id: str
+    def __init__(self, event_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., label: _Optional[int] = ..., probability: _Optional[float] = ..., features: _Optional[_Mapping[str, _common_pb2.FeatureValue]] = ..., defaults_applied: _Optional[_Iterable[str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., predicted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., learner: _Optional[str] = ..., champion: _Optional[_Union[ShadowAnswer, _Mapping]] = ..., shadow: _Optional[bool] = ..., rollout_id: _Optional[str] = ...) -> None: ...
 
 class ShadowAnswer(_message.Message):
     __slots__ = ("model_version", "label", "probability")
@@ -362,3 +386,95 @@ class ModelPromoted(_message.Message):
     promoted_at: _timestamp_pb2.Timestamp
     artifact: _common_pb2.Artifact
     def __init__(self, promotion_id: _Optional[str] = ..., model: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., alias: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[PromotionKind, str]] = ..., promoted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ...) -> None: ...
+
+class RolloutPolicy(_message.Message):
+    __slots__ = ("min_paired", "max_duration", "alpha", "beta", "effect")
+    MIN_PAIRED_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    EFFECT_FIELD_NUMBER: _ClassVar[int]
+    min_paired: int
+    max_duration: _duration_pb2.Duration
+    alpha: float
+    beta: float
+    effect: float
+    def __init__(self, min_paired: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., effect: _Optional[float] = ...) -> None: ...
+
+class ModelRolloutStarted(_message.Message):
+    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "artifact", "reason", "started_at", "policy")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    model: str
+    candidate_version: int
+    champion_version: int
+    artifact: _common_pb2.Artifact
+    reason: str
+    started_at: _timestamp_pb2.Timestamp
+    policy: RolloutPolicy
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., artifact: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy: _Optional[_Union[RolloutPolicy, _Mapping]] = ...) -> None: ...
+
+class RolloutFigures(_message.Message):
+    __slots__ = ("paired", "champion_errors", "candidate_errors", "champion_only_right", "candidate_only_right", "p_value", "log_likelihood_ratio")
+    PAIRED_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_ONLY_RIGHT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ONLY_RIGHT_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LOG_LIKELIHOOD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    paired: int
+    champion_errors: int
+    candidate_errors: int
+    champion_only_right: int
+    candidate_only_right: int
+    p_value: float
+    log_likelihood_ratio: float
+    def __init__(self, paired: _Optional[int] = ..., champion_errors: _Optional[int] = ..., candidate_errors: _Optional[int] = ..., champion_only_right: _Optional[int] = ..., candidate_only_right: _Optional[int] = ..., p_value: _Optional[float] = ..., log_likelihood_ratio: _Optional[float] = ...) -> None: ...
+
+class RolloutJudged(_message.Message):
+    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "verdict", "reason", "figures", "judged_at")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    JUDGED_AT_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    model: str
+    candidate_version: int
+    champion_version: int
+    verdict: RolloutVerdict
+    reason: str
+    figures: RolloutFigures
+    judged_at: _timestamp_pb2.Timestamp
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., verdict: _Optional[_Union[RolloutVerdict, str]] = ..., reason: _Optional[str] = ..., figures: _Optional[_Union[RolloutFigures, _Mapping]] = ..., judged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ModelRolloutEnded(_message.Message):
+    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "outcome", "reason", "figures", "ended_at")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    model: str
+    candidate_version: int
+    champion_version: int
+    outcome: RolloutOutcome
+    reason: str
+    figures: RolloutFigures
+    ended_at: _timestamp_pb2.Timestamp
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., outcome: _Optional[_Union[RolloutOutcome, str]] = ..., reason: _Optional[str] = ..., figures: _Optional[_Union[RolloutFigures, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
