@@ -75,6 +75,7 @@ from driftloop_core.broker import free_port
 from driftloop_core.featureset import FeatureSet, default_featureset_path, load_featureset
 from driftloop_core.kafka import Publisher
 from driftloop_core.settings import Endpoints, Settings
+from driftloop_inference.config import InferenceSettings
 from driftloop_trainer.onnx_model import (
     OnnxClassifier,
     check_parity,
@@ -1028,7 +1029,10 @@ def predict_verdict(by_key: dict[tuple[str, str, int], Any], console: Any) -> di
     predict = by_key.get(("predict", PYTHON_CLIENT, c16))
     one = by_key.get(("predict", PYTHON_CLIENT, 1))
     many = by_key.get(("predict", PYTHON_CLIENT, 64))
-    source = os.environ.get("DRIFTLOOP_INFERENCE_FEATURES_SOURCE", "remote")
+    source = os.environ.get(
+        "DRIFTLOOP_INFERENCE_FEATURES_SOURCE",
+        InferenceSettings.model_fields["features_source"].default,
+    )
     if not (infer and predict and one and many and infer.requests_per_s > 0):
         console.print("Predict target: not evaluated (needs c1, c16 and c64 cells)")
         return {}
