@@ -20,6 +20,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ from google.protobuf.message import Message
 from onnx import TensorProto, helper
 from pydantic import SecretStr
 from sqlalchemy import create_engine, text
+
+# Test modules import the shared stand-ins (`fakes.py`) by module name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TOKEN = "s3cret-admin-token"
 READ_TOKEN = "s3cret-read-token"

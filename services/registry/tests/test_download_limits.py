@@ -145,6 +145,10 @@ async def test_names_over_256_bytes_are_refused_before_any_lookup(
                 lambda m: stub.ListAliasHistory(registry_pb2.ListAliasHistoryRequest(model=m)),
             ),
             (
+                "ListRollouts",
+                lambda m: stub.ListRollouts(registry_pb2.ListRolloutsRequest(model=m)),
+            ),
+            (
                 "Promote",
                 lambda m: stub.Promote(
                     registry_pb2.PromoteRequest(model=m, version=1, reason="test")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -12,40 +11,7 @@ from driftloop_registry.adapters.schema import open_engine
 from driftloop_registry.adapters.store import SqlRegistryStore
 from driftloop_registry.domain import GatePolicy
 from driftloop_registry.handlers import InvalidArtifactError, Registry
-from google.protobuf.message import Message
-
-
-class FakeArtifacts:
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def put(self, data: bytes) -> common_pb2.Artifact:
-        digest = hashlib.sha256(data).hexdigest()
-        self.blobs[digest] = data
-        return common_pb2.Artifact(uri=f"mem:{digest}", sha256=digest, size_bytes=len(data))
-
-    def get(self, artifact: common_pb2.Artifact) -> bytes:
-        data = self.blobs[artifact.sha256]
-        if hashlib.sha256(data).hexdigest() != artifact.sha256:
-            raise ArtifactDigestError(f"artifact sha256 mismatch: expected {artifact.sha256}")
-        return data
-
-
-class FlakyPublisher:
-    """Records what was published; fails the first `failures` calls like a broker outage."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.sent: list[tuple[str, str | None, Message]] = []
-
-    async def publish_event(
-        self, message: Message, *, key: str | bytes | None, event_id: str | None = None
-    ) -> object:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("broker down")
-        self.sent.append((type(message).__name__, event_id, message))
-        return None
+from fakes import FakeArtifacts, FlakyPublisher, onnx_like
 
 
 def registry(tmp_path: Path, publisher: FlakyPublisher) -> tuple[Registry, FakeArtifacts]:
@@ -58,11 +24,6 @@ def trained(artifact: common_pb2.Artifact, request_id: str = "r1") -> events_pb2
     return events_pb2.ModelTrained(
         request_id=request_id, model="payments", artifact=artifact, metrics={"roc_auc": 0.8}
     )
-
-
-def onnx_like() -> bytes:
-    # A ModelProto with only ir_version set: valid protobuf, what onnx parses.
-    return b"\x08\x08"
 
 
 async def test_events_left_unpublished_by_a_failure_go_out_once_with_their_ids(

@@ -40,7 +40,7 @@ from driftloop_registry.adapters.schema import create_schema, make_engine
 from driftloop_registry.adapters.store import SqlRegistryStore
 from driftloop_registry.config import RegistrySettings
 from driftloop_registry.entrypoints.grpc import RegistryServicer
-from driftloop_registry.entrypoints.kafka import TrainedHandler
+from driftloop_registry.entrypoints.kafka import RegistryHandler
 from driftloop_registry.handlers import Registry
 
 log = structlog.get_logger(__name__)
@@ -62,13 +62,19 @@ def build(settings: Settings, config: RegistrySettings) -> Parts:
     """The registry's parts, wired; nothing connects and no task starts here."""
     store = SqlRegistryStore(make_engine(config.url_for(settings)))
     publisher = Publisher(settings)
-    registry = Registry(store, ArtifactStore.from_settings(settings), publisher, config.gate)
+    registry = Registry(
+        store,
+        ArtifactStore.from_settings(settings),
+        publisher,
+        config.gate,
+        config.rollout_policy,
+    )
     servicer = RegistryServicer(registry, Authorizer(settings), config.chunk_size)
     consumer = ConsumerLoop(
         settings,
-        topics=[config.source_topic],
+        topics=[config.source_topic, config.rollouts_topic],
         group_id=config.group_id,
-        handle=TrainedHandler(registry),
+        handle=RegistryHandler(registry, config.rollouts_topic),
         publisher=publisher,
         deadletter_topic=config.deadletter_topic,
     )
@@ -115,6 +121,7 @@ class RegistryService:
             [
                 *default_topic_specs(kafka),
                 TopicSpec(self.config.source_topic, kafka.partitions, kafka.replication_factor),
+                TopicSpec(self.config.rollouts_topic, kafka.partitions, kafka.replication_factor),
                 TopicSpec(self.config.deadletter_topic, kafka.partitions, kafka.replication_factor),
             ],
         )

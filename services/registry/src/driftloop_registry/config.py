@@ -8,14 +8,14 @@ lives in SQLite under `DRIFTLOOP_HOME/registry/`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from driftloop_core.kafka.topics import Topics
 from driftloop_core.settings import Settings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from driftloop_registry.domain import GatePolicy
+from driftloop_registry.domain import GatePolicy, RolloutPolicy
 
 
 class RegistrySettings(BaseSettings):
@@ -29,8 +29,20 @@ class RegistrySettings(BaseSettings):
     min_improvement: float = Field(default=0.005, ge=0)
     # False for metrics where lower is better (log_loss, calibration_error).
     higher_is_better: bool = True
+    # `off`: a candidate the gate admits takes the champion alias at once.
+    # `shadow`: it starts a rollout instead; inference scores live traffic
+    # with it beside the champion, drift judges the labelled outcomes, and the
+    # registry promotes or rejects it on that verdict.
+    rollout: Literal["off", "shadow"] = "off"
+    # The live judge's rule (services/drift/README.md, "Judging a rollout").
+    rollout_min_paired: int = Field(default=200, ge=1)
+    rollout_max_duration_s: float = Field(default=3600.0, gt=0)
+    rollout_alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    rollout_beta: float = Field(default=0.1, gt=0, lt=0.5)
+    rollout_effect: float = Field(default=0.15, gt=0, lt=0.5)
     group_id: str = "driftloop-registry"
     source_topic: str = Topics.MODELS_TRAINED
+    rollouts_topic: str = Topics.MODELS_ROLLOUTS
     deadletter_topic: str = Topics.DEADLETTER
     # Bytes per DownloadArtifact chunk when the caller does not choose; kept
     # within 64 KiB..4 MiB like a caller's choice (entrypoints.grpc.MIN_CHUNK).
@@ -41,6 +53,18 @@ class RegistrySettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{settings.home / 'registry' / 'registry.db'}"
+
+    @property
+    def rollout_policy(self) -> RolloutPolicy | None:
+        if self.rollout == "off":
+            return None
+        return RolloutPolicy(
+            min_paired=self.rollout_min_paired,
+            max_duration_s=self.rollout_max_duration_s,
+            alpha=self.rollout_alpha,
+            beta=self.rollout_beta,
+            effect=self.rollout_effect,
+        )
 
     @property
     def gate(self) -> GatePolicy:

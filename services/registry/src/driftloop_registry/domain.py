@@ -169,14 +169,72 @@ class ModelVersion:
     registered_event_id: str
 
 
+class Stage(enum.StrEnum):
+    """Where a rollout stands: open while `SHADOW`, then how it ended."""
+
+    SHADOW = "shadow"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+
+
+ROLLOUT_ACTOR = "rollout"
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How the live judge (drift) decides a rollout; carried on
+    ModelRolloutStarted so every judge applies the registry's settings."""
+
+    min_paired: int = 200
+    max_duration_s: float = 3600.0
+    alpha: float = 0.05
+    beta: float = 0.1
+    effect: float = 0.15
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A candidate on trial against the champion on live traffic."""
+
+    rollout_id: str
+    model: str
+    candidate_version: int
+    champion_version: int
+    stage: Stage
+    gate_reason: str
+    policy: RolloutPolicy
+    started_at: datetime
+    ended_at: datetime | None = None
+    end_reason: str = ""
+    figures: dict[str, float] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.stage is Stage.SHADOW
+
+
 @dataclass(frozen=True)
 class Registration:
     """The outcome of registering a ModelTrained: the version, and the alias change
-    the gate made (None when it stayed a candidate). `created` is False on replay."""
+    the gate made (None when it stayed a candidate). `created` is False on replay.
+    With rollouts on, a candidate the gate admits starts `rollout` instead of
+    moving the alias, ending the rollout it `superseded`, if any."""
 
     version: ModelVersion
     change: AliasChange | None
     created: bool
+    rollout: Rollout | None = None
+    superseded: Rollout | None = None
+
+
+@dataclass(frozen=True)
+class RolloutEnd:
+    """A rollout ended by a verdict: the rollout as it ended, and the alias
+    change a promotion made (None otherwise)."""
+
+    rollout: Rollout
+    change: AliasChange | None
 
 
 @dataclass(frozen=True)

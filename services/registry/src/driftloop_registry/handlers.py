@@ -35,6 +35,9 @@ from driftloop_registry.domain import (
     NotFoundError,
     Registration,
     RegistryError,
+    Rollout,
+    RolloutEnd,
+    RolloutPolicy,
 )
 from driftloop_registry.metrics import CHAMPION_VERSION, PROMOTIONS, VERSIONS
 from driftloop_registry.ports import ArtifactReader, EventPublisher, RegistryStore
@@ -54,11 +57,14 @@ class Registry:
         artifacts: ArtifactReader,
         events: EventPublisher,
         policy: GatePolicy,
+        rollout: RolloutPolicy | None = None,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._events = events
         self._policy = policy
+        # None: the gate moves the alias itself; else it starts rollouts.
+        self._rollout = rollout
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ writes
@@ -84,7 +90,9 @@ class Registry:
         data = await asyncio.to_thread(self._artifacts.get, trained.artifact)
         self._check_artifact(trained, data)
         async with self._lock:
-            registration = await asyncio.to_thread(self._store.register, trained, self._policy)
+            registration = await asyncio.to_thread(
+                self._store.register, trained, self._policy, self._rollout
+            )
         registered = registration.version
         log.info(
             "model_version_registered",
@@ -97,9 +105,80 @@ class Registry:
         )
         if registration.created:
             await self._publish_registered(registered)
+            if registration.superseded is not None:
+                await self._publish_rollout_ended(registration.superseded)
+            if registration.rollout is not None:
+                log.info(
+                    "rollout_started",
+                    model=registered.model,
+                    candidate=registered.version,
+                    champion=registration.rollout.champion_version,
+                    rollout_id=registration.rollout.rollout_id,
+                )
+                await self._publish_rollout_started(registration.rollout)
             if registration.change is not None:
                 await self._publish_promoted(registration.change, registered)
         return registration
+
+    async def judged(self, verdict: events_pb2.RolloutJudged) -> RolloutEnd | None:
+        """Apply a rollout's live verdict: promote or reject its candidate and
+        end the rollout. A verdict for a rollout already ended changes nothing."""
+        if not verdict.rollout_id:
+            raise InvalidRequestError(
+                "rollout_id: must not be empty", field="rollout_id", rule="required"
+            )
+        if verdict.verdict == events_pb2.ROLLOUT_VERDICT_UNSPECIFIED:
+            raise InvalidRequestError(
+                "verdict: must be PROMOTE or REJECT", field="verdict", rule="enum"
+            )
+        promote = verdict.verdict == events_pb2.ROLLOUT_VERDICT_PROMOTE
+        async with self._lock:
+            end = await asyncio.to_thread(
+                self._store.judge,
+                verdict.rollout_id,
+                promote=promote,
+                reason=verdict.reason,
+                figures=messages.figures_of(verdict.figures),
+            )
+        if end is None:
+            log.info("rollout_verdict_ignored", rollout_id=verdict.rollout_id, why="not open")
+            return None
+        rollout = end.rollout
+        log.info(
+            "rollout_ended",
+            model=rollout.model,
+            candidate=rollout.candidate_version,
+            stage=rollout.stage,
+            reason=rollout.end_reason,
+        )
+        if end.change is not None:
+            target = await asyncio.to_thread(
+                self._store.get, rollout.model, rollout.candidate_version
+            )
+            await self._publish_promoted(end.change, target)
+        await self._publish_rollout_ended(rollout)
+        return end
+
+    async def rollouts(self, model: str = "") -> list[Rollout]:
+        check_name("model", model, required=False)
+        return await asyncio.to_thread(self._store.rollouts, model)
+
+    async def _publish_rollout_started(self, rollout: Rollout) -> None:
+        candidate = await asyncio.to_thread(
+            self._store.get, rollout.model, rollout.candidate_version
+        )
+        event = messages.rollout_started(rollout, candidate)
+        await self._events.publish_event(
+            event, key=rollout.model, event_id=f"{rollout.rollout_id}-started"
+        )
+        await asyncio.to_thread(self._store.mark_rollout, rollout.rollout_id, started=True)
+
+    async def _publish_rollout_ended(self, rollout: Rollout) -> None:
+        event = messages.rollout_ended(rollout)
+        await self._events.publish_event(
+            event, key=rollout.model, event_id=f"{rollout.rollout_id}-ended"
+        )
+        await asyncio.to_thread(self._store.mark_rollout, rollout.rollout_id, ended=True)
 
     @staticmethod
     def _check_artifact(trained: events_pb2.ModelTrained, data: bytes) -> None:
@@ -155,14 +234,26 @@ class Registry:
         """Publish what was committed but never acknowledged; returns how many."""
         async with self._lock:
             versions, changes = await asyncio.to_thread(self._store.unpublished)
+            started, ended = await asyncio.to_thread(self._store.unpublished_rollouts)
         for registered in versions:
             await self._publish_registered(registered)
         for change in changes:
             target = await asyncio.to_thread(self._store.get, change.model, change.to_version)
             await self._publish_promoted(change, target)
-        if versions or changes:
-            log.info("outbox_flushed", registered=len(versions), promoted=len(changes))
-        return len(versions) + len(changes)
+        for rollout in started:
+            await self._publish_rollout_started(rollout)
+        for rollout in ended:
+            await self._publish_rollout_ended(rollout)
+        total = len(versions) + len(changes) + len(started) + len(ended)
+        if total:
+            log.info(
+                "outbox_flushed",
+                registered=len(versions),
+                promoted=len(changes),
+                rollouts_started=len(started),
+                rollouts_ended=len(ended),
+            )
+        return total
 
     async def _publish_registered(self, registered: ModelVersion) -> None:
         event = messages.model_registered(registered)

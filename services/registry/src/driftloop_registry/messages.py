@@ -5,12 +5,25 @@ from __future__ import annotations
 from driftloop.v1 import common_pb2, events_pb2, registry_pb2
 from google.protobuf import json_format
 
-from driftloop_registry.domain import CHAMPION, AliasChange, Kind, ModelVersion, Status
+from driftloop_registry.domain import (
+    CHAMPION,
+    AliasChange,
+    Kind,
+    ModelVersion,
+    Rollout,
+    Stage,
+    Status,
+)
 
 STATUS = {
     Status.CANDIDATE: common_pb2.MODEL_VERSION_STATUS_CANDIDATE,
     Status.CHAMPION: common_pb2.MODEL_VERSION_STATUS_CHAMPION,
     Status.ARCHIVED: common_pb2.MODEL_VERSION_STATUS_ARCHIVED,
+}
+OUTCOME = {
+    Stage.PROMOTED: events_pb2.ROLLOUT_OUTCOME_PROMOTED,
+    Stage.REJECTED: events_pb2.ROLLOUT_OUTCOME_REJECTED,
+    Stage.SUPERSEDED: events_pb2.ROLLOUT_OUTCOME_SUPERSEDED,
 }
 KIND = {
     Kind.PROMOTE: events_pb2.PROMOTION_KIND_PROMOTE,
@@ -93,4 +106,82 @@ def model_promoted(change: AliasChange, target: ModelVersion) -> events_pb2.Mode
     if change.from_version is not None:
         message.from_version = change.from_version
     message.promoted_at.FromDatetime(change.at)
+    return message
+
+
+def rollout_policy(rollout: Rollout) -> events_pb2.RolloutPolicy:
+    policy = rollout.policy
+    message = events_pb2.RolloutPolicy(
+        min_paired=policy.min_paired, alpha=policy.alpha, beta=policy.beta, effect=policy.effect
+    )
+    message.max_duration.FromMilliseconds(int(policy.max_duration_s * 1000))
+    return message
+
+
+def rollout_started(rollout: Rollout, candidate: ModelVersion) -> events_pb2.ModelRolloutStarted:
+    message = events_pb2.ModelRolloutStarted(
+        rollout_id=rollout.rollout_id,
+        model=rollout.model,
+        candidate_version=rollout.candidate_version,
+        champion_version=rollout.champion_version,
+        artifact=artifact_of(candidate),
+        reason=rollout.gate_reason,
+        policy=rollout_policy(rollout),
+    )
+    message.started_at.FromDatetime(rollout.started_at)
+    return message
+
+
+def rollout_figures(figures: dict[str, float] | None) -> events_pb2.RolloutFigures | None:
+    """The figures a verdict carried, as stored (field name -> value)."""
+    if figures is None:
+        return None
+    known = set(events_pb2.RolloutFigures.DESCRIPTOR.fields_by_name)
+    message = events_pb2.RolloutFigures()
+    for name, value in figures.items():
+        if name in known:
+            field = events_pb2.RolloutFigures.DESCRIPTOR.fields_by_name[name]
+            is_int = field.type in (field.TYPE_INT64, field.TYPE_INT32)
+            setattr(message, name, int(value) if is_int else float(value))
+    return message
+
+
+def figures_of(message: events_pb2.RolloutFigures) -> dict[str, float]:
+    return {field.name: value for field, value in message.ListFields()}
+
+
+def rollout_ended(rollout: Rollout) -> events_pb2.ModelRolloutEnded:
+    message = events_pb2.ModelRolloutEnded(
+        rollout_id=rollout.rollout_id,
+        model=rollout.model,
+        candidate_version=rollout.candidate_version,
+        champion_version=rollout.champion_version,
+        outcome=OUTCOME[rollout.stage],
+        reason=rollout.end_reason,
+    )
+    figures = rollout_figures(rollout.figures)
+    if figures is not None:
+        message.figures.CopyFrom(figures)
+    if rollout.ended_at is not None:
+        message.ended_at.FromDatetime(rollout.ended_at)
+    return message
+
+
+def rollout(rollout: Rollout) -> registry_pb2.Rollout:
+    message = registry_pb2.Rollout(
+        rollout_id=rollout.rollout_id,
+        model=rollout.model,
+        candidate_version=rollout.candidate_version,
+        champion_version=rollout.champion_version,
+        stage=rollout.stage.value,
+        gate_reason=rollout.gate_reason,
+        end_reason=rollout.end_reason,
+        policy=rollout_policy(rollout),
+    )
+    message.started_at.FromDatetime(rollout.started_at)
+    if rollout.ended_at is not None:
+        message.ended_at.FromDatetime(rollout.ended_at)
+    figures = rollout_figures(rollout.figures)
+    if figures is not None:
+        message.figures.CopyFrom(figures)
     return message

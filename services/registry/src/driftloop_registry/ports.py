@@ -21,6 +21,9 @@ from driftloop_registry.domain import (
     ModelStats,
     ModelVersion,
     Registration,
+    Rollout,
+    RolloutEnd,
+    RolloutPolicy,
 )
 
 
@@ -45,8 +48,22 @@ class RegistryStore(Protocol):
 
     def history(self, model: str, alias: str = CHAMPION) -> list[AliasChange]: ...
 
-    def register(self, trained: events_pb2.ModelTrained, policy: GatePolicy) -> Registration:
-        """The next version, once per (model, request id), with the gate's decision."""
+    def rollouts(self, model: str = "") -> list[Rollout]: ...
+
+    def register(
+        self,
+        trained: events_pb2.ModelTrained,
+        policy: GatePolicy,
+        rollout: RolloutPolicy | None = None,
+    ) -> Registration:
+        """The next version, once per (model, request id), with the gate's
+        decision; with `rollout`, an admitted candidate starts a rollout."""
+        ...
+
+    def judge(
+        self, rollout_id: str, *, promote: bool, reason: str, figures: dict[str, float]
+    ) -> RolloutEnd | None:
+        """End an open rollout on its verdict; None when unknown or already ended."""
         ...
 
     def promote(
@@ -64,6 +81,12 @@ class RegistryStore(Protocol):
     def mark_registered(self, model: str, version: int) -> None: ...
 
     def mark_promoted(self, promotion_id: str) -> None: ...
+
+    def unpublished_rollouts(self) -> tuple[list[Rollout], list[Rollout]]: ...
+
+    def mark_rollout(
+        self, rollout_id: str, *, started: bool = False, ended: bool = False
+    ) -> None: ...
 
 
 class EventPublisher(Protocol):

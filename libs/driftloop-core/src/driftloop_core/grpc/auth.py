@@ -110,6 +110,7 @@ METHOD_ROLES: Mapping[str, Role | None] = {
     _REGISTRY + "GetVersion": Role.READ,
     _REGISTRY + "GetChampion": Role.READ,
     _REGISTRY + "ListAliasHistory": Role.READ,
+    _REGISTRY + "ListRollouts": Role.READ,
     _REGISTRY + "DownloadArtifact": Role.READ,
     _REGISTRY + "Promote": Role.ADMIN,
     _REGISTRY + "Rollback": Role.ADMIN,

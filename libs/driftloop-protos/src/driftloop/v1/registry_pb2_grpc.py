@@ -77,6 +77,11 @@ class RegistryServiceStub:
                 request_serializer=driftloop_dot_v1_dot_registry__pb2.ListAliasHistoryRequest.SerializeToString,
                 response_deserializer=driftloop_dot_v1_dot_registry__pb2.ListAliasHistoryResponse.FromString,
                 _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/driftloop.v1.RegistryService/ListRollouts',
+                request_serializer=driftloop_dot_v1_dot_registry__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=driftloop_dot_v1_dot_registry__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -141,6 +146,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRollouts(self, request, context):
+        """Rollouts of one model or of all, newest first: stage, outcome and live figures.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +195,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListAliasHistory,
                     request_deserializer=driftloop_dot_v1_dot_registry__pb2.ListAliasHistoryRequest.FromString,
                     response_serializer=driftloop_dot_v1_dot_registry__pb2.ListAliasHistoryResponse.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=driftloop_dot_v1_dot_registry__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=driftloop_dot_v1_dot_registry__pb2.ListRolloutsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +421,33 @@ class RegistryService:
             '/driftloop.v1.RegistryService/ListAliasHistory',
             driftloop_dot_v1_dot_registry__pb2.ListAliasHistoryRequest.SerializeToString,
             driftloop_dot_v1_dot_registry__pb2.ListAliasHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftloop.v1.RegistryService/ListRollouts',
+            driftloop_dot_v1_dot_registry__pb2.ListRolloutsRequest.SerializeToString,
+            driftloop_dot_v1_dot_registry__pb2.ListRolloutsResponse.FromString,
             options,
             channel_credentials,
             insecure,

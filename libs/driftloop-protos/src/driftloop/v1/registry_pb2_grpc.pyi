@@ -54,6 +54,8 @@ class RegistryServiceStub:
     """Streams an artifact's bytes in chunks; each chunk carries the digest and size."""
     ListAliasHistory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAliasHistoryRequest, _registry_pb2.ListAliasHistoryResponse]
     """Every change of an alias, oldest first: who, when, why, from and to."""
+    ListRollouts: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListRolloutsRequest, _registry_pb2.ListRolloutsResponse]
+    """Rollouts of one model or of all, newest first: stage, outcome and live figures."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -79,6 +81,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Streams an artifact's bytes in chunks; each chunk carries the digest and size."""
     ListAliasHistory: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAliasHistoryRequest, _registry_pb2.ListAliasHistoryResponse]  # type: ignore[assignment]
     """Every change of an alias, oldest first: who, when, why, from and to."""
+    ListRollouts: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListRolloutsRequest, _registry_pb2.ListRolloutsResponse]  # type: ignore[assignment]
+    """Rollouts of one model or of all, newest first: stage, outcome and live figures."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads the model registry, moves the champion alias and streams artifacts.
@@ -149,5 +153,13 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListAliasHistoryResponse, _abc.Awaitable[_registry_pb2.ListAliasHistoryResponse]]:
         """Every change of an alias, oldest first: who, when, why, from and to."""
+
+    @_abc_1.abstractmethod
+    def ListRollouts(
+        self,
+        request: _registry_pb2.ListRolloutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListRolloutsResponse, _abc.Awaitable[_registry_pb2.ListRolloutsResponse]]:
+        """Rollouts of one model or of all, newest first: stage, outcome and live figures."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

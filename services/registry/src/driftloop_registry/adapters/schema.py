@@ -34,7 +34,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from driftloop_registry.domain import AliasChange, GateDecision, Kind, ModelVersion, Status
+from driftloop_registry.domain import (
+    AliasChange,
+    GateDecision,
+    Kind,
+    ModelVersion,
+    Rollout,
+    RolloutPolicy,
+    Stage,
+    Status,
+)
 
 _ONE_CHAMPION = text("status = 'champion'")
 
@@ -112,6 +121,43 @@ class AliasRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     published: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RolloutRow(Base):
+    """A rollout, and whether its started and ended events are published (the outbox)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    candidate_version: Mapped[int] = mapped_column(BigInteger)
+    champion_version: Mapped[int] = mapped_column(BigInteger)
+    stage: Mapped[str] = mapped_column(String(16))
+    gate_reason: Mapped[str] = mapped_column(Text, default="")
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    end_reason: Mapped[str] = mapped_column(Text, default="")
+    figures: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    started_published: Mapped[bool] = mapped_column(Boolean, default=False)
+    ended_published: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+def rollout_of(row: RolloutRow) -> Rollout:
+    return Rollout(
+        rollout_id=row.rollout_id,
+        model=row.model,
+        candidate_version=row.candidate_version,
+        champion_version=row.champion_version,
+        stage=Stage(row.stage),
+        gate_reason=row.gate_reason,
+        policy=RolloutPolicy(**row.policy),
+        started_at=as_utc(row.started_at),
+        ended_at=as_utc(row.ended_at) if row.ended_at is not None else None,
+        end_reason=row.end_reason,
+        figures=row.figures,
+    )
 
 
 def version_of(row: VersionRow) -> ModelVersion:

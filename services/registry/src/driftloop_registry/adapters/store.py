@@ -20,6 +20,7 @@ connections the outage broke.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,15 +35,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from driftloop_registry.adapters.schema import (
     AliasRow,
+    RolloutRow,
     VersionRow,
     as_utc,
     change_of,
     new_version_row,
+    rollout_of,
     version_of,
 )
 from driftloop_registry.domain import (
     CHAMPION,
     GATE_ACTOR,
+    ROLLOUT_ACTOR,
     AliasChange,
     GatePolicy,
     Kind,
@@ -51,6 +55,10 @@ from driftloop_registry.domain import (
     NotFoundError,
     PreconditionError,
     Registration,
+    Rollout,
+    RolloutEnd,
+    RolloutPolicy,
+    Stage,
     Status,
     decide_promotion,
     next_rollback_target,
@@ -166,6 +174,14 @@ class SqlRegistryStore:
                     )
         return [stats[name] for name in sorted(stats)]
 
+    def rollouts(self, model: str = "") -> list[Rollout]:
+        """Rollouts, newest first; of one model when `model` is given."""
+        query = select(RolloutRow).order_by(RolloutRow.id.desc())
+        if model:
+            query = query.where(RolloutRow.model == model)
+        with self._sessions() as session:
+            return [rollout_of(row) for row in session.scalars(query)]
+
     def history(self, model: str, alias: str = CHAMPION) -> list[AliasChange]:
         with self._sessions() as session:
             rows = session.scalars(
@@ -177,13 +193,24 @@ class SqlRegistryStore:
 
     # Writes.
 
-    def register(self, trained: events_pb2.ModelTrained, policy: GatePolicy) -> Registration:
+    def register(
+        self,
+        trained: events_pb2.ModelTrained,
+        policy: GatePolicy,
+        rollout: RolloutPolicy | None = None,
+    ) -> Registration:
         """Record a trained model as the next version, once per request id, and let
-        the gate decide whether it takes the champion alias."""
-        return self._write(lambda session: self._register(session, trained, policy))
+        the gate decide whether it takes the champion alias; with a `rollout`
+        policy, a candidate the gate admits while a champion serves starts a
+        rollout instead (ending the model's open one)."""
+        return self._write(lambda session: self._register(session, trained, policy, rollout))
 
     def _register(
-        self, session: Session, trained: events_pb2.ModelTrained, policy: GatePolicy
+        self,
+        session: Session,
+        trained: events_pb2.ModelTrained,
+        policy: GatePolicy,
+        rollout: RolloutPolicy | None = None,
     ) -> Registration:
         model = trained.model
         existing = session.scalar(
@@ -218,6 +245,35 @@ class SqlRegistryStore:
         )
         session.add(row)
         change = None
+        if decision.promote and champion is not None and rollout is not None:
+            superseded = self._end_open(
+                session,
+                model,
+                Stage.SUPERSEDED,
+                f"superseded by v{row.version}, admitted by the gate",
+                at=now,
+            )
+            trial = RolloutRow(
+                rollout_id=uuid.uuid4().hex,
+                model=model,
+                candidate_version=row.version,
+                champion_version=champion.version,
+                stage=Stage.SHADOW.value,
+                gate_reason=decision.reason,
+                policy=dataclasses.asdict(rollout),
+                started_at=now,
+                started_published=False,
+                ended_published=False,
+            )
+            session.add(trial)
+            row.status_reason = f"in rollout against v{champion.version}: {decision.reason}"
+            return Registration(
+                version_of(row),
+                None,
+                created=True,
+                rollout=rollout_of(trial),
+                superseded=superseded,
+            )
         if decision.promote:
             change = self._move(
                 session,
@@ -246,6 +302,13 @@ class SqlRegistryStore:
         if champion is not None and champion.version == version:
             raise PreconditionError(f"model {model} version {version} is already the champion")
         target.status_reason = f"promoted by {actor}: {reason}"
+        self._end_open(
+            session,
+            model,
+            Stage.SUPERSEDED,
+            f"v{version} promoted by {actor} during the rollout: {reason}",
+            at=_now(),
+        )
         change = self._move(
             session,
             model,
@@ -284,6 +347,13 @@ class SqlRegistryStore:
             )
         target = self._version(session, model, target_version)
         target.status_reason = f"restored by rollback ({actor}): {reason}"
+        self._end_open(
+            session,
+            model,
+            Stage.SUPERSEDED,
+            f"champion rolled back to v{target_version} by {actor} during the rollout",
+            at=_now(),
+        )
         change = self._move(
             session,
             model,
@@ -295,6 +365,82 @@ class SqlRegistryStore:
             at=_now(),
         )
         return change, version_of(target)
+
+    def judge(
+        self, rollout_id: str, *, promote: bool, reason: str, figures: dict[str, float]
+    ) -> RolloutEnd | None:
+        """End an open rollout on its live verdict: promote the candidate (the
+        alias moves, actor `rollout`) or reject it. None when the rollout is
+        unknown or already ended (a replayed or late verdict changes nothing)."""
+        return self._write(
+            lambda session: self._judge(
+                session, rollout_id, promote=promote, reason=reason, figures=figures
+            )
+        )
+
+    def _judge(
+        self,
+        session: Session,
+        rollout_id: str,
+        *,
+        promote: bool,
+        reason: str,
+        figures: dict[str, float],
+    ) -> RolloutEnd | None:
+        trial = session.scalar(select(RolloutRow).where(RolloutRow.rollout_id == rollout_id))
+        if trial is None or trial.stage != Stage.SHADOW.value:
+            return None
+        now = _now()
+        model = trial.model
+        champion = self._champion(session, model)
+        trial.ended_at = now
+        trial.figures = figures
+        trial.ended_published = False
+        candidate = self._version(session, model, trial.candidate_version)
+        if champion is None or champion.version != trial.champion_version:
+            trial.stage = Stage.SUPERSEDED.value
+            trial.end_reason = (
+                f"the champion is no longer v{trial.champion_version}; verdict not applied: "
+                f"{reason}"
+            )
+            return RolloutEnd(rollout_of(trial), None)
+        if not promote:
+            trial.stage = Stage.REJECTED.value
+            trial.end_reason = reason
+            candidate.status_reason = f"rejected by its rollout: {reason}"
+            return RolloutEnd(rollout_of(trial), None)
+        trial.stage = Stage.PROMOTED.value
+        trial.end_reason = reason
+        candidate.status_reason = f"promoted by its rollout: {reason}"
+        change = self._move(
+            session,
+            model,
+            champion,
+            candidate,
+            actor=ROLLOUT_ACTOR,
+            reason=reason,
+            kind=Kind.PROMOTE,
+            at=now,
+        )
+        return RolloutEnd(rollout_of(trial), change)
+
+    @staticmethod
+    def _end_open(
+        session: Session, model: str, stage: Stage, reason: str, *, at: datetime
+    ) -> Rollout | None:
+        """End the model's open rollout, if any, without a verdict."""
+        trial = session.scalar(
+            select(RolloutRow).where(
+                RolloutRow.model == model, RolloutRow.stage == Stage.SHADOW.value
+            )
+        )
+        if trial is None:
+            return None
+        trial.stage = stage.value
+        trial.end_reason = reason
+        trial.ended_at = at
+        trial.ended_published = False
+        return rollout_of(trial)
 
     def _move(
         self,
@@ -383,6 +529,39 @@ class SqlRegistryStore:
                 )
             ]
         return versions, changes
+
+    def unpublished_rollouts(self) -> tuple[list[Rollout], list[Rollout]]:
+        """Rollouts whose started event, and those whose ended event, were
+        committed but not yet acknowledged, oldest first."""
+        with self._sessions() as session:
+            started = [
+                rollout_of(row)
+                for row in session.scalars(
+                    select(RolloutRow)
+                    .where(RolloutRow.started_published.is_(False))
+                    .order_by(RolloutRow.id)
+                )
+            ]
+            ended = [
+                rollout_of(row)
+                for row in session.scalars(
+                    select(RolloutRow)
+                    .where(RolloutRow.ended_at.is_not(None), RolloutRow.ended_published.is_(False))
+                    .order_by(RolloutRow.id)
+                )
+            ]
+        return started, ended
+
+    def mark_rollout(self, rollout_id: str, *, started: bool = False, ended: bool = False) -> None:
+        values: dict[str, bool] = {}
+        if started:
+            values["started_published"] = True
+        if ended:
+            values["ended_published"] = True
+        with self._session() as session:
+            session.execute(
+                update(RolloutRow).where(RolloutRow.rollout_id == rollout_id).values(**values)
+            )
 
     def mark_registered(self, model: str, version: int) -> None:
         with self._session() as session:

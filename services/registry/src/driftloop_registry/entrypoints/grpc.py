@@ -31,6 +31,7 @@ from driftloop_core.artifacts import (
 )
 from driftloop_core.grpc.auth import Authorizer, caller_identity
 
+from driftloop_registry import messages
 from driftloop_registry.domain import (
     InvalidRequestError,
     NotFoundError,
@@ -206,3 +207,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         except RegistryError as error:
             await _abort(context, error)
         return registry_pb2.ListAliasHistoryResponse(changes=changes)
+
+    async def ListRollouts(
+        self, request: registry_pb2.ListRolloutsRequest, context: Context
+    ) -> registry_pb2.ListRolloutsResponse:
+        try:
+            rollouts = await self._registry.rollouts(request.model)
+        except RegistryError as error:
+            await _abort(context, error)
+        return registry_pb2.ListRolloutsResponse(
+            rollouts=[messages.rollout(rollout) for rollout in rollouts]
+        )

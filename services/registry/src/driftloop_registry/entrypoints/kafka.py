@@ -1,4 +1,6 @@
 """`models.trained` in: decode, register, and dead-letter what can never be registered.
+`models.rollouts` in: apply drift's verdicts (`RolloutJudged`); the registry's own
+started and ended events on that topic are passed over.
 
 Runs inside the core `ConsumerLoop`, which commits offsets only after this handler
 returned or the record was dead-lettered. A record is checked like a request
@@ -21,6 +23,7 @@ from driftloop_core.artifacts import (
     UnsafeArtifactError,
 )
 from driftloop_core.kafka import PoisonMessage, Record
+from driftloop_core.kafka.topics import kind_of_message
 from google.protobuf.message import DecodeError
 
 from driftloop_registry.domain import InvalidRequestError, RegistryError
@@ -73,3 +76,46 @@ class TrainedHandler:
             raise PoisonMessage(
                 str(error), field="artifact", rule="invalid", event_id=event_id
             ) from error
+
+
+JUDGED = kind_of_message("driftloop.v1.RolloutJudged").ce_type
+TRAINED = kind_of_message("driftloop.v1.ModelTrained").ce_type
+
+
+class JudgedHandler:
+    """The handler for drift's `RolloutJudged` verdicts."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    async def __call__(self, record: Record) -> None:
+        event_id = record.headers.id
+        try:
+            verdict = events_pb2.RolloutJudged.FromString(record.value)
+        except DecodeError as error:
+            raise PoisonMessage(
+                f"value is not a RolloutJudged: {error}", rule="decode", event_id=event_id
+            ) from error
+        try:
+            await self._registry.judged(verdict)
+        except InvalidRequestError as error:
+            raise PoisonMessage(
+                str(error), field=error.field, rule=error.rule or "invalid", event_id=event_id
+            ) from error
+
+
+class RegistryHandler:
+    """`models.trained` and `models.rollouts` through one consumer: by the
+    record's topic and CloudEvents type."""
+
+    def __init__(self, registry: Registry, rollouts_topic: str) -> None:
+        self._trained = TrainedHandler(registry)
+        self._judged = JudgedHandler(registry)
+        self._rollouts_topic = rollouts_topic
+
+    async def __call__(self, record: Record) -> None:
+        if record.topic != self._rollouts_topic:
+            await self._trained(record)
+        elif record.headers.type == JUDGED:
+            await self._judged(record)
+        # ModelRolloutStarted / Ended: the registry's own; nothing to do.

@@ -1,0 +1,192 @@
+"""Promotion as a rollout: with rollouts on, a candidate the offline gate admits
+does not take the alias; it starts a rollout that the live verdict ends.
+
+The registry's side of the contract, through its use cases on a real SQLite
+store: which events go out (and under which ids), what the alias and the
+versions say after each verdict, and that a replayed or late verdict changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from driftloop.v1 import events_pb2
+from driftloop_registry.adapters.schema import open_engine
+from driftloop_registry.adapters.store import SqlRegistryStore
+from driftloop_registry.domain import GatePolicy, InvalidRequestError, RolloutPolicy, Stage, Status
+from driftloop_registry.handlers import Registry
+from fakes import FakeArtifacts, FlakyPublisher, onnx_like
+
+POLICY = RolloutPolicy(min_paired=50, max_duration_s=600, alpha=0.05, beta=0.1, effect=0.2)
+
+
+def make_registry(
+    tmp_path: Path, publisher: FlakyPublisher, rollout: RolloutPolicy | None = POLICY
+) -> tuple[Registry, FakeArtifacts]:
+    artifacts = FakeArtifacts()
+    store = SqlRegistryStore(open_engine(f"sqlite:///{tmp_path / 'registry.db'}"))
+    return Registry(store, artifacts, publisher, GatePolicy(), rollout), artifacts
+
+
+def trained(
+    artifacts: FakeArtifacts, request_id: str, auc: float, champion: int | None = None
+) -> events_pb2.ModelTrained:
+    message = events_pb2.ModelTrained(
+        request_id=request_id,
+        model="payments",
+        artifact=artifacts.put(onnx_like()),
+        metrics={"roc_auc": auc},
+    )
+    if champion is not None:
+        message.champion_version = champion
+        message.champion_metrics["roc_auc"] = 0.8
+    return message
+
+
+def judged(rollout_id: str, verdict: int, reason: str = "live") -> events_pb2.RolloutJudged:
+    return events_pb2.RolloutJudged(
+        rollout_id=rollout_id,
+        model="payments",
+        verdict=verdict,  # type: ignore[arg-type]
+        reason=reason,
+        figures=events_pb2.RolloutFigures(
+            paired=120, champion_errors=30, candidate_errors=12, p_value=0.001
+        ),
+    )
+
+
+def sent(publisher: FlakyPublisher) -> list[str]:
+    return [name for name, _, _ in publisher.sent]
+
+
+async def champion_of(reg: Registry) -> int:
+    return (await reg.resolve("payments", None, None)).version
+
+
+async def test_an_admitted_candidate_starts_a_rollout_and_a_promote_verdict_moves_the_alias(
+    tmp_path: Path,
+) -> None:
+    publisher = FlakyPublisher()
+    reg, artifacts = make_registry(tmp_path, publisher)
+    first = await reg.register_trained(trained(artifacts, "r1", 0.8))
+    assert first.change is not None and first.rollout is None  # no champion: no trial
+    second = await reg.register_trained(trained(artifacts, "r2", 0.9, champion=1))
+    assert second.change is None and second.rollout is not None
+    rollout = second.rollout
+    assert (rollout.candidate_version, rollout.champion_version) == (2, 1)
+    assert await champion_of(reg) == 1
+    assert (await reg.resolve("payments", 2, None)).status is Status.CANDIDATE
+    assert sent(publisher) == [
+        "ModelRegistered",
+        "ModelPromoted",
+        "ModelRegistered",
+        "ModelRolloutStarted",
+    ]
+    started = publisher.sent[-1][2]
+    assert isinstance(started, events_pb2.ModelRolloutStarted)
+    assert started.artifact.sha256 and started.policy.min_paired == 50
+    assert started.policy.max_duration.ToSeconds() == 600
+    assert publisher.sent[-1][1] == f"{rollout.rollout_id}-started"
+
+    end = await reg.judged(judged(rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE))
+    assert end is not None and end.rollout.stage is Stage.PROMOTED
+    assert await champion_of(reg) == 2
+    assert sent(publisher)[-2:] == ["ModelPromoted", "ModelRolloutEnded"]
+    promoted, ended = publisher.sent[-2][2], publisher.sent[-1][2]
+    assert isinstance(promoted, events_pb2.ModelPromoted) and promoted.actor == "rollout"
+    assert promoted.to_version == 2 and promoted.from_version == 1
+    assert isinstance(ended, events_pb2.ModelRolloutEnded)
+    assert ended.outcome == events_pb2.ROLLOUT_OUTCOME_PROMOTED
+    assert ended.figures.paired == 120 and ended.figures.candidate_errors == 12
+
+    # The same verdict again (a redelivery) changes nothing and publishes nothing.
+    count = len(publisher.sent)
+    assert await reg.judged(judged(rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE)) is None
+    assert len(publisher.sent) == count
+    [listed] = await reg.rollouts("payments")
+    assert listed.stage is Stage.PROMOTED and listed.figures == {
+        "paired": 120,
+        "champion_errors": 30,
+        "candidate_errors": 12,
+        "p_value": 0.001,
+    }
+
+
+async def test_a_reject_verdict_keeps_the_champion_and_says_why(tmp_path: Path) -> None:
+    publisher = FlakyPublisher()
+    reg, artifacts = make_registry(tmp_path, publisher)
+    await reg.register_trained(trained(artifacts, "r1", 0.8))
+    second = await reg.register_trained(trained(artifacts, "r2", 0.9, champion=1))
+    assert second.rollout is not None
+    end = await reg.judged(
+        judged(second.rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_REJECT, "worse live")
+    )
+    assert end is not None and end.rollout.stage is Stage.REJECTED and end.change is None
+    assert await champion_of(reg) == 1
+    candidate = await reg.resolve("payments", 2, None)
+    assert candidate.status is Status.CANDIDATE
+    assert "rejected by its rollout: worse live" in candidate.status_reason
+    assert sent(publisher)[-1] == "ModelRolloutEnded"
+
+
+async def test_a_newer_candidate_or_a_manual_promotion_supersedes_the_open_rollout(
+    tmp_path: Path,
+) -> None:
+    publisher = FlakyPublisher()
+    reg, artifacts = make_registry(tmp_path, publisher)
+    await reg.register_trained(trained(artifacts, "r1", 0.8))
+    second = await reg.register_trained(trained(artifacts, "r2", 0.9, champion=1))
+    third = await reg.register_trained(trained(artifacts, "r3", 0.95, champion=1))
+    assert second.rollout is not None and third.rollout is not None
+    assert third.superseded is not None
+    assert third.superseded.rollout_id == second.rollout.rollout_id
+    assert sent(publisher)[-3:] == ["ModelRegistered", "ModelRolloutEnded", "ModelRolloutStarted"]
+    # The superseded rollout's verdict arrives late: ignored.
+    late = judged(second.rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE)
+    assert await reg.judged(late) is None
+    assert await champion_of(reg) == 1
+
+    # An operator promotes v2 by hand while v3 is on trial: v3's rollout ends.
+    await reg.promote("payments", 2, actor="ops", reason="by hand")
+    rollouts = {r.candidate_version: r for r in await reg.rollouts("payments")}
+    assert rollouts[3].stage is Stage.SUPERSEDED and "promoted by ops" in rollouts[3].end_reason
+    assert (
+        await reg.judged(judged(third.rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE))
+        is None
+    )
+    assert await champion_of(reg) == 2
+
+
+async def test_rollout_events_left_unpublished_go_out_on_the_next_flush(tmp_path: Path) -> None:
+    publisher = FlakyPublisher()
+    reg, artifacts = make_registry(tmp_path, publisher)
+    await reg.register_trained(trained(artifacts, "r1", 0.8))
+    publisher.failures = 2  # ModelRegistered of v2, then the flush's first attempt
+    message = trained(artifacts, "r2", 0.9, champion=1)
+    with pytest.raises(ConnectionError):
+        await reg.register_trained(message)
+    with pytest.raises(ConnectionError):
+        await reg.flush_outbox()
+    await reg.flush_outbox()
+    assert sent(publisher)[-2:] == ["ModelRegistered", "ModelRolloutStarted"]
+    await reg.flush_outbox()
+    assert sent(publisher)[-2:] == ["ModelRegistered", "ModelRolloutStarted"]
+
+
+async def test_rollouts_off_keeps_the_gate_moving_the_alias(tmp_path: Path) -> None:
+    publisher = FlakyPublisher()
+    reg, artifacts = make_registry(tmp_path, publisher, rollout=None)
+    await reg.register_trained(trained(artifacts, "r1", 0.8))
+    second = await reg.register_trained(trained(artifacts, "r2", 0.9, champion=1))
+    assert second.rollout is None and second.change is not None
+    assert await champion_of(reg) == 2
+
+
+async def test_a_verdict_without_a_rollout_id_or_verdict_is_refused(tmp_path: Path) -> None:
+    reg, _ = make_registry(tmp_path, FlakyPublisher())
+    with pytest.raises(InvalidRequestError, match="rollout_id"):
+        await reg.judged(events_pb2.RolloutJudged(verdict=events_pb2.ROLLOUT_VERDICT_PROMOTE))
+    with pytest.raises(InvalidRequestError, match="verdict"):
+        await reg.judged(events_pb2.RolloutJudged(rollout_id="x"))
