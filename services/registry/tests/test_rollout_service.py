@@ -7,6 +7,7 @@ the test's model."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from driftloop_core.settings import Settings
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
 from driftloop_testing import collect
+from test_cli import driftloop
 
 STARTED = kind_of_message("driftloop.v1.ModelRolloutStarted").ce_type
 ENDED = kind_of_message("driftloop.v1.ModelRolloutEnded").ce_type
@@ -104,6 +106,21 @@ async def test_a_rollout_started_by_the_gate_ends_in_a_promotion_on_its_live_ver
         [rollout] = listed.rollouts
         assert rollout.stage == "promoted" and rollout.figures.paired == 64
         assert "better on 64" in rollout.end_reason
+
+    # What an operator reads: the rollout list and the version's own stage.
+    code, out, error = await driftloop(
+        "models", "rollout", model_name, "--endpoint", service.endpoint, "--json"
+    )
+    assert code == 0, error
+    [listed_doc] = json.loads(out)["rollouts"]
+    assert (listed_doc["candidate_version"], listed_doc["stage"]) == (2, "promoted")
+    assert listed_doc["figures"]["paired"] == 64 and listed_doc["policy"]["min_paired"] == 40
+    code, out, error = await driftloop(
+        "models", "show", model_name, "2", "--endpoint", service.endpoint, "--json"
+    )
+    assert code == 0, error
+    shown = json.loads(out)
+    assert shown["status"] == "champion" and shown["rollout"]["stage"] == "promoted"
 
     [ended] = await rollout_events(admin_settings, model_name, ENDED, 1)
     assert ended.outcome == events_pb2.ROLLOUT_OUTCOME_PROMOTED

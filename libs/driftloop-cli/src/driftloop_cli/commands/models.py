@@ -1,4 +1,4 @@
-"""`driftloop models list|show|download|promote|rollback`: the model registry by hand.
+"""`driftloop models list|show|rollout|download|promote|rollback`: the model registry by hand.
 
 Thin clients of `driftloop.v1.RegistryService`. `download` checks the sha256 and
 size of what it received before the file appears under its name, so a corrupt
@@ -118,6 +118,33 @@ def _promotion_document(change: events_pb2.ModelPromoted) -> dict[str, Any]:
     }
 
 
+def rollout_document(rollout: registry_pb2.Rollout) -> dict[str, Any]:
+    """A rollout as `--json` shows it: stage, versions, reasons, live figures."""
+    return {
+        "rollout_id": rollout.rollout_id,
+        "name": rollout.model,
+        "candidate_version": rollout.candidate_version,
+        "champion_version": rollout.champion_version,
+        "stage": rollout.stage,
+        "gate_reason": rollout.gate_reason,
+        "end_reason": rollout.end_reason,
+        "started_at": _time(rollout.started_at),
+        "ended_at": _time(rollout.ended_at),
+        "figures": (
+            {field.name: value for field, value in rollout.figures.ListFields()}
+            if rollout.HasField("figures")
+            else None
+        ),
+        "policy": {
+            "min_paired": rollout.policy.min_paired,
+            "max_duration_s": rollout.policy.max_duration.ToMilliseconds() / 1000,
+            "alpha": rollout.policy.alpha,
+            "beta": rollout.policy.beta,
+            "effect": rollout.policy.effect,
+        },
+    }
+
+
 def _call(endpoint: str | None, call: Callable[[Any], Awaitable[T]]) -> T:
     """Run one call against the registry; a failed call exits 1 with its message."""
     settings = load_settings()
@@ -171,10 +198,21 @@ def show(
     endpoint: Endpoint = None,
     as_json: AsJson = False,
 ) -> None:
-    """Everything recorded about one version: artifact digest, metrics, lineage."""
+    """Everything recorded about one version: artifact digest, metrics, lineage,
+    and its latest rollout (stage and live figures) when it had one."""
     request = _selector(registry_pb2.GetVersionRequest(model=name), version)
-    reply = _call(endpoint, lambda stub: stub.GetVersion(request, timeout=10))
+
+    async def both(
+        stub: Any,
+    ) -> tuple[registry_pb2.GetVersionResponse, registry_pb2.ListRolloutsResponse]:
+        found = await stub.GetVersion(request, timeout=10)
+        rollouts = await stub.ListRollouts(registry_pb2.ListRolloutsRequest(model=name), timeout=10)
+        return found, rollouts
+
+    reply, rollouts = _call(endpoint, both)
     document = version_document(reply.model_version)
+    own = [r for r in rollouts.rollouts if r.candidate_version == document["version"]]
+    document["rollout"] = rollout_document(own[0]) if own else None
     if as_json:
         print(json.dumps(document, sort_keys=True))
         return
@@ -182,6 +220,42 @@ def show(
     for key, value in document.items():
         shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         table.add_row(key, escape(str(shown)))
+    console.print(table)
+
+
+@app.command("rollout")
+def rollout(
+    name: Annotated[str, typer.Argument(help="Model name (default: every model).")] = "",
+    endpoint: Endpoint = None,
+    as_json: AsJson = False,
+) -> None:
+    """List rollouts, newest first: the candidate on trial, its stage and live figures."""
+    reply = _call(
+        endpoint,
+        lambda stub: stub.ListRollouts(registry_pb2.ListRolloutsRequest(model=name), timeout=10),
+    )
+    documents = [rollout_document(r) for r in reply.rollouts]
+    if as_json:
+        print(json.dumps({"rollouts": documents}, sort_keys=True))
+        return
+    table = Table("name", "candidate", "champion", "stage", "started_at", "live figures", "reason")
+    for doc in documents:
+        figures = doc["figures"] or {}
+        live = (
+            f"{figures.get('paired', 0)} paired: errors "
+            f"{figures.get('champion_errors', 0)} vs {figures.get('candidate_errors', 0)}"
+            if figures
+            else "-"
+        )
+        table.add_row(
+            doc["name"],
+            f"v{doc['candidate_version']}",
+            f"v{doc['champion_version']}",
+            doc["stage"],
+            doc["started_at"] or "-",
+            live,
+            escape(doc["end_reason"] or doc["gate_reason"]),
+        )
     console.print(table)
 
 
