@@ -39,7 +39,7 @@ from driftloop.v1 import common_pb2, events_pb2, predictor_pb2, predictor_pb2_gr
 from driftloop_core.grpc.client import open_channel
 from driftloop_core.kafka.consumer import tail
 from driftloop_core.kafka.offsets import end_offsets
-from driftloop_core.kafka.topics import Topics
+from driftloop_core.kafka.topics import Topics, kind_of_message
 from driftloop_core.services import ServiceSpec, discover_services
 from driftloop_core.settings import Settings
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -50,6 +50,7 @@ from driftloop_cli.demo.timeline import (
     DriftSeen,
     FailureSeen,
     PromotionSeen,
+    RolloutSeen,
     Served,
     Timeline,
     TrainingSeen,
@@ -67,6 +68,7 @@ WATCHED_TOPICS = (
     Topics.TRAINING_FAILED,
     Topics.MODELS_REGISTERED,
     Topics.MODELS_PROMOTED,
+    Topics.MODELS_ROLLOUTS,
 )
 # Service knobs the demo sets unless the environment already does.
 # - A run lasts minutes, so the drift service must not wait two minutes after
@@ -187,10 +189,66 @@ def record_from(topic: str, value: bytes, headers: dict[str, str]) -> object | N
             reason=promoted.reason,
             promoted_at=_seconds(promoted.promoted_at),
         )
+    if topic == Topics.MODELS_ROLLOUTS:
+        return rollout_record(value, headers.get("ce_type", ""))
     if topic == Topics.TRAINING_FAILED:
         failed = events_pb2.TrainingFailed.FromString(value)
         return FailureSeen(
             failed.request_id, failed.stage, failed.reason, _seconds(failed.failed_at)
+        )
+    return None
+
+
+_ROLLOUT_STEPS = {
+    kind_of_message("driftloop.v1.ModelRolloutStarted").ce_type: "started",
+    kind_of_message("driftloop.v1.RolloutJudged").ce_type: "judged",
+    kind_of_message("driftloop.v1.ModelRolloutEnded").ce_type: "ended",
+}
+
+
+def rollout_record(value: bytes, ce_type: str) -> RolloutSeen | None:
+    """A rollout step as the timeline keeps it, by the record's event type."""
+    step = _ROLLOUT_STEPS.get(ce_type)
+    if step == "started":
+        started = events_pb2.ModelRolloutStarted.FromString(value)
+        return RolloutSeen(
+            started.rollout_id,
+            step,
+            started.candidate_version,
+            started.champion_version,
+            "shadow",
+            started.reason,
+            _seconds(started.started_at),
+        )
+    if step == "judged":
+        judged = events_pb2.RolloutJudged.FromString(value)
+        verdict = _enum(events_pb2.RolloutVerdict.Name(judged.verdict), "ROLLOUT_VERDICT_")
+        return RolloutSeen(
+            judged.rollout_id,
+            step,
+            judged.candidate_version,
+            judged.champion_version,
+            verdict,
+            judged.reason,
+            _seconds(judged.judged_at),
+            judged.figures.paired,
+            judged.figures.champion_errors,
+            judged.figures.candidate_errors,
+        )
+    if step == "ended":
+        ended = events_pb2.ModelRolloutEnded.FromString(value)
+        outcome = _enum(events_pb2.RolloutOutcome.Name(ended.outcome), "ROLLOUT_OUTCOME_")
+        return RolloutSeen(
+            ended.rollout_id,
+            step,
+            ended.candidate_version,
+            ended.champion_version,
+            outcome,
+            ended.reason,
+            _seconds(ended.ended_at),
+            ended.figures.paired,
+            ended.figures.champion_errors,
+            ended.figures.candidate_errors,
         )
     return None
 
@@ -206,6 +264,8 @@ def add_record(timeline: Timeline, record: object) -> None:
         timeline.promotions.append(record)
     elif isinstance(record, FailureSeen):
         timeline.failures.append(record)
+    elif isinstance(record, RolloutSeen):
+        timeline.rollouts.append(record)
 
 
 async def start_producer(settings: Settings, suffix: str) -> AIOKafkaProducer:
@@ -327,7 +387,21 @@ class Announcer:
                 self._held.append((now, record))
         elif isinstance(record, FailureSeen):
             self._say(f"training failed at {record.stage}: {record.reason}")
+        elif isinstance(record, RolloutSeen):
+            self._rollout(record)
         self._release(now)
+
+    def _rollout(self, record: RolloutSeen) -> None:
+        candidate, champion = record.candidate_version, record.champion_version
+        if record.step == "started":
+            self._say(f"v{candidate} in shadow beside champion v{champion}")
+        elif record.step == "judged":
+            self._say(
+                f"rollout of v{candidate} judged {record.outcome} on {record.paired} paired "
+                f"labelled events ({record.candidate_errors} vs {record.champion_errors} errors)"
+            )
+        elif record.outcome != "promoted":  # a promotion is announced as such
+            self._say(f"rollout of v{candidate} {record.outcome}")
 
     def _release(self, now: float) -> None:
         still: list[tuple[float, PromotionSeen]] = []

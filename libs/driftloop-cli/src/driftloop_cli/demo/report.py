@@ -214,6 +214,22 @@ def build_report(
             }
             for p in sorted(timeline.promotions, key=lambda p: p.promoted_at)
         ],
+        "rollouts": [
+            {
+                "rollout_id": r.rollout_id,
+                "step": r.step,
+                "candidate_version": r.candidate_version,
+                "champion_version": r.champion_version,
+                "outcome": r.outcome,
+                "reason": r.reason,
+                "at": iso(r.at),
+                "at_event": _event_at(timeline, r.at),
+                "paired": r.paired,
+                "champion_errors": r.champion_errors,
+                "candidate_errors": r.candidate_errors,
+            }
+            for r in sorted(timeline.rollouts, key=lambda r: r.at)
+        ],
         "drift": drift,
         "detections": [_drift_record(d) for d in timeline.drifts],
         "false_alarms": len(false_alarms),
@@ -321,6 +337,17 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
             f"{report['false_alarms']} drift detections, "
             f"{report['drift_retrains']} drift-triggered retraining runs."
         )
+    for step in report.get("rollouts", []):
+        if step["step"] == "started":
+            lines.append(
+                f"- v{step['candidate_version']} went into shadow beside champion "
+                f"v{step['champion_version']} at event {step['at_event']}."
+            )
+        elif step["step"] == "ended":
+            lines.append(
+                f"- Its rollout ended {step['outcome']} at event {step['at_event']}: "
+                f"{step['reason']}"
+            )
     if report["false_alarms"] and drift.get("onset_event") is not None:
         lines.append(f"- False alarms before the onset: {report['false_alarms']}.")
     trace_id = report["retrain_trace_id"]
@@ -383,6 +410,23 @@ def plot_accuracy(report: Mapping[str, Any], sink: BinaryIO, title: str | None =
                 textcoords="offset points",
                 color="tab:green",
             )
+        shadowed = False
+        for step in report.get("rollouts", []):
+            if step["step"] != "started" or step.get("at_event") is None:
+                continue
+            shadowed = True
+            axes.axvline(step["at_event"], color="tab:cyan", linestyle="-.", alpha=0.8)
+            axes.annotate(
+                f"v{step['candidate_version']} shadow",
+                (step["at_event"], 0.08),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 0),
+                textcoords="offset points",
+                color="tab:cyan",
+                fontsize=8,
+            )
+        if shadowed:
+            axes.plot([], [], color="tab:cyan", linestyle="-.", label="rollout starts (shadow)")
         axes.set_ylim(0.0, 1.02)
         axes.set_xlabel("event")
         axes.set_ylabel("accuracy")

@@ -87,6 +87,23 @@ class PromotionSeen:
 
 
 @dataclass(frozen=True)
+class RolloutSeen:
+    """A record on `models.rollouts`: a rollout started, judged or ended."""
+
+    rollout_id: str
+    step: str  # "started", "judged" or "ended"
+    candidate_version: int
+    champion_version: int
+    # "promote"/"reject" for a verdict, "promoted"/"rejected"/"superseded" at the end.
+    outcome: str
+    reason: str
+    at: float
+    paired: int = 0
+    champion_errors: int = 0
+    candidate_errors: int = 0
+
+
+@dataclass(frozen=True)
 class FailureSeen:
     """A `TrainingFailed` record on `training.failed`."""
 
@@ -110,6 +127,7 @@ class Timeline:
     versions: list[VersionSeen] = field(default_factory=list)
     promotions: list[PromotionSeen] = field(default_factory=list)
     failures: list[FailureSeen] = field(default_factory=list)
+    rollouts: list[RolloutSeen] = field(default_factory=list)
     labels_sent: int = 0
     # "recovered", "completed" (every event sent), "timeout", "interrupted".
     outcome: str = "running"
