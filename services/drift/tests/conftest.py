@@ -115,6 +115,7 @@ def drift_settings(unique: str, **overrides: Any) -> DriftSettings:
         "promoted_topic": f"promoted-{unique}",
         "registered_topic": f"registered-{unique}",
         "failed_topic": f"failed-{unique}",
+        "rollouts_topic": f"rollouts-{unique}",
         "bootstrap_min_labels": 50,
         "cooldown_s": 0,
         "min_post_drift_rows": 50,

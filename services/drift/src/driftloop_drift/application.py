@@ -1,7 +1,8 @@
 """The drift service's application layer: one engine, its saved state, its outbox.
 
-The Kafka entrypoint decodes records and calls `on_prediction`, `on_label`,
-`on_promoted`, `on_registered` and `on_training_failed`; the engine decides,
+The Kafka entrypoint decodes records and calls `on_prediction`, `on_shadow`,
+`on_label`, `on_promoted`, `on_registered`, `on_training_failed`,
+`on_rollout_started` and `on_rollout_ended`; the engine decides,
 and this layer counts what it decided (metrics and logs) and keeps the events
 for the outbox. It holds the positions of the source partitions the state
 reflects (`load` and `store` are the consumer's `StoredOffsets`): after each
@@ -13,6 +14,15 @@ then published, then removed from the outbox.
 It also asks the registry for the champion's reference bins: at start, on a
 promotion, and again every `REFERENCE_RETRY_S` while the registry cannot be
 reached (the performance detector runs alone meanwhile).
+
+A rollout's time limit must end it even when no records come, while service
+time (the newest record timestamp) stands still: once polls have brought
+nothing for `IDLE_BEFORE_WALL_CLOCK_S`, `tick` judges the rollouts whose time
+ran out by the wall clock. While records flow (a backlog read after a restart
+included) they alone say the time, so a backlog's labels are not cut off by a
+deadline the stream had not reached; the few seconds of grace keep the first
+empty polls after a start, before the backlog's first fetch, from counting as
+idle.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from google.protobuf.message import Message
 from driftloop_drift import metrics
 from driftloop_drift.adapters.state import DriftStateStore, OutboxEvent, Position
 from driftloop_drift.domain.join import LabelSeen, PredictionSeen
+from driftloop_drift.domain.rollout import Rollout, ShadowSeen
 from driftloop_drift.handlers import DriftEngine, EngineResult
 from driftloop_drift.outbox import Outbox, outbox_event
 from driftloop_drift.ports import ChampionReference, References, RegistryUnavailable
@@ -37,6 +48,8 @@ log = get_logger(__name__)
 
 # How often a missing champion reference is asked for again.
 REFERENCE_RETRY_S = 30.0
+# How long polls must bring nothing before the wall clock says the time to rollouts.
+IDLE_BEFORE_WALL_CLOCK_S = 5.0
 
 EngineFactory = Callable[[dict[str, Any] | None], DriftEngine]
 
@@ -53,6 +66,7 @@ class DriftApplication:
         *,
         snapshot_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine_factory = engine_factory
         self._store = store
@@ -60,6 +74,7 @@ class DriftApplication:
         self._references = references
         self._snapshot_interval_s = snapshot_interval_s
         self._clock = clock
+        self._wall_clock = wall_clock
         self._engine: DriftEngine | None = None
         self._resumed = False
         self._positions: dict[Position, int] = {}
@@ -68,6 +83,8 @@ class DriftApplication:
         self._ahead = False  # inputs were handled whose positions are not stored yet
         self._saved_at = 0.0
         self._reference_tried_at = 0.0
+        self._input_seen = False  # an input was handled since the last tick
+        self._idle_since: float | None = None  # first tick of the current idle spell
 
     @property
     def engine(self) -> DriftEngine:
@@ -117,15 +134,52 @@ class DriftApplication:
     # ------------------------------------------------------------------ inputs
 
     def on_prediction(self, prediction: PredictionSeen, now_ms: int) -> None:
+        self._handled()
         self._count(self.engine.on_prediction(prediction, now_ms))
 
+    def on_shadow(self, shadow: ShadowSeen, now_ms: int) -> None:
+        self._handled()
+        self._count(self.engine.on_shadow(shadow, now_ms))
+
     def on_label(self, label: LabelSeen, now_ms: int) -> None:
+        self._handled()
         self._count(self.engine.on_label(label, now_ms))
+
+    def on_rollout_started(self, rollout: Rollout, now_ms: int) -> None:
+        self._handled()
+        engine = self.engine
+        known = engine.rollouts.rollout(rollout.rollout_id) is not None
+        result = engine.on_rollout_started(rollout, now_ms)
+        if not known and engine.rollouts.rollout(rollout.rollout_id) is not None:
+            policy = rollout.policy
+            log.info(
+                "rollout_opened",
+                model=rollout.model,
+                rollout_id=rollout.rollout_id,
+                candidate=rollout.candidate,
+                champion=rollout.champion,
+                min_paired=policy.min_paired,
+                max_duration_s=policy.max_duration_ms / 1000,
+                alpha=policy.alpha,
+                beta=policy.beta,
+                effect=policy.effect,
+            )
+        self._count(result)
+
+    def on_rollout_ended(self, ended: events_pb2.ModelRolloutEnded, now_ms: int) -> None:
+        self._handled()
+        if self.engine.on_rollout_ended(ended.model, ended.rollout_id, now_ms):
+            log.info(
+                "rollout_closed",
+                model=ended.model,
+                rollout_id=ended.rollout_id,
+                outcome=events_pb2.RolloutOutcome.Name(ended.outcome),
+            )
 
     async def on_promoted(self, promoted: events_pb2.ModelPromoted, now_ms: int) -> None:
         """A new champion of this model: its reference, and every detector reset."""
         engine = self.engine
-        self._ahead = self._dirty = True
+        self._handled()
         if promoted.model != engine.model or promoted.to_version == engine.champion:
             return
         reference = await self._reference_for(promoted.to_version)
@@ -162,12 +216,17 @@ class DriftApplication:
     def _answered(
         self, model: str, request_id: str, now_ms: int, *, registered: bool = False
     ) -> bool:
-        self._ahead = self._dirty = True
+        self._handled()
         return self.engine.on_outcome(model, request_id, now_ms, registered=registered)
+
+    def _handled(self) -> None:
+        """An input changed the state; its position is stored after its batch."""
+        self._ahead = self._dirty = True
+        self._input_seen = True
 
     def _count(self, result: EngineResult) -> None:
         """Metrics and logs of what the engine decided; its events wait for the outbox."""
-        self._ahead = self._dirty = True
+        self._dirty = self._dirty or bool(result.events)
         model = self.engine.model
         for message in result.events:
             if isinstance(message, events_pb2.DriftDetected):
@@ -196,6 +255,26 @@ class DriftApplication:
                     trigger=trigger,
                     reason=message.reason,
                 )
+        if result.paired:
+            metrics.ROLLOUT_PAIRED.labels(model).inc(result.paired)
+        for verdict in result.verdicts:
+            figures = verdict.figures
+            metrics.ROLLOUT_VERDICTS.labels(
+                model, "promote" if verdict.promote else "reject", verdict.rule.value
+            ).inc()
+            log.info(
+                "rollout_judged",
+                model=model,
+                rollout_id=verdict.rollout.rollout_id,
+                candidate=verdict.rollout.candidate,
+                champion=verdict.rollout.champion,
+                verdict="promote" if verdict.promote else "reject",
+                rule=verdict.rule.value,
+                paired=figures.paired,
+                p_value=figures.p_value,
+                log_likelihood_ratio=figures.log_likelihood_ratio,
+                reason=verdict.reason,
+            )
         for feature in result.non_finite:
             metrics.NON_FINITE.labels(model, feature).inc()
         for suppressed in result.suppressed:
@@ -216,6 +295,10 @@ class DriftApplication:
         self._positions.update(positions)
         self._ahead = False
         self._dirty = True
+        await self._publish_decided()
+
+    async def _publish_decided(self) -> None:
+        """Save the decided events with the state that decided them, then publish."""
         if self._decided:
             events = [outbox_event(message) for message in self._decided]
             await self._save(events)
@@ -223,7 +306,9 @@ class DriftApplication:
             await self._outbox.publish(events)
 
     async def tick(self) -> None:
-        """After every poll: the periodic save, the reference retry, the statistics."""
+        """After every poll: rollouts whose time ran out, the periodic save, the
+        reference retry, the statistics."""
+        await self._judge_due()
         now = self._clock()
         if self._dirty and not self._ahead and now - self._saved_at >= self._snapshot_interval_s:
             await self._save([])
@@ -232,6 +317,26 @@ class DriftApplication:
             await self._fetch_reference(engine.champion)
         for (detector, feature), value in engine.statistics().items():
             metrics.STATISTIC.labels(engine.model, feature, detector).set(value)
+        metrics.ROLLOUTS_OPEN.labels(engine.model).set(engine.rollouts.open)
+
+    async def _judge_due(self) -> None:
+        """Judge the rollouts whose time ran out: by service time while records
+        flow, by the wall clock once polls have brought none for a while (see the
+        module docstring)."""
+        engine = self.engine
+        now = self._clock()
+        if self._input_seen:
+            self._input_seen, self._idle_since = False, None
+        elif self._idle_since is None:
+            self._idle_since = now
+        now_ms = engine.clock_ms
+        if self._idle_since is not None and now - self._idle_since >= IDLE_BEFORE_WALL_CLOCK_S:
+            now_ms = max(now_ms, int(self._wall_clock() * 1000))
+        self._count(engine.judge_due(now_ms))
+        if not self._ahead:
+            # Else a batch is handled but its positions are not stored: its `store`
+            # saves and publishes the verdict with them.
+            await self._publish_decided()
 
     async def _save(self, events: list[OutboxEvent]) -> None:
         state = self.engine.to_json()

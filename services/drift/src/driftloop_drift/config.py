@@ -59,6 +59,9 @@ class DriftSettings(BaseSettings):
     promoted_topic: str = Topics.MODELS_PROMOTED
     registered_topic: str = Topics.MODELS_REGISTERED
     failed_topic: str = Topics.TRAINING_FAILED
+    # ModelRolloutStarted / ModelRolloutEnded in; drift's RolloutJudged goes to
+    # the design's models.rollouts whatever this says (as its other events do).
+    rollouts_topic: str = Topics.MODELS_ROLLOUTS
     deadletter_topic: str = Topics.DEADLETTER
 
     def state_file(self, settings: Settings, model: str) -> Path:
@@ -97,6 +100,7 @@ class DriftSettings(BaseSettings):
             self.promoted_topic,
             self.registered_topic,
             self.failed_topic,
+            self.rollouts_topic,
         )
 
 

@@ -8,10 +8,17 @@ the model of one feature set and only the champion version's traffic: a
 promotion resets every detector (new reference bins, empty windows) and ends
 the request in flight.
 
+It also judges rollouts (`domain/rollout.py`): a candidate's shadow answers
+(`ShadowSeen`, `on_shadow`) go to the rollout judge and nowhere else, since a
+second prediction of an event would be taken for a duplicate by the join and
+would put the candidate's errors into the champion's error stream. The
+champion's own answers and the labels go to the judge as well as to the watch,
+and a verdict comes out as one `RolloutJudged`.
+
 Its whole state is plain data (`to_json` / `from_json`): detector inputs since
-their last reset, the pending halves of the join, the labelled event ids and
-the retrain policy, so the service can store it beside the source offsets it
-reflects and rebuild it exactly after a crash.
+their last reset, the pending halves of the join, the labelled event ids,
+the retrain policy and the rollouts on trial, so the service can store it
+beside the source offsets it reflects and rebuild it exactly after a crash.
 
 Warm-up: an aggregate over a window W of event time moves steadily while its
 windows are still filling, which a data-drift detector would take for drift.
@@ -64,6 +71,7 @@ from driftloop_drift.domain.policy import (
     derived_id,
     timestamp,
 )
+from driftloop_drift.domain.rollout import Judged, Rollout, RolloutJudge, ShadowSeen, Verdict
 
 STATE_FORMAT = 2
 # Warm values of an aggregate that form its PSI baseline, in PSI windows.
@@ -89,11 +97,17 @@ class EngineResult:
     suppressed: list[Suppressed] = field(default_factory=list)
     # Features whose value was NaN or infinite, left out of every detector.
     non_finite: list[str] = field(default_factory=list)
+    # Rollouts judged (their `RolloutJudged` is among the events) and paired
+    # events the rollout judge counted.
+    verdicts: list[Verdict] = field(default_factory=list)
+    paired: int = 0
 
     def add(self, other: EngineResult) -> None:
         self.events.extend(other.events)
         self.suppressed.extend(other.suppressed)
         self.non_finite.extend(other.non_finite)
+        self.verdicts.extend(other.verdicts)
+        self.paired += other.paired
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,9 @@ class DriftEngine:
         self.joiner = Joiner(config.pending_ttl_ms, config.max_pending)
         self.labels = LabelLedger(config.label_memory)
         self.policy = RetrainPolicy(self.model, config.policy)
+        # Rollouts on trial: fed the same predictions and labels, apart from the
+        # detectors (a candidate's shadow answers reach nothing else).
+        self.rollouts = RolloutJudge(self.model, config.pending_ttl_ms, config.max_pending)
         self.clock_ms = 0
         # Earliest event time seen of this model: where every aggregate window began filling.
         self.first_event_ms: int | None = None
@@ -137,10 +154,28 @@ class DriftEngine:
     # ------------------------------------------------------------------ inputs
 
     def on_prediction(self, prediction: PredictionSeen, now_ms: int) -> EngineResult:
+        """A registered version's own answer (never a rollout candidate's shadow)."""
         self._tick(now_ms)
         if prediction.model != self.model:
             self.ignored += 1
             return EngineResult()
+        judged = self.rollouts.on_champion(
+            prediction.event_id, prediction.version, prediction.predicted, self.clock_ms
+        )
+        result = self._watch(prediction, now_ms)
+        result.add(self._judged(judged))
+        return result
+
+    def on_shadow(self, shadow: ShadowSeen, now_ms: int) -> EngineResult:
+        """A rollout candidate's shadow answer: for the rollout judge only. It never
+        reaches the join, the detectors or the references, which watch the champion."""
+        self._tick(now_ms)
+        if shadow.model != self.model:
+            return EngineResult()
+        return self._judged(self.rollouts.on_candidate(shadow, self.clock_ms))
+
+    def _watch(self, prediction: PredictionSeen, now_ms: int) -> EngineResult:
+        """The champion's watch: data-drift detectors, the join and the error stream."""
         self._seen_event(prediction.event_time_ms)
         if self.champion is None:
             # The promotion has not reached us (or the registry was unreachable):
@@ -175,9 +210,16 @@ class DriftEngine:
 
     def on_label(self, label: LabelSeen, now_ms: int) -> EngineResult:
         self._tick(now_ms)
-        result = EngineResult()
         if label.model != self.model:
-            return result
+            return EngineResult()
+        # The judge keeps the first label of an event (corrections are not applied there).
+        judged = self.rollouts.on_label(label.event_id, label.label, self.clock_ms)
+        result = self._label(label, now_ms)
+        result.add(self._judged(judged))
+        return result
+
+    def _label(self, label: LabelSeen, now_ms: int) -> EngineResult:
+        result = EngineResult()
         if label.correction and self.joiner.knows_label(label.event_id):
             # Counted already: the label changes, the count does not.
             rescored = self.joiner.correct(label)
@@ -231,9 +273,26 @@ class DriftEngine:
         self._tick(now_ms)
         return model == self.model and self.policy.on_outcome(request_id, registered=registered)
 
+    def on_rollout_started(self, rollout: Rollout, now_ms: int) -> EngineResult:
+        """A candidate of this model went on trial (another model's is ignored)."""
+        self._tick(now_ms)
+        return self._judged(self.rollouts.start(rollout, self.clock_ms))
+
+    def on_rollout_ended(self, model: str, rollout_id: str, now_ms: int) -> bool:
+        """The registry ended a rollout; True when it was one the judge held."""
+        self._tick(now_ms)
+        return model == self.model and self.rollouts.end(rollout_id)
+
+    def judge_due(self, now_ms: int) -> EngineResult:
+        """Rollouts whose time ran out by `now_ms`, judged. Service time is not
+        moved: `now_ms` may be the wall clock, when no records come (see the
+        application's `tick`)."""
+        return self._judged(self.rollouts.due(max(now_ms, self.clock_ms)))
+
     def expire(self, now_ms: int) -> None:
         self._tick(now_ms)
         self.joiner.expire(self.clock_ms)
+        self.rollouts.expire(self.clock_ms)
 
     def is_warm(self, feature: str, event_time_ms: int) -> bool:
         """Whether `feature`'s window was full at `event_time_ms` (raw fields always are)."""
@@ -352,6 +411,14 @@ class DriftEngine:
             return EngineResult(suppressed=[Suppressed(decision.dropped, decision.reason)])
         return EngineResult([] if decision.request is None else [decision.request])
 
+    def _judged(self, judged: Judged) -> EngineResult:
+        """The judge's verdicts as `RolloutJudged` events, one per rollout."""
+        result = EngineResult(paired=judged.paired)
+        for verdict in judged.verdicts:
+            result.events.append(rollout_judged(verdict))
+            result.verdicts.append(verdict)
+        return result
+
     def _drift_detected(self, alarm: Alarm, now_ms: int) -> events_pb2.DriftDetected:
         version = self.champion or 0
         drift = events_pb2.DriftDetected(
@@ -402,6 +469,7 @@ class DriftEngine:
             "join": self.joiner.to_json(),
             "labels": self.labels.to_json(),
             "policy": self.policy.to_json(),
+            "rollouts": self.rollouts.to_json(),
         }
 
     @classmethod
@@ -438,4 +506,32 @@ class DriftEngine:
         engine.joiner.load(data["join"])
         engine.labels.load(data["labels"])
         engine.policy.load(data["policy"])
+        # States saved before rollouts were judged have none.
+        if "rollouts" in data:
+            engine.rollouts.load(data["rollouts"])
         return engine
+
+
+def rollout_judged(verdict: Verdict) -> events_pb2.RolloutJudged:
+    """A verdict as the event the registry acts on."""
+    rollout, figures = verdict.rollout, verdict.figures
+    return events_pb2.RolloutJudged(
+        rollout_id=rollout.rollout_id,
+        model=rollout.model,
+        candidate_version=rollout.candidate,
+        champion_version=rollout.champion,
+        verdict=events_pb2.ROLLOUT_VERDICT_PROMOTE
+        if verdict.promote
+        else events_pb2.ROLLOUT_VERDICT_REJECT,
+        reason=verdict.reason,
+        figures=events_pb2.RolloutFigures(
+            paired=figures.paired,
+            champion_errors=figures.champion_errors,
+            candidate_errors=figures.candidate_errors,
+            champion_only_right=figures.champion_only_right,
+            candidate_only_right=figures.candidate_only_right,
+            p_value=figures.p_value,
+            log_likelihood_ratio=figures.log_likelihood_ratio,
+        ),
+        judged_at=timestamp(verdict.judged_ms),
+    )

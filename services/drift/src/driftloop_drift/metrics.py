@@ -35,3 +35,19 @@ SUPPRESSED = Counter(
     "Detections that asked for no training: one in flight, or cooling down.",
     ["model"],
 )
+ROLLOUTS_OPEN = Gauge(
+    "driftloop_drift_rollouts_open",
+    "Rollouts being judged: started, neither judged nor ended.",
+    ["model"],
+)
+ROLLOUT_PAIRED = Counter(
+    "driftloop_drift_rollout_paired_events_total",
+    "Labelled events both the champion and a rollout's candidate scored, counted by the judge.",
+    ["model"],
+)
+ROLLOUT_VERDICTS = Counter(
+    "driftloop_drift_rollout_verdicts_total",
+    "Rollouts judged, by verdict (promote, reject) and the rule that decided "
+    "(better, worse, not_better, time_ran_out).",
+    ["model", "verdict", "rule"],
+)

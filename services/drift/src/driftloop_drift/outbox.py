@@ -8,7 +8,12 @@ After a crash the same events go out again, under the same ids.
 A detection starts the retrain loop's trace: a `drift.detected` root span. The
 training request it causes is published inside it (in the same batch) or in a
 `drift.retrain_requested` child of it (once its post-drift rows are there, a
-later batch), so the whole loop reads as one trace.
+later batch), so the whole loop reads as one trace. A rollout's verdict is a
+`drift.rollout_judged` root span of its own.
+
+A `RolloutJudged` goes out under an id derived from its rollout id: whatever
+decides it again (a replay, a restart before the outbox was emptied) publishes
+the same id, and the outbox keeps one event per id.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from driftloop_drift.adapters.state import DriftStateStore, OutboxEvent
+from driftloop_drift.domain.policy import derived_id
 from driftloop_drift.ports import EventPublisher
 
 _tracer = trace.get_tracer("driftloop.drift")
@@ -32,6 +38,12 @@ _tracer = trace.get_tracer("driftloop.drift")
 DETECTIONS_REMEMBERED = 256
 _DETECTED = events_pb2.DriftDetected.DESCRIPTOR.full_name
 _REQUESTED = events_pb2.TrainingRequested.DESCRIPTOR.full_name
+_JUDGED = events_pb2.RolloutJudged.DESCRIPTOR.full_name
+
+
+def judged_event_id(model: str, rollout_id: str) -> str:
+    """The event id of a rollout's verdict: one per rollout, in every process."""
+    return derived_id(model, "rollout-judged", rollout_id)
 
 
 def outbox_event(message: Message) -> OutboxEvent:
@@ -40,6 +52,8 @@ def outbox_event(message: Message) -> OutboxEvent:
         event_id, key = message.drift_id, message.model
     elif isinstance(message, events_pb2.TrainingRequested):
         event_id, key = message.request_id, message.model
+    elif isinstance(message, events_pb2.RolloutJudged):
+        event_id, key = judged_event_id(message.model, message.rollout_id), message.model
     else:
         raise TypeError(f"the drift engine does not publish {type(message).__name__}")
     return OutboxEvent(event_id, message.DESCRIPTOR.full_name, key, message.SerializeToString())
@@ -94,6 +108,20 @@ class Outbox:
             self._detections[detected.drift_id] = span.get_span_context()
             while len(self._detections) > DETECTIONS_REMEMBERED:
                 self._detections.popitem(last=False)
+            return span
+        if event.message == _JUDGED:
+            judged = events_pb2.RolloutJudged.FromString(event.payload)
+            span = _tracer.start_span(
+                "drift.rollout_judged",
+                context=Context(),
+                attributes={
+                    "driftloop.model": judged.model,
+                    "driftloop.rollout_id": judged.rollout_id,
+                    "driftloop.rollout.candidate_version": judged.candidate_version,
+                    "driftloop.rollout.verdict": events_pb2.RolloutVerdict.Name(judged.verdict),
+                },
+            )
+            loops[f"judged:{judged.rollout_id}"] = span
             return span
         if event.message == _REQUESTED:
             requested = events_pb2.TrainingRequested.FromString(event.payload)

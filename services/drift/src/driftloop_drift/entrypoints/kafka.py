@@ -1,20 +1,25 @@
 """Records in, application calls out: the drift service's Kafka side.
 
 One `ConsumerLoop` reads every partition of `predictions`, `events.valid`,
-`models.promoted`, `models.registered` and `training.failed` by assignment,
-in no consumer group: performance drift needs one model's whole error stream
-in one place, so the service is a single instance, and without a group there
-is no join delay or rebalance. Its positions are the offsets stored with its
-state (`StoredOffsets` over `DriftApplication.load` and `.store`).
+`models.promoted`, `models.registered`, `training.failed` and `models.rollouts`
+by assignment, in no consumer group: performance drift needs one model's whole
+error stream in one place, so the service is a single instance, and without a
+group there is no join delay or rebalance. Its positions are the offsets
+stored with its state (`StoredOffsets` over `DriftApplication.load` and
+`.store`).
 
 Each record goes to the handler of its CloudEvents type (`HANDLERS`, by
 protobuf message; `events.valid` carries observations and late labels, a
 label with the header `label_correction: 1` being a correction of the one
 before). A prediction an online learner answered counts as the champion's own
-answer carried beside it, and is ignored when there was no champion. A type
-drift does not follow is skipped; a record with no type, or one that does not
-decode, is a `PoisonMessage`, which the loop dead-letters with its source
-position, and the partition moves on.
+answer carried beside it, and is ignored when there was no champion. A
+rollout candidate's shadow prediction (`shadow` set) goes to the rollout judge
+only, never to the champion's watch. `ModelRolloutStarted` opens a rollout of
+drift's model and `ModelRolloutEnded` closes it; `RolloutJudged` (drift's own
+verdicts, read back) is not followed. A type drift does not follow is
+skipped; a record with no type, or one that does not decode, is a
+`PoisonMessage`, which the loop dead-letters with its source position, and
+the partition moves on.
 
 Service time is the records' Kafka timestamps (a replay decides as the first
 pass did), but whoever writes a topic sets those: a timestamp further ahead of
@@ -42,6 +47,7 @@ from driftloop_drift import metrics
 from driftloop_drift.application import DriftApplication
 from driftloop_drift.config import DriftSettings
 from driftloop_drift.domain.join import LabelSeen, PredictionSeen
+from driftloop_drift.domain.rollout import Rollout, RolloutPolicy, ShadowSeen
 
 log = get_logger(__name__)
 
@@ -100,12 +106,70 @@ def prediction_seen(prediction: events_pb2.Prediction, record_ms: int) -> Predic
 # ---------------------------------------------------------------------- handlers
 
 
+def shadow_seen(prediction: events_pb2.Prediction) -> ShadowSeen:
+    """A rollout candidate's answer as the judge sees it. One without its rollout
+    cannot be judged, nor may it be watched as the champion's: a PoisonMessage."""
+    if not prediction.rollout_id:
+        raise PoisonMessage(
+            "Prediction.rollout_id: required on a shadow prediction",
+            field="rollout_id",
+            rule="required",
+        )
+    return ShadowSeen(
+        prediction.rollout_id,
+        prediction.event_id,
+        prediction.model,
+        prediction.model_version,
+        prediction.label,
+    )
+
+
+def rollout_policy(policy: events_pb2.RolloutPolicy) -> RolloutPolicy:
+    """The policy with its unset fields (0 on the wire) at their defaults."""
+    defaults = RolloutPolicy()
+    duration_ms = int(policy.max_duration.ToMilliseconds())
+    try:
+        return RolloutPolicy(
+            min_paired=policy.min_paired or defaults.min_paired,
+            max_duration_ms=duration_ms or defaults.max_duration_ms,
+            alpha=policy.alpha or defaults.alpha,
+            beta=policy.beta or defaults.beta,
+            effect=policy.effect or defaults.effect,
+        )
+    except ValueError as error:
+        # Judging on other bounds than the registry asked for would be silently wrong.
+        raise PoisonMessage(
+            f"ModelRolloutStarted.policy: {error}", field="policy", rule="range"
+        ) from None
+
+
+def rollout_of(started: events_pb2.ModelRolloutStarted, record_ms: int) -> Rollout:
+    """The rollout as the judge sees it; it starts when the record was written if
+    `started_at` is unset."""
+    for name in ("rollout_id", "candidate_version", "champion_version"):
+        if not getattr(started, name):
+            raise PoisonMessage(
+                f"ModelRolloutStarted.{name}: must be set", field=name, rule="required"
+            )
+    return Rollout(
+        started.rollout_id,
+        started.model,
+        started.candidate_version,
+        started.champion_version,
+        _ms(started.started_at, record_ms),
+        rollout_policy(started.policy),
+    )
+
+
 async def on_prediction(app: DriftApplication, record: Record, record_ms: int) -> None:
     prediction = _decode(events_pb2.Prediction, record.value)
     if not prediction.event_id:
         raise PoisonMessage(
             "Prediction.event_id: must not be empty", field="event_id", rule="required"
         )
+    if prediction.shadow:
+        app.on_shadow(shadow_seen(prediction), record_ms)
+        return
     seen = prediction_seen(prediction, record_ms)
     if seen is not None:
         app.on_prediction(seen, record_ms)
@@ -151,6 +215,17 @@ async def on_training_failed(app: DriftApplication, record: Record, record_ms: i
     app.on_training_failed(_decode(events_pb2.TrainingFailed, record.value), record_ms)
 
 
+async def on_rollout_started(app: DriftApplication, record: Record, record_ms: int) -> None:
+    started = _decode(events_pb2.ModelRolloutStarted, record.value)
+    if started.model == app.model:  # another model's rollout is no business of ours
+        app.on_rollout_started(rollout_of(started, record_ms), record_ms)
+
+
+async def on_rollout_ended(app: DriftApplication, record: Record, record_ms: int) -> None:
+    ended = _decode(events_pb2.ModelRolloutEnded, record.value)
+    app.on_rollout_ended(ended, record_ms)
+
+
 HANDLERS: dict[str, Handler] = {
     events_pb2.Prediction.DESCRIPTOR.full_name: on_prediction,
     events_pb2.Observation.DESCRIPTOR.full_name: on_observation,
@@ -158,6 +233,8 @@ HANDLERS: dict[str, Handler] = {
     events_pb2.ModelPromoted.DESCRIPTOR.full_name: on_promoted,
     events_pb2.ModelRegistered.DESCRIPTOR.full_name: on_registered,
     events_pb2.TrainingFailed.DESCRIPTOR.full_name: on_training_failed,
+    events_pb2.ModelRolloutStarted.DESCRIPTOR.full_name: on_rollout_started,
+    events_pb2.ModelRolloutEnded.DESCRIPTOR.full_name: on_rollout_ended,
 }
 
 
