@@ -2,11 +2,12 @@
 
 `build` wires the parts: the model repository (loading through the ONNX
 adapter), the batcher, the registry and feature store clients, the predictions
-sink, the online arena with its feed (when on), the data plane, the model
+sink, the online arena with its feed (when on), the rollouts' candidate slot
+with its listener and shadow scorer (when on), the data plane, the model
 lifecycle and the two gRPC servicers over the data plane. `InferenceService`
-runs what `build` made: both gRPC services on one port, the promotions
-listener, the arena's feed and the predictions sink; nothing opens a socket
-before `start`.
+runs what `build` made: both gRPC services on one port, the promotions and
+rollouts listeners, the arena's feed and the predictions sink; nothing opens a
+socket before `start`.
 
 Readiness: the overall health ("") is SERVING as soon as the server answers, so
 `driftloop status` shows the process up; `inference.GRPCInferenceService` and
@@ -44,12 +45,15 @@ from driftloop_inference.config import InferenceSettings
 from driftloop_inference.dataplane import DataPlane
 from driftloop_inference.entrypoints import oip, predictor
 from driftloop_inference.entrypoints.promotions import promotion_listener
+from driftloop_inference.entrypoints.rollouts import RolloutListener
 from driftloop_inference.lifecycle import ModelLifecycle
 from driftloop_inference.model import ServedModel, TensorSpec
 from driftloop_inference.online.arena import Arena
 from driftloop_inference.online.host import ArenaHost
 from driftloop_inference.predict import featureset_inputs
 from driftloop_inference.repository import ModelRepository
+from driftloop_inference.rollouts import Rollouts
+from driftloop_inference.shadow import ShadowScorer
 
 log = structlog.get_logger(__name__)
 SERVICE_NAMES = (oip.SERVICE_NAME, predictor.SERVICE_NAME)
@@ -84,6 +88,11 @@ class Parts:
     feed: ConsumerLoop | None = None
     # The in-process replica of the entity table; None when lookups are remote.
     replica: FeatureReplica | None = None
+    # The open rollout's candidate, its listener and its shadow scoring; None
+    # when rollouts are not followed.
+    rollouts: Rollouts | None = None
+    rollout_listener: RolloutListener | None = None
+    shadow: ShadowScorer | None = None
 
 
 def build(
@@ -150,7 +159,17 @@ def build(
         )
         feed = build_feed(settings, config.arena_topics, arena, publisher)
         inputs = featureset_inputs(featureset_for(settings))
-    plane = DataPlane(repository, batcher, online, sink, config, arena, inputs)
+    rollouts: Rollouts | None = None
+    listener: RolloutListener | None = None
+    shadow: ShadowScorer | None = None
+    if config.follows_rollouts and publisher is not None:
+        rollouts = Rollouts(model_name, load, registry.download)
+        # A promoted candidate is swapped in as loaded, not downloaded again.
+        repository.use_preloaded(rollouts.preloaded)
+        repository.on_change(rollouts.champion_changed)
+        listener = RolloutListener(settings, config.rollouts_topic, rollouts, publisher)
+        shadow = ShadowScorer(rollouts, batcher, sink, config.feature_defaults)
+    plane = DataPlane(repository, batcher, online, sink, config, arena, inputs, shadow)
     servicers: list[ServicerRegistration] = [
         (
             oip_grpc.add_GRPCInferenceServiceServicer_to_server,
@@ -177,6 +196,9 @@ def build(
         arena=arena,
         feed=feed,
         replica=replica,
+        rollouts=rollouts,
+        rollout_listener=listener,
+        shadow=shadow,
     )
 
 
@@ -237,6 +259,7 @@ class InferenceService:
                         config.predictions_topic,
                         config.promotions_topic,
                         *(config.arena_topics if parts.feed is not None else ()),
+                        *((config.rollouts_topic,) if parts.rollout_listener is not None else ()),
                     )
                 ],
             )
@@ -274,6 +297,13 @@ class InferenceService:
             )
             await self.listener.start()
             self._tasks.append(asyncio.create_task(self.listener.run(), name="promotions"))
+        if parts.rollout_listener is not None:
+            # Reads the topic from its beginning: a rollout open before this
+            # process started is shadowed too once it has caught up.
+            await parts.rollout_listener.start()
+            self._tasks.append(
+                asyncio.create_task(parts.rollout_listener.loop.run(), name="rollouts")
+            )
         # Background: the server already answers (not ready) while the model loads.
         self._loader = asyncio.create_task(parts.lifecycle.initial_load(), name="initial-load")
         log.info("inference_started", endpoint=self.server.endpoint, model=parts.model_name)
@@ -313,6 +343,8 @@ class InferenceService:
             parts.feed.request_stop()
         if parts.replica is not None:
             parts.replica.loop.request_stop()
+        if parts.rollout_listener is not None:
+            parts.rollout_listener.loop.request_stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -320,6 +352,9 @@ class InferenceService:
         self._tasks.clear()
         if self.server is not None:
             await self.server.stop()
+        if parts.shadow is not None:
+            # Before the batcher and the sink stop: their last shadows still go out.
+            await parts.shadow.stop()
         await parts.batcher.stop()
         await parts.sink.stop()
         if self.listener is not None:
@@ -328,6 +363,8 @@ class InferenceService:
             await parts.feed.stop()
         if parts.replica is not None:
             await parts.replica.loop.stop()
+        if parts.rollout_listener is not None:
+            await parts.rollout_listener.loop.stop()
         if parts.publisher is not None:
             await parts.publisher.stop()
         await parts.registry.close()

@@ -93,6 +93,13 @@ class InferenceSettings(BaseSettings):
     # Kafka at all (predictions out, promotions in); off for a bare OIP server.
     events: bool = True
     follow_promotions: bool = True
+    # Rollouts (rollouts.py, shadow.py): follow `rollouts_topic` and, while a
+    # rollout of the model is open, score every Predict with its candidate too,
+    # after the reply, publishing the answer as a shadow prediction. Off: no
+    # candidate is loaded and Predict publishes the champion's answers only.
+    # Needs `events`.
+    shadow: bool = True
+    rollouts_topic: str = Topics.MODELS_ROLLOUTS
     # Group id prefix; a uuid is appended so every replica sees every promotion.
     group_prefix: str = "driftloop-inference"
     # Registry calls at start and on promotions.
@@ -139,6 +146,10 @@ class InferenceSettings(BaseSettings):
     @property
     def arena_on(self) -> bool:
         return bool(self.online_learners) and self.events
+
+    @property
+    def follows_rollouts(self) -> bool:
+        return self.shadow and self.events
 
     @property
     def arena_topics(self) -> tuple[str, str]:

@@ -24,6 +24,12 @@ name. Before any version is loaded the learner answers on the feature set's
 features, so a fresh deployment answers from its first event. A request that
 names a version or the alias gets that version's answer, as without the arena.
 
+While a rollout is open and its candidate loaded (`rollouts.py`), a Predict a
+registered version answered also hands back, in its Decision, a job to run
+once the reply is sent (`after_reply`): the candidate's shadow answer on the
+same inputs (`shadow.py`). The caller's answer and latency are the same with
+or without it; ModelInfer is never shadowed.
+
 What a request may carry is bounded here, whatever carries it: an id (event,
 entity, model name, version, alias, request id) at most `MAX_ID_BYTES` of
 UTF-8; a ModelInfer at most `max_request_rows` rows and `max_request_bytes`
@@ -124,6 +130,10 @@ class PredictionOutbox(Protocol):
     def offer(self, prediction: events_pb2.Prediction) -> None: ...
 
 
+# What runs once the reply is sent; it may only schedule work, never block.
+AfterReply = Callable[[], None]
+
+
 @dataclass(frozen=True)
 class PredictRequest:
     """One event to decide on. `version` ("" for the served one) or `alias`."""
@@ -150,6 +160,33 @@ class Decision:
     # "" when a registered version answered (`model_version`), else the online
     # learner that did ("online:<name>"; `model_version` is 0 then).
     learner: str = ""
+    # For the entrypoint to run once the reply is sent (a rollout candidate's
+    # shadow scoring), so that the caller never waits for it; None: nothing.
+    after_reply: AfterReply | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class VersionAnswer:
+    """What a registered version answered for a Predict, and what it was fed."""
+
+    feeds: dict[str, Array]
+    used: dict[str, common_pb2.FeatureValue]
+    missing: list[str]
+    label: int
+    probability: float
+    # The entity's online features the inputs were filled from ({} when the
+    # request carried every input): a shadow reuses them, without a second lookup.
+    online: Mapping[str, common_pb2.FeatureValue]
+
+
+class ShadowScoring(Protocol):
+    """A rollout candidate scored beside the champion (shadow.py)."""
+
+    def after_reply(
+        self, champion: ServedModel, request: PredictRequest, answer: VersionAnswer
+    ) -> AfterReply | None:
+        """The shadow job for this answer, or None when no candidate is loaded."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -172,6 +209,7 @@ class DataPlane:
         config: InferenceSettings,
         arena: ArenaHost | None = None,
         featureset_inputs: tuple[TensorSpec, ...] = (),
+        shadow: ShadowScoring | None = None,
     ) -> None:
         self._repository = repository
         self._batcher = batcher
@@ -182,6 +220,8 @@ class DataPlane:
         # the inputs Predict fills for them while no version is loaded.
         self._arena = arena
         self._featureset_inputs = featureset_inputs
+        # A rollout candidate's shadow answers (None: rollouts are not followed).
+        self._shadow = shadow
         # Versions swapped in under a span, until their first answer ends it.
         self._swaps: weakref.WeakKeyDictionary[ServedModel, trace.SpanContext] = (
             weakref.WeakKeyDictionary()
@@ -316,13 +356,21 @@ class DataPlane:
         received: float,
         deadline: float | None,
     ) -> Decision:
-        used, missing, label, probability = await self._run_version(model, request, deadline)
-        prediction = _prediction(request, model.name, used, missing)
+        answer = await self._run_version(model, request, deadline)
+        prediction = new_prediction(request, model.name, answer.used, answer.missing)
         prediction.model_version = model.version
-        prediction.label = label
-        prediction.probability = probability
+        prediction.label = answer.label
+        prediction.probability = answer.probability
         self._publish(prediction, request, received)
-        return Decision(model.name, model.version, label, probability, used, missing)
+        return Decision(
+            model.name,
+            model.version,
+            answer.label,
+            answer.probability,
+            answer.used,
+            answer.missing,
+            after_reply=self._shadow_job(model, request, answer),
+        )
 
     async def _by_learner(
         self,
@@ -333,19 +381,23 @@ class DataPlane:
         deadline: float | None,
     ) -> Decision:
         """The online learner answers; the champion, when one is loaded, still
-        runs on the same features and its answer goes out as the shadow."""
+        runs on the same features and its answer goes out as the shadow (and a
+        rollout candidate's after the reply, on the champion's inputs)."""
         assert self._arena is not None
         shadow: events_pb2.ShadowAnswer | None = None
+        after_reply: AfterReply | None = None
         if model is None:
             used, missing = await self._featureset_values(request, deadline)
         else:
-            used, missing, label, probability = await self._run_version(model, request, deadline)
+            ran = await self._run_version(model, request, deadline)
+            used, missing = ran.used, ran.missing
             shadow = events_pb2.ShadowAnswer(
-                model_version=model.version, label=label, probability=probability
+                model_version=model.version, label=ran.label, probability=ran.probability
             )
+            after_reply = self._shadow_job(model, request, ran)
         answer = self._arena.answer(learner, learner_inputs(used, missing))
         name = self._repository.name
-        prediction = _prediction(request, name, used, missing)
+        prediction = new_prediction(request, name, used, missing)
         prediction.learner = answer.learner
         prediction.label = answer.label
         prediction.probability = answer.probability
@@ -353,12 +405,26 @@ class DataPlane:
             prediction.champion.CopyFrom(shadow)
         self._publish(prediction, request, received)
         return Decision(
-            name, 0, answer.label, answer.probability, used, missing, learner=answer.learner
+            name,
+            0,
+            answer.label,
+            answer.probability,
+            used,
+            missing,
+            learner=answer.learner,
+            after_reply=after_reply,
         )
+
+    def _shadow_job(
+        self, model: ServedModel, request: PredictRequest, answer: VersionAnswer
+    ) -> AfterReply | None:
+        if self._shadow is None:
+            return None
+        return self._shadow.after_reply(model, request, answer)
 
     async def _run_version(
         self, model: ServedModel, request: PredictRequest, deadline: float | None
-    ) -> tuple[dict[str, common_pb2.FeatureValue], list[str], int, float]:
+    ) -> VersionAnswer:
         """`model`'s inputs filled for the request, and its label and probability."""
         check_signature(model)
         given = request.features
@@ -369,7 +435,7 @@ class DataPlane:
         outputs = await self._run(model, feeds, 1, deadline)
         self._served(model, "Predict")
         label, probability = decide(model, outputs)
-        return used, missing, label, probability
+        return VersionAnswer(feeds, used, missing, label, probability, online)
 
     async def _featureset_values(
         self, request: PredictRequest, deadline: float | None
@@ -395,10 +461,7 @@ class DataPlane:
     def _publish(
         self, prediction: events_pb2.Prediction, request: PredictRequest, received: float
     ) -> None:
-        prediction.latency.FromNanoseconds(int((time.perf_counter() - received) * 1e9))
-        if request.event_time is not None:
-            prediction.event_time.CopyFrom(request.event_time)
-        prediction.predicted_at.GetCurrentTime()
+        stamp_prediction(prediction, request, time.perf_counter() - received)
         self._outbox.offer(prediction)
 
     async def _online(
@@ -459,12 +522,14 @@ class DataPlane:
         ).end()
 
 
-def _prediction(
+def new_prediction(
     request: PredictRequest,
     model: str,
     used: dict[str, common_pb2.FeatureValue],
     missing: list[str],
 ) -> events_pb2.Prediction:
+    """The Prediction of `request` by `model` on the features `used`, those in
+    `missing` having taken a default; the answer is the caller's to set."""
     prediction = events_pb2.Prediction(
         event_id=request.event_id,
         entity_id=request.entity_id,
@@ -480,6 +545,16 @@ def _prediction(
         else:
             features[name].CopyFrom(value)
     return prediction
+
+
+def stamp_prediction(
+    prediction: events_pb2.Prediction, request: PredictRequest, latency_s: float
+) -> None:
+    """The request's event time, when it was predicted, and how long it took."""
+    prediction.latency.FromNanoseconds(int(latency_s * 1e9))
+    if request.event_time is not None:
+        prediction.event_time.CopyFrom(request.event_time)
+    prediction.predicted_at.GetCurrentTime()
 
 
 def _rows(model: ServedModel, feeds: dict[str, Array]) -> int:

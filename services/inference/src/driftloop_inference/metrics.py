@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 PREDICTIONS_DROPPED = Counter(
     "driftloop_inference_predictions_dropped_total",
-    "Predictions not published to the predictions topic (buffer full or publish failed).",
+    "Predictions not published to the predictions topic (buffer full or publish failed; "
+    "for a rollout candidate's shadow answer also shadow_busy and shadow_failed).",
     ["reason"],
 )
 MODEL_LOAD_FAILURES = Counter(
@@ -71,4 +72,28 @@ ARENA_ACCURACY = Gauge(
     "driftloop_inference_arena_accuracy",
     "A contender's accuracy over its last arena_window scored events.",
     ["model", "contender"],
+)
+SHADOW_PREDICTIONS = Counter(
+    "driftloop_inference_shadow_predictions_total",
+    "A rollout candidate's answers published as shadow predictions (never returned "
+    "to the caller), by candidate version.",
+    ["model", "version"],
+)
+SHADOW_SECONDS = Histogram(
+    "driftloop_inference_shadow_seconds",
+    "A rollout candidate's own scoring time per shadow prediction: its wait in the "
+    "batching queue and its run, after the caller was answered.",
+    ["model"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+SHADOW_LOAD_FAILURES = Counter(
+    "driftloop_inference_shadow_load_failures_total",
+    "Rollout candidates that could not be loaded for shadow scoring (download, digest, "
+    "ONNX, warm-up, signature); the champion serves as before.",
+    ["model", "stage"],
+)
+SHADOW_CANDIDATE = Gauge(
+    "driftloop_inference_shadow_candidate_info",
+    "1 for the rollout candidate loaded and scored in the champion's shadow.",
+    ["model", "version", "rollout_id"],
 )

@@ -7,6 +7,10 @@ one keeps serving, then swapped in with one assignment: a request sees either
 the old model or the new one, never a half-loaded one. A failed load leaves
 everything as it was, logged and counted. Listeners registered with `on_change`
 run after each swap, inside the caller's span (a promotion's trace).
+
+A version may already be loaded and verified elsewhere: a rollout candidate
+scored in the shadow (`rollouts.py`). When a promotion names exactly that
+version and digest, it is swapped in as it is, without a second download.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ log = structlog.get_logger(__name__)
 
 # (model, version) -> (bytes, sha256 the source vouches for)
 Fetch = Callable[[str, int], Awaitable[tuple[bytes, str]]]
+# (version, sha256) -> that version, loaded and verified elsewhere, or None
+Preloaded = Callable[[int, str], ServedModel | None]
 
 
 class ModelRepository:
@@ -38,9 +44,15 @@ class ModelRepository:
         self.loaded_event = asyncio.Event()
         # The champion the registry named while none is loaded yet (being loaded).
         self.expected: int | None = None
+        self._preloaded: Preloaded | None = None
 
     def on_change(self, listener: Callable[[ServedModel], Awaitable[None]]) -> None:
         self._listeners.append(listener)
+
+    def use_preloaded(self, lookup: Preloaded) -> None:
+        """Where `load_version` looks before downloading: a version already
+        loaded and verified elsewhere, with exactly the digest expected."""
+        self._preloaded = lookup
 
     @property
     def ready(self) -> bool:
@@ -127,6 +139,12 @@ class ModelRepository:
                 and (not expected_sha256 or previous.sha256 == expected_sha256)
             ):
                 await self.install(previous)
+                return True
+            preloaded = self._preloaded
+            ready = preloaded(version, expected_sha256) if preloaded and expected_sha256 else None
+            if ready is not None:
+                log.info("preloaded_version_used", model=self.name, version=version)
+                await self.install(ready)
                 return True
             try:
                 data, vouched = await fetch(self.name, version)

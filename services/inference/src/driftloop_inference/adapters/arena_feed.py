@@ -9,7 +9,8 @@ each keeps the same arena whichever replica served a request. It starts at the
 end of the topics and commits nothing: a restarted process starts a fresh arena.
 
 Records go to the handler of their CloudEvents type (`HANDLERS`); other types,
-and other models' records, are skipped. The feed only follows topics that drift
+other models' records and a rollout candidate's shadow predictions (answers no
+caller was given) are skipped. The feed only follows topics that drift
 owns (and dead-letters from), so a record it cannot use (one that does not
 decode, a prediction without an event id, features the learners cannot take)
 is logged and skipped, never dead-lettered a second time, and the feed moves on.

@@ -3,13 +3,18 @@
 The request becomes the data plane's PredictRequest, its Decision the response;
 what Predict does with features, defaults and the predictions topic is the data
 plane's (`dataplane.py`), and its refusals map to status codes in `status.py`.
+
+What the Decision leaves for after the reply (a rollout candidate's shadow
+scoring) runs once the call has ended: gRPC calls a servicer context's done
+callbacks after the response and status were sent, so the caller never waits
+for it.
 """
 
 from __future__ import annotations
 
 from driftloop.v1 import predictor_pb2, predictor_pb2_grpc
 
-from driftloop_inference.dataplane import DataPlane, PredictRequest
+from driftloop_inference.dataplane import AfterReply, DataPlane, PredictRequest
 from driftloop_inference.entrypoints.status import Context, grpc_errors
 
 SERVICE_NAME = "driftloop.v1.Predictor"
@@ -24,6 +29,8 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         self, request: predictor_pb2.PredictRequest, context: Context
     ) -> predictor_pb2.PredictResponse:
         decision = await self._plane.predict(_predict_request(request), context.time_remaining())
+        if decision.after_reply is not None:
+            _after_reply(context, decision.after_reply)
         return predictor_pb2.PredictResponse(
             event_id=request.event_id,
             model=decision.model,
@@ -34,6 +41,16 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             defaults_applied=decision.defaults_applied,
             learner=decision.learner,
         )
+
+
+def _after_reply(context: Context, job: AfterReply) -> None:
+    """Run `job` once the call has ended (its response sent)."""
+
+    def done(_context: Context) -> None:
+        job()
+
+    # The stubs ask for their own callback class; gRPC takes any callable of the context.
+    context.add_done_callback(done)  # type: ignore[arg-type]
 
 
 def _predict_request(request: predictor_pb2.PredictRequest) -> PredictRequest:

@@ -102,8 +102,10 @@ class ArenaHost:
         return self.arena.answer(learner, features)
 
     def observe(self, prediction: events_pb2.Prediction) -> bool:
-        """A prediction read back from the topic; False when it is another model's."""
-        if prediction.model != self.model:
+        """A prediction read back from the topic; False when it is another model's
+        or a rollout candidate's shadow answer, which no caller was given (it
+        would take the served answer's place for its event)."""
+        if prediction.model != self.model or prediction.shadow:
             return False
         seen = evidence(prediction)
         self.arena.observe(seen.event_id, seen.features, seen.champion)
