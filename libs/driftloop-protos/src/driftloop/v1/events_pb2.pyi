@@ -31,6 +31,12 @@ class PromotionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROMOTION_KIND_PROMOTE: _ClassVar[PromotionKind]
     PROMOTION_KIND_ROLLBACK: _ClassVar[PromotionKind]
 
+class RolloutKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_KIND_UNSPECIFIED: _ClassVar[RolloutKind]
+    ROLLOUT_KIND_TRIAL: _ClassVar[RolloutKind]
+    ROLLOUT_KIND_WATCH: _ClassVar[RolloutKind]
+
 class RolloutVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROLLOUT_VERDICT_UNSPECIFIED: _ClassVar[RolloutVerdict]
@@ -43,6 +49,8 @@ class RolloutOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLLOUT_OUTCOME_PROMOTED: _ClassVar[RolloutOutcome]
     ROLLOUT_OUTCOME_REJECTED: _ClassVar[RolloutOutcome]
     ROLLOUT_OUTCOME_SUPERSEDED: _ClassVar[RolloutOutcome]
+    ROLLOUT_OUTCOME_ROLLED_BACK: _ClassVar[RolloutOutcome]
+    ROLLOUT_OUTCOME_KEPT: _ClassVar[RolloutOutcome]
 DRIFT_KIND_UNSPECIFIED: DriftKind
 DRIFT_KIND_PERFORMANCE: DriftKind
 DRIFT_KIND_DATA: DriftKind
@@ -53,6 +61,9 @@ TRAINING_TRIGGER_MANUAL: TrainingTrigger
 PROMOTION_KIND_UNSPECIFIED: PromotionKind
 PROMOTION_KIND_PROMOTE: PromotionKind
 PROMOTION_KIND_ROLLBACK: PromotionKind
+ROLLOUT_KIND_UNSPECIFIED: RolloutKind
+ROLLOUT_KIND_TRIAL: RolloutKind
+ROLLOUT_KIND_WATCH: RolloutKind
 ROLLOUT_VERDICT_UNSPECIFIED: RolloutVerdict
 ROLLOUT_VERDICT_PROMOTE: RolloutVerdict
 ROLLOUT_VERDICT_REJECT: RolloutVerdict
@@ -60,6 +71,8 @@ ROLLOUT_OUTCOME_UNSPECIFIED: RolloutOutcome
 ROLLOUT_OUTCOME_PROMOTED: RolloutOutcome
 ROLLOUT_OUTCOME_REJECTED: RolloutOutcome
 ROLLOUT_OUTCOME_SUPERSEDED: RolloutOutcome
+ROLLOUT_OUTCOME_ROLLED_BACK: RolloutOutcome
+ROLLOUT_OUTCOME_KEPT: RolloutOutcome
 
 class Observation(_message.Message):
     __slots__ = ("event_id", "entity_id", "event_time", "values", "label", "ingested_at", "feature_set")
@@ -388,21 +401,23 @@ class ModelPromoted(_message.Message):
     def __init__(self, promotion_id: _Optional[str] = ..., model: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., alias: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[PromotionKind, str]] = ..., promoted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifact: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ...) -> None: ...
 
 class RolloutPolicy(_message.Message):
-    __slots__ = ("min_paired", "max_duration", "alpha", "beta", "effect")
+    __slots__ = ("min_paired", "max_duration", "alpha", "beta", "effect", "latency_budget_p99")
     MIN_PAIRED_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     BETA_FIELD_NUMBER: _ClassVar[int]
     EFFECT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUDGET_P99_FIELD_NUMBER: _ClassVar[int]
     min_paired: int
     max_duration: _duration_pb2.Duration
     alpha: float
     beta: float
     effect: float
-    def __init__(self, min_paired: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., effect: _Optional[float] = ...) -> None: ...
+    latency_budget_p99: _duration_pb2.Duration
+    def __init__(self, min_paired: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., effect: _Optional[float] = ..., latency_budget_p99: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ModelRolloutStarted(_message.Message):
-    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "artifact", "reason", "started_at", "policy")
+    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "artifact", "reason", "started_at", "policy", "kind")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -411,6 +426,7 @@ class ModelRolloutStarted(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     model: str
     candidate_version: int
@@ -419,10 +435,11 @@ class ModelRolloutStarted(_message.Message):
     reason: str
     started_at: _timestamp_pb2.Timestamp
     policy: RolloutPolicy
-    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., artifact: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy: _Optional[_Union[RolloutPolicy, _Mapping]] = ...) -> None: ...
+    kind: RolloutKind
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., artifact: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy: _Optional[_Union[RolloutPolicy, _Mapping]] = ..., kind: _Optional[_Union[RolloutKind, str]] = ...) -> None: ...
 
 class RolloutFigures(_message.Message):
-    __slots__ = ("paired", "champion_errors", "candidate_errors", "champion_only_right", "candidate_only_right", "p_value", "log_likelihood_ratio")
+    __slots__ = ("paired", "champion_errors", "candidate_errors", "champion_only_right", "candidate_only_right", "p_value", "log_likelihood_ratio", "candidate_p99_ms", "candidate_scored")
     PAIRED_FIELD_NUMBER: _ClassVar[int]
     CHAMPION_ERRORS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_ERRORS_FIELD_NUMBER: _ClassVar[int]
@@ -430,6 +447,8 @@ class RolloutFigures(_message.Message):
     CANDIDATE_ONLY_RIGHT_FIELD_NUMBER: _ClassVar[int]
     P_VALUE_FIELD_NUMBER: _ClassVar[int]
     LOG_LIKELIHOOD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SCORED_FIELD_NUMBER: _ClassVar[int]
     paired: int
     champion_errors: int
     candidate_errors: int
@@ -437,7 +456,9 @@ class RolloutFigures(_message.Message):
     candidate_only_right: int
     p_value: float
     log_likelihood_ratio: float
-    def __init__(self, paired: _Optional[int] = ..., champion_errors: _Optional[int] = ..., candidate_errors: _Optional[int] = ..., champion_only_right: _Optional[int] = ..., candidate_only_right: _Optional[int] = ..., p_value: _Optional[float] = ..., log_likelihood_ratio: _Optional[float] = ...) -> None: ...
+    candidate_p99_ms: float
+    candidate_scored: int
+    def __init__(self, paired: _Optional[int] = ..., champion_errors: _Optional[int] = ..., candidate_errors: _Optional[int] = ..., champion_only_right: _Optional[int] = ..., candidate_only_right: _Optional[int] = ..., p_value: _Optional[float] = ..., log_likelihood_ratio: _Optional[float] = ..., candidate_p99_ms: _Optional[float] = ..., candidate_scored: _Optional[int] = ...) -> None: ...
 
 class RolloutJudged(_message.Message):
     __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "verdict", "reason", "figures", "judged_at")
@@ -460,7 +481,7 @@ class RolloutJudged(_message.Message):
     def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., verdict: _Optional[_Union[RolloutVerdict, str]] = ..., reason: _Optional[str] = ..., figures: _Optional[_Union[RolloutFigures, _Mapping]] = ..., judged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ModelRolloutEnded(_message.Message):
-    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "outcome", "reason", "figures", "ended_at")
+    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "outcome", "reason", "figures", "ended_at", "kind")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -469,6 +490,7 @@ class ModelRolloutEnded(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     FIGURES_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     model: str
     candidate_version: int
@@ -477,4 +499,5 @@ class ModelRolloutEnded(_message.Message):
     reason: str
     figures: RolloutFigures
     ended_at: _timestamp_pb2.Timestamp
-    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., outcome: _Optional[_Union[RolloutOutcome, str]] = ..., reason: _Optional[str] = ..., figures: _Optional[_Union[RolloutFigures, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kind: RolloutKind
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., outcome: _Optional[_Union[RolloutOutcome, str]] = ..., reason: _Optional[str] = ..., figures: _Optional[_Union[RolloutFigures, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[RolloutKind, str]] = ...) -> None: ...

@@ -234,7 +234,7 @@ class ListAliasHistoryResponse(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[_events_pb2.ModelPromoted, _Mapping]]] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "stage", "gate_reason", "end_reason", "started_at", "ended_at", "figures", "policy")
+    __slots__ = ("rollout_id", "model", "candidate_version", "champion_version", "stage", "gate_reason", "end_reason", "started_at", "ended_at", "figures", "policy", "kind")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +246,7 @@ class Rollout(_message.Message):
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     FIGURES_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     model: str
     candidate_version: int
@@ -257,7 +258,8 @@ class Rollout(_message.Message):
     ended_at: _timestamp_pb2.Timestamp
     figures: _events_pb2.RolloutFigures
     policy: _events_pb2.RolloutPolicy
-    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., stage: _Optional[str] = ..., gate_reason: _Optional[str] = ..., end_reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., figures: _Optional[_Union[_events_pb2.RolloutFigures, _Mapping]] = ..., policy: _Optional[_Union[_events_pb2.RolloutPolicy, _Mapping]] = ...) -> None: ...
+    kind: str
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., stage: _Optional[str] = ..., gate_reason: _Optional[str] = ..., end_reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., figures: _Optional[_Union[_events_pb2.RolloutFigures, _Mapping]] = ..., policy: _Optional[_Union[_events_pb2.RolloutPolicy, _Mapping]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("model",)
