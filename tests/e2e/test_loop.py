@@ -30,11 +30,14 @@ DRIFTLOOP = [sys.executable, "-m", "driftloop_cli"]
 SHORT = ("--events", "3200", "--drift-at", "0.5", "--rate", "50", "--timeout", "120")
 
 
-def run_demo(tmp_path: Path, scenario: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+def run_demo(
+    tmp_path: Path, scenario: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """`driftloop demo` on the short scenario; `env`: service settings to add."""
     out = tmp_path / "report"
     done = subprocess.run(
         [*DRIFTLOOP, "demo", "--scenario", scenario, "--out", str(out), *SHORT],
-        env=stack_env(tmp_path / "home"),
+        env=stack_env(tmp_path / "home", **env),
         capture_output=True,
         text=True,
         timeout=300,

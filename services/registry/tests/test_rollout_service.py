@@ -103,7 +103,9 @@ async def test_a_rollout_started_by_the_gate_ends_in_a_promotion_on_its_live_ver
             )
         await wait_for(lambda: _is(champion(), 2))
         listed = await stub.ListRollouts(registry_pb2.ListRolloutsRequest(model=model_name))
-        [rollout] = listed.rollouts
+        # Newest first: the previous champion's watch of v2, then v2's trial.
+        watch, rollout = listed.rollouts
+        assert (watch.kind, watch.stage, watch.candidate_version) == ("watch", "shadow", 1)
         assert rollout.stage == "promoted" and rollout.figures.paired == 64
         assert "better on 64" in rollout.end_reason
 
@@ -112,7 +114,7 @@ async def test_a_rollout_started_by_the_gate_ends_in_a_promotion_on_its_live_ver
         "models", "rollout", model_name, "--endpoint", service.endpoint, "--json"
     )
     assert code == 0, error
-    [listed_doc] = json.loads(out)["rollouts"]
+    _, listed_doc = json.loads(out)["rollouts"]
     assert (listed_doc["candidate_version"], listed_doc["stage"]) == (2, "promoted")
     assert listed_doc["figures"]["paired"] == 64 and listed_doc["policy"]["min_paired"] == 40
     code, out, error = await driftloop(

@@ -15,7 +15,14 @@ import pytest
 from driftloop.v1 import events_pb2
 from driftloop_registry.adapters.schema import open_engine
 from driftloop_registry.adapters.store import SqlRegistryStore
-from driftloop_registry.domain import GatePolicy, InvalidRequestError, RolloutPolicy, Stage, Status
+from driftloop_registry.domain import (
+    GatePolicy,
+    InvalidRequestError,
+    RolloutKind,
+    RolloutPolicy,
+    Stage,
+    Status,
+)
 from driftloop_registry.handlers import Registry
 from fakes import FakeArtifacts, FlakyPublisher, onnx_like
 
@@ -93,8 +100,9 @@ async def test_an_admitted_candidate_starts_a_rollout_and_a_promote_verdict_move
     end = await reg.judged(judged(rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE))
     assert end is not None and end.rollout.stage is Stage.PROMOTED
     assert await champion_of(reg) == 2
-    assert sent(publisher)[-2:] == ["ModelPromoted", "ModelRolloutEnded"]
-    promoted, ended = publisher.sent[-2][2], publisher.sent[-1][2]
+    # The previous champion then watches the new one (below).
+    assert sent(publisher)[-3:] == ["ModelPromoted", "ModelRolloutEnded", "ModelRolloutStarted"]
+    promoted, ended = publisher.sent[-3][2], publisher.sent[-2][2]
     assert isinstance(promoted, events_pb2.ModelPromoted) and promoted.actor == "rollout"
     assert promoted.to_version == 2 and promoted.from_version == 1
     assert isinstance(ended, events_pb2.ModelRolloutEnded)
@@ -105,7 +113,8 @@ async def test_an_admitted_candidate_starts_a_rollout_and_a_promote_verdict_move
     count = len(publisher.sent)
     assert await reg.judged(judged(rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE)) is None
     assert len(publisher.sent) == count
-    [listed] = await reg.rollouts("payments")
+    watch, listed = await reg.rollouts("payments")  # newest first
+    assert (watch.kind, watch.stage) == (RolloutKind.WATCH, Stage.SHADOW)
     assert listed.stage is Stage.PROMOTED and listed.figures == {
         "paired": 120,
         "champion_errors": 30,
@@ -190,3 +199,77 @@ async def test_a_verdict_without_a_rollout_id_or_verdict_is_refused(tmp_path: Pa
         await reg.judged(events_pb2.RolloutJudged(verdict=events_pb2.ROLLOUT_VERDICT_PROMOTE))
     with pytest.raises(InvalidRequestError, match="verdict"):
         await reg.judged(events_pb2.RolloutJudged(rollout_id="x"))
+
+
+async def promoted_with_a_watch(
+    tmp_path: Path, publisher: FlakyPublisher
+) -> tuple[Registry, events_pb2.ModelRolloutStarted]:
+    """v1 champion, v2 promoted by its rollout; the watch that follows, as published."""
+    reg, artifacts = make_registry(tmp_path, publisher)
+    await reg.register_trained(trained(artifacts, "r1", 0.8))
+    second = await reg.register_trained(trained(artifacts, "r2", 0.9, champion=1))
+    assert second.rollout is not None
+    await reg.judged(judged(second.rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE))
+    watch = publisher.sent[-1][2]
+    assert isinstance(watch, events_pb2.ModelRolloutStarted)
+    return reg, watch
+
+
+async def test_the_previous_champion_watches_a_promoted_one_and_takes_the_alias_back(
+    tmp_path: Path,
+) -> None:
+    publisher = FlakyPublisher()
+    reg, watch = await promoted_with_a_watch(tmp_path, publisher)
+    assert watch.kind == events_pb2.ROLLOUT_KIND_WATCH
+    # The previous champion is the watch's candidate, against the new champion.
+    assert (watch.candidate_version, watch.champion_version) == (1, 2)
+    assert watch.policy.max_duration.ToSeconds() == 1800
+    assert not watch.policy.HasField("latency_budget_p99")
+
+    verdict = judged(watch.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE, "v1 did better")
+    end = await reg.judged(verdict)
+    assert end is not None and end.rollout.stage is Stage.ROLLED_BACK and end.watch is None
+    assert await champion_of(reg) == 1
+    assert sent(publisher)[-2:] == ["ModelPromoted", "ModelRolloutEnded"]
+    rollback, ended = publisher.sent[-2][2], publisher.sent[-1][2]
+    assert isinstance(rollback, events_pb2.ModelPromoted)
+    assert rollback.kind == events_pb2.PROMOTION_KIND_ROLLBACK
+    assert (rollback.from_version, rollback.to_version, rollback.actor) == (2, 1, "rollout")
+    assert rollback.reason == "watch after promotion: v1 did better"
+    assert isinstance(ended, events_pb2.ModelRolloutEnded)
+    assert ended.outcome == events_pb2.ROLLOUT_OUTCOME_ROLLED_BACK
+    history = await reg.history("payments")
+    assert [(c.to_version, c.kind) for c in history] == [
+        (1, events_pb2.PROMOTION_KIND_PROMOTE),
+        (2, events_pb2.PROMOTION_KIND_PROMOTE),
+        (1, events_pb2.PROMOTION_KIND_ROLLBACK),
+    ]
+
+
+async def test_a_watch_that_finds_the_new_champion_no_worse_keeps_it(tmp_path: Path) -> None:
+    publisher = FlakyPublisher()
+    reg, watch = await promoted_with_a_watch(tmp_path, publisher)
+    end = await reg.judged(judged(watch.rollout_id, events_pb2.ROLLOUT_VERDICT_REJECT, "no better"))
+    assert end is not None and end.rollout.stage is Stage.KEPT and end.change is None
+    assert await champion_of(reg) == 2
+    ended = publisher.sent[-1][2]
+    assert isinstance(ended, events_pb2.ModelRolloutEnded)
+    assert ended.outcome == events_pb2.ROLLOUT_OUTCOME_KEPT
+    assert ended.kind == events_pb2.ROLLOUT_KIND_WATCH
+
+
+async def test_no_watch_when_its_duration_is_zero_and_a_budget_travels_to_the_judge(
+    tmp_path: Path,
+) -> None:
+    publisher = FlakyPublisher()
+    policy = RolloutPolicy(min_paired=50, latency_budget_ms=25.0, watch_s=0)
+    reg, artifacts = make_registry(tmp_path, publisher, rollout=policy)
+    await reg.register_trained(trained(artifacts, "r1", 0.8))
+    second = await reg.register_trained(trained(artifacts, "r2", 0.9, champion=1))
+    assert second.rollout is not None
+    started = publisher.sent[-1][2]
+    assert isinstance(started, events_pb2.ModelRolloutStarted)
+    assert started.policy.latency_budget_p99.ToMicroseconds() == 25_000
+    end = await reg.judged(judged(second.rollout.rollout_id, events_pb2.ROLLOUT_VERDICT_PROMOTE))
+    assert end is not None and end.watch is None
+    assert sent(publisher)[-1] == "ModelRolloutEnded"

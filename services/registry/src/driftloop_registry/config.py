@@ -40,6 +40,11 @@ class RegistrySettings(BaseSettings):
     rollout_alpha: float = Field(default=0.05, gt=0, lt=0.5)
     rollout_beta: float = Field(default=0.1, gt=0, lt=0.5)
     rollout_effect: float = Field(default=0.15, gt=0, lt=0.5)
+    # A trial's candidate whose shadow p99 is above this is not promoted; 0: none.
+    rollout_latency_budget_ms: float = Field(default=0.0, ge=0)
+    # How long the previous champion shadows one a rollout promoted, ready to
+    # take the alias back if it does better live; 0: no watch.
+    rollout_watch_s: float = Field(default=1800.0, ge=0)
     group_id: str = "driftloop-registry"
     source_topic: str = Topics.MODELS_TRAINED
     rollouts_topic: str = Topics.MODELS_ROLLOUTS
@@ -64,6 +69,8 @@ class RegistrySettings(BaseSettings):
             alpha=self.rollout_alpha,
             beta=self.rollout_beta,
             effect=self.rollout_effect,
+            latency_budget_ms=self.rollout_latency_budget_ms,
+            watch_s=self.rollout_watch_s,
         )
 
     @property

@@ -170,12 +170,23 @@ class ModelVersion:
 
 
 class Stage(enum.StrEnum):
-    """Where a rollout stands: open while `SHADOW`, then how it ended."""
+    """Where a rollout stands: open while `SHADOW`, then how it ended (a
+    trial: promoted or rejected; a watch: rolled back or kept)."""
 
     SHADOW = "shadow"
     PROMOTED = "promoted"
     REJECTED = "rejected"
     SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled_back"
+    KEPT = "kept"
+
+
+class RolloutKind(enum.StrEnum):
+    """A trial puts a candidate against the champion; the watch after a
+    promotion puts the previous champion (its candidate) against the new one."""
+
+    TRIAL = "trial"
+    WATCH = "watch"
 
 
 ROLLOUT_ACTOR = "rollout"
@@ -191,6 +202,10 @@ class RolloutPolicy:
     alpha: float = 0.05
     beta: float = 0.1
     effect: float = 0.15
+    # A trial's candidate over this shadow p99 is not promoted; 0: no budget.
+    latency_budget_ms: float = 0.0
+    # How long the previous champion shadows a promoted one; 0: no watch.
+    watch_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -208,6 +223,7 @@ class Rollout:
     ended_at: datetime | None = None
     end_reason: str = ""
     figures: dict[str, float] | None = None
+    kind: RolloutKind = RolloutKind.TRIAL
 
     @property
     def open(self) -> bool:
@@ -230,11 +246,13 @@ class Registration:
 
 @dataclass(frozen=True)
 class RolloutEnd:
-    """A rollout ended by a verdict: the rollout as it ended, and the alias
-    change a promotion made (None otherwise)."""
+    """A rollout ended by a verdict: the rollout as it ended, the alias change
+    its verdict made (a trial's promotion, a watch's rollback; None otherwise),
+    and the watch a promotion started."""
 
     rollout: Rollout
     change: AliasChange | None
+    watch: Rollout | None = None
 
 
 @dataclass(frozen=True)

@@ -152,11 +152,18 @@ class Registry:
             reason=rollout.end_reason,
         )
         if end.change is not None:
-            target = await asyncio.to_thread(
-                self._store.get, rollout.model, rollout.candidate_version
-            )
+            target = await asyncio.to_thread(self._store.get, rollout.model, end.change.to_version)
             await self._publish_promoted(end.change, target)
         await self._publish_rollout_ended(rollout)
+        if end.watch is not None:
+            log.info(
+                "rollout_watch_started",
+                model=rollout.model,
+                champion=end.watch.champion_version,
+                previous=end.watch.candidate_version,
+                rollout_id=end.watch.rollout_id,
+            )
+            await self._publish_rollout_started(end.watch)
         return end
 
     async def rollouts(self, model: str = "") -> list[Rollout]:

@@ -11,6 +11,7 @@ from driftloop_registry.domain import (
     Kind,
     ModelVersion,
     Rollout,
+    RolloutKind,
     Stage,
     Status,
 )
@@ -24,6 +25,12 @@ OUTCOME = {
     Stage.PROMOTED: events_pb2.ROLLOUT_OUTCOME_PROMOTED,
     Stage.REJECTED: events_pb2.ROLLOUT_OUTCOME_REJECTED,
     Stage.SUPERSEDED: events_pb2.ROLLOUT_OUTCOME_SUPERSEDED,
+    Stage.ROLLED_BACK: events_pb2.ROLLOUT_OUTCOME_ROLLED_BACK,
+    Stage.KEPT: events_pb2.ROLLOUT_OUTCOME_KEPT,
+}
+ROLLOUT_KIND = {
+    RolloutKind.TRIAL: events_pb2.ROLLOUT_KIND_TRIAL,
+    RolloutKind.WATCH: events_pb2.ROLLOUT_KIND_WATCH,
 }
 KIND = {
     Kind.PROMOTE: events_pb2.PROMOTION_KIND_PROMOTE,
@@ -115,6 +122,8 @@ def rollout_policy(rollout: Rollout) -> events_pb2.RolloutPolicy:
         min_paired=policy.min_paired, alpha=policy.alpha, beta=policy.beta, effect=policy.effect
     )
     message.max_duration.FromMilliseconds(int(policy.max_duration_s * 1000))
+    if policy.latency_budget_ms > 0:
+        message.latency_budget_p99.FromMicroseconds(int(policy.latency_budget_ms * 1000))
     return message
 
 
@@ -127,6 +136,7 @@ def rollout_started(rollout: Rollout, candidate: ModelVersion) -> events_pb2.Mod
         artifact=artifact_of(candidate),
         reason=rollout.gate_reason,
         policy=rollout_policy(rollout),
+        kind=ROLLOUT_KIND[rollout.kind],
     )
     message.started_at.FromDatetime(rollout.started_at)
     return message
@@ -158,6 +168,7 @@ def rollout_ended(rollout: Rollout) -> events_pb2.ModelRolloutEnded:
         champion_version=rollout.champion_version,
         outcome=OUTCOME[rollout.stage],
         reason=rollout.end_reason,
+        kind=ROLLOUT_KIND[rollout.kind],
     )
     figures = rollout_figures(rollout.figures)
     if figures is not None:
@@ -177,6 +188,7 @@ def rollout(rollout: Rollout) -> registry_pb2.Rollout:
         gate_reason=rollout.gate_reason,
         end_reason=rollout.end_reason,
         policy=rollout_policy(rollout),
+        kind=rollout.kind.value,
     )
     message.started_at.FromDatetime(rollout.started_at)
     if rollout.ended_at is not None:

@@ -125,6 +125,7 @@ def rollout_document(rollout: registry_pb2.Rollout) -> dict[str, Any]:
         "name": rollout.model,
         "candidate_version": rollout.candidate_version,
         "champion_version": rollout.champion_version,
+        "kind": rollout.kind or "trial",
         "stage": rollout.stage,
         "gate_reason": rollout.gate_reason,
         "end_reason": rollout.end_reason,
@@ -238,7 +239,9 @@ def rollout(
     if as_json:
         print(json.dumps({"rollouts": documents}, sort_keys=True))
         return
-    table = Table("name", "candidate", "champion", "stage", "started_at", "live figures", "reason")
+    table = Table(
+        "name", "kind", "candidate", "champion", "stage", "started_at", "live figures", "reason"
+    )
     for doc in documents:
         figures = doc["figures"] or {}
         live = (
@@ -249,6 +252,7 @@ def rollout(
         )
         table.add_row(
             doc["name"],
+            doc["kind"],
             f"v{doc['candidate_version']}",
             f"v{doc['champion_version']}",
             doc["stage"],

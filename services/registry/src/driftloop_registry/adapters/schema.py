@@ -40,6 +40,7 @@ from driftloop_registry.domain import (
     Kind,
     ModelVersion,
     Rollout,
+    RolloutKind,
     RolloutPolicy,
     Stage,
     Status,
@@ -131,6 +132,7 @@ class RolloutRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     rollout_id: Mapped[str] = mapped_column(String(64), unique=True)
     model: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(8), default="trial")
     candidate_version: Mapped[int] = mapped_column(BigInteger)
     champion_version: Mapped[int] = mapped_column(BigInteger)
     stage: Mapped[str] = mapped_column(String(16))
@@ -157,6 +159,7 @@ def rollout_of(row: RolloutRow) -> Rollout:
         ended_at=as_utc(row.ended_at) if row.ended_at is not None else None,
         end_reason=row.end_reason,
         figures=row.figures,
+        kind=RolloutKind(row.kind),
     )
 
 

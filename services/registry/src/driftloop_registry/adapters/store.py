@@ -57,6 +57,7 @@ from driftloop_registry.domain import (
     Registration,
     Rollout,
     RolloutEnd,
+    RolloutKind,
     RolloutPolicy,
     Stage,
     Status,
@@ -256,6 +257,7 @@ class SqlRegistryStore:
             trial = RolloutRow(
                 rollout_id=uuid.uuid4().hex,
                 model=model,
+                kind=RolloutKind.TRIAL.value,
                 candidate_version=row.version,
                 champion_version=champion.version,
                 stage=Stage.SHADOW.value,
@@ -404,13 +406,14 @@ class SqlRegistryStore:
                 f"{reason}"
             )
             return RolloutEnd(rollout_of(trial), None)
+        trial.end_reason = reason
+        if trial.kind == RolloutKind.WATCH.value:
+            return self._end_watch(session, trial, champion, candidate, promote, reason, now)
         if not promote:
             trial.stage = Stage.REJECTED.value
-            trial.end_reason = reason
             candidate.status_reason = f"rejected by its rollout: {reason}"
             return RolloutEnd(rollout_of(trial), None)
         trial.stage = Stage.PROMOTED.value
-        trial.end_reason = reason
         candidate.status_reason = f"promoted by its rollout: {reason}"
         change = self._move(
             session,
@@ -422,7 +425,57 @@ class SqlRegistryStore:
             kind=Kind.PROMOTE,
             at=now,
         )
-        return RolloutEnd(rollout_of(trial), change)
+        policy = RolloutPolicy(**trial.policy)
+        if policy.watch_s <= 0:
+            return RolloutEnd(rollout_of(trial), change)
+        # The previous champion keeps shadowing the new one for `watch_s`.
+        watch = RolloutRow(
+            rollout_id=uuid.uuid4().hex,
+            model=model,
+            kind=RolloutKind.WATCH.value,
+            candidate_version=champion.version,
+            champion_version=candidate.version,
+            stage=Stage.SHADOW.value,
+            gate_reason=f"watch after v{candidate.version}'s promotion: {reason}",
+            policy=dataclasses.asdict(
+                dataclasses.replace(policy, max_duration_s=policy.watch_s, latency_budget_ms=0.0)
+            ),
+            started_at=now,
+            started_published=False,
+            ended_published=False,
+        )
+        session.add(watch)
+        return RolloutEnd(rollout_of(trial), change, rollout_of(watch))
+
+    def _end_watch(
+        self,
+        session: Session,
+        watch: RolloutRow,
+        champion: VersionRow,
+        previous: VersionRow,
+        better: bool,
+        reason: str,
+        now: datetime,
+    ) -> RolloutEnd:
+        """A watch's verdict: the previous champion did better live (the alias
+        goes back to it, a rollback), or not (the new champion stays)."""
+        if not better:
+            watch.stage = Stage.KEPT.value
+            return RolloutEnd(rollout_of(watch), None)
+        watch.stage = Stage.ROLLED_BACK.value
+        why = f"watch after promotion: {reason}"
+        previous.status_reason = f"restored by the watch after v{champion.version}'s promotion"
+        change = self._move(
+            session,
+            watch.model,
+            champion,
+            previous,
+            actor=ROLLOUT_ACTOR,
+            reason=why,
+            kind=Kind.ROLLBACK,
+            at=now,
+        )
+        return RolloutEnd(rollout_of(watch), change)
 
     @staticmethod
     def _end_open(
