@@ -52,5 +52,11 @@ def test_a_drift_retrain_is_promoted_by_its_live_verdict(tmp_path: Path) -> None
     assert versions[new]["serving_from_event"] >= started["at_event"]
     assert report["accuracy"]["after"] >= 0.9, report["accuracy"]
 
+    # Once promoted, the previous champion watches the new one in shadow.
+    watches = [r for r in report["rollouts"] if r["kind"] == "watch" and r["step"] == "started"]
+    assert [(w["candidate_version"], w["champion_version"]) for w in watches] == [
+        (started["champion_version"], new)
+    ], report["rollouts"]
+
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert f"v{new} went into shadow" in summary and "ended promoted" in summary

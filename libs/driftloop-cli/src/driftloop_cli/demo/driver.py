@@ -219,6 +219,7 @@ def rollout_record(value: bytes, ce_type: str) -> RolloutSeen | None:
             "shadow",
             started.reason,
             _seconds(started.started_at),
+            kind=_kind(started.kind),
         )
     if step == "judged":
         judged = events_pb2.RolloutJudged.FromString(value)
@@ -249,8 +250,13 @@ def rollout_record(value: bytes, ce_type: str) -> RolloutSeen | None:
             ended.figures.paired,
             ended.figures.champion_errors,
             ended.figures.candidate_errors,
+            kind=_kind(ended.kind),
         )
     return None
+
+
+def _kind(kind: int) -> str:
+    return "watch" if kind == events_pb2.ROLLOUT_KIND_WATCH else "trial"
 
 
 def add_record(timeline: Timeline, record: object) -> None:
@@ -393,13 +399,17 @@ class Announcer:
 
     def _rollout(self, record: RolloutSeen) -> None:
         candidate, champion = record.candidate_version, record.champion_version
-        if record.step == "started":
+        if record.step == "started" and record.kind == "watch":
+            self._say(f"previous champion v{candidate} watches v{champion} in shadow")
+        elif record.step == "started":
             self._say(f"v{candidate} in shadow beside champion v{champion}")
         elif record.step == "judged":
             self._say(
                 f"rollout of v{candidate} judged {record.outcome} on {record.paired} paired "
                 f"labelled events ({record.candidate_errors} vs {record.champion_errors} errors)"
             )
+        elif record.kind == "watch":
+            self._say(f"watch of v{champion} ended: {record.outcome.replace('_', ' ')}")
         elif record.outcome != "promoted":  # a promotion is announced as such
             self._say(f"rollout of v{candidate} {record.outcome}")
 

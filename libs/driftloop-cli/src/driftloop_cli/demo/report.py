@@ -217,6 +217,7 @@ def build_report(
         "rollouts": [
             {
                 "rollout_id": r.rollout_id,
+                "kind": r.kind,
                 "step": r.step,
                 "candidate_version": r.candidate_version,
                 "champion_version": r.champion_version,
@@ -338,7 +339,14 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
             f"{report['drift_retrains']} drift-triggered retraining runs."
         )
     for step in report.get("rollouts", []):
-        if step["step"] == "started":
+        if step["step"] == "started" and step["kind"] == "watch":
+            lines.append(
+                f"- The previous champion v{step['candidate_version']} watched "
+                f"v{step['champion_version']} in shadow from event {step['at_event']}."
+            )
+        elif step["step"] == "ended" and step["kind"] == "watch":
+            lines.append(f"- The watch ended {step['outcome']}: {step['reason']}")
+        elif step["step"] == "started":
             lines.append(
                 f"- v{step['candidate_version']} went into shadow beside champion "
                 f"v{step['champion_version']} at event {step['at_event']}."
@@ -412,7 +420,7 @@ def plot_accuracy(report: Mapping[str, Any], sink: BinaryIO, title: str | None =
             )
         shadowed = False
         for step in report.get("rollouts", []):
-            if step["step"] != "started" or step.get("at_event") is None:
+            if step["step"] != "started" or step["kind"] != "trial" or step.get("at_event") is None:
                 continue
             shadowed = True
             axes.axvline(step["at_event"], color="tab:cyan", linestyle="-.", alpha=0.8)

@@ -101,6 +101,9 @@ class RolloutSeen:
     paired: int = 0
     champion_errors: int = 0
     candidate_errors: int = 0
+    # "trial" (a candidate against the champion) or "watch" (the previous
+    # champion shadowing a promoted one); unknown on a verdict.
+    kind: str = "trial"
 
 
 @dataclass(frozen=True)
