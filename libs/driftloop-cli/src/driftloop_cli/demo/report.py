@@ -196,6 +196,7 @@ def build_report(
         drift.update({"detected_event": None, "detected_at": None, "kind": None})
 
     drift_retrains = [t for t in timeline.trainings if t.trigger == "drift"]
+    kinds = {r.rollout_id: r.kind for r in timeline.rollouts if r.step == "started"}
     return {
         "outcome": timeline.outcome,
         "scenario": dict(scenario),
@@ -217,7 +218,8 @@ def build_report(
         "rollouts": [
             {
                 "rollout_id": r.rollout_id,
-                "kind": r.kind,
+                # A verdict does not say; its rollout's start does.
+                "kind": kinds.get(r.rollout_id, r.kind),
                 "step": r.step,
                 "candidate_version": r.candidate_version,
                 "champion_version": r.champion_version,
