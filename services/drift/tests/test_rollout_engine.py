@@ -1,7 +1,8 @@
 """Rollouts in the drift engine and application, no broker: a candidate's shadow
 answers reach the rollout judge and nothing else, the verdict is one
-`RolloutJudged` that goes out through the outbox, time runs out on a tick when
-no records come, and the judge's state survives a restart."""
+`RolloutJudged` that goes out through the outbox, the shadow answers' latency
+reaches its figures and the budget, time runs out on a tick when no records
+come, and the judge's state survives a restart."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from driftloop.v1 import events_pb2
-from driftloop_core.kafka import EventHeaders, Record, Topics
+from driftloop_core.kafka import EventHeaders, PoisonMessage, Record, Topics
 from driftloop_core.kafka.topics import kind_of_message
 from driftloop_drift.adapters.state import DriftStateStore
 from driftloop_drift.application import IDLE_BEFORE_WALL_CLOCK_S, DriftApplication
 from driftloop_drift.domain.join import PredictionSeen
-from driftloop_drift.domain.rollout import Rollout, RolloutPolicy, ShadowSeen
-from driftloop_drift.entrypoints.kafka import DriftRecords
+from driftloop_drift.domain.rollout import Rollout, RolloutKind, RolloutPolicy, ShadowSeen
+from driftloop_drift.entrypoints.kafka import DriftRecords, rollout_of, shadow_seen
 from driftloop_drift.handlers import DriftEngine
 from driftloop_drift.outbox import Outbox, judged_event_id
 from driftloop_drift.ports import ChampionReference
@@ -333,6 +335,98 @@ async def test_time_runs_out_on_a_tick_when_no_records_come(tmp_path: Path, kit:
     )
     assert again.engine.rollouts.rollout("r1") is None
     await again.close()
+
+
+async def test_shadow_latencies_reach_the_published_figures_and_the_budget(
+    tmp_path: Path, kit: Any
+) -> None:
+    """Each shadow `Prediction.latency` is the candidate's own scoring time. A
+    trial and a watch see the same answers, a better candidate's, with the same
+    25 ms budget: the trial's verdict goes out REJECT, naming its p99 and the
+    budget; the watch, which the budget does not bind, goes out PROMOTE in a
+    watch's words. Both carry the p99 and how many answers it is of."""
+    t0 = kit.T0_MS
+    sent = Sent()
+    app, _ = application(tmp_path, kit, sent, Clock(t0))
+    await app.load()
+    records = DriftRecords(app, max_future_ms=300_000)
+    trial = started(t0, min_paired=30)
+    trial.policy.latency_budget_p99.FromMilliseconds(25)
+    watch = events_pb2.ModelRolloutStarted()
+    watch.CopyFrom(trial)
+    watch.rollout_id, watch.kind = "w1", events_pb2.ROLLOUT_KIND_WATCH
+    batch = [record(0, trial, t0), record(1, watch, t0)]
+    for index in range(30):
+        event_id, t_ms = f"e{index}", t0 + 10 + index
+        parts: list[Message] = [
+            events_pb2.Prediction(event_id=event_id, model="payments", model_version=1, label=0),
+            events_pb2.Observation(event_id=event_id, feature_set="payments", label=1),
+        ]
+        for rollout_id in ("r1", "w1"):
+            shadow = events_pb2.Prediction(
+                event_id=event_id,
+                model="payments",
+                model_version=2,
+                label=1,
+                shadow=True,
+                rollout_id=rollout_id,
+            )
+            # 10.0, 11.1, ..., 41.9 ms: a nearest-rank p99 of 30 is the slowest.
+            shadow.latency.FromMicroseconds(10_000 + 1_100 * index)
+            parts.insert(1, shadow)
+        batch.extend(record(len(batch) + i, part, t_ms) for i, part in enumerate(parts))
+    assert all(outcome is None for outcome in await records.handle_batch(batch))
+    await app.store({("sources", 0): len(batch)})
+
+    verdicts = {
+        verdict.rollout_id: verdict
+        for verdict in (events_pb2.RolloutJudged.FromString(value) for *_, value in sent.records)
+    }
+    assert sorted(verdicts) == ["r1", "w1"]
+    for verdict in verdicts.values():
+        assert verdict.figures.paired == verdict.figures.candidate_only_right == 30
+        assert (verdict.figures.candidate_p99_ms, verdict.figures.candidate_scored) == (41.9, 30)
+    rejected, kept = verdicts["r1"], verdicts["w1"]
+    assert rejected.verdict == events_pb2.ROLLOUT_VERDICT_REJECT
+    assert rejected.reason.startswith("candidate v2 better than champion v1 on 30 paired")
+    assert rejected.reason.endswith(
+        "but its shadow p99 41.9 ms (on 30 shadow answers) is over the 25.0 ms budget"
+    )
+    assert kept.verdict == events_pb2.ROLLOUT_VERDICT_PROMOTE
+    assert kept.reason.startswith("previous champion v2 did better than new champion v1 on 30")
+    assert "budget" not in kept.reason
+    assert REGISTRY.get_sample_value(
+        "driftloop_drift_rollout_verdicts_total",
+        {"model": "payments", "verdict": "reject", "rule": "over_latency_budget"},
+    )
+    await app.close()
+
+
+def test_kind_budget_and_latency_as_the_judge_reads_them_off_the_wire(kit: Any) -> None:
+    """Unset kind reads as a trial, an unset budget as none; an unset shadow
+    latency is no measurement (not 0 ms), and a negative budget is refused."""
+    t0 = kit.T0_MS
+    plain = rollout_of(started(t0), t0)
+    assert plain.kind is RolloutKind.TRIAL and plain.policy.latency_budget_ms == 0.0
+    assert plain.latency_budget_ms is None
+    message = started(t0)
+    message.kind = events_pb2.ROLLOUT_KIND_WATCH
+    message.policy.latency_budget_p99.FromMicroseconds(25_500)
+    watch = rollout_of(message, t0)
+    assert watch.kind is RolloutKind.WATCH and watch.policy.latency_budget_ms == 25.5
+    assert watch.latency_budget_ms is None, "a watch is held to no budget"
+    message.kind = events_pb2.ROLLOUT_KIND_TRIAL
+    assert rollout_of(message, t0).latency_budget_ms == 25.5
+    message.policy.latency_budget_p99.FromMilliseconds(-1)
+    with pytest.raises(PoisonMessage):
+        rollout_of(message, t0)
+
+    shadow = events_pb2.Prediction(
+        event_id="e", model="payments", model_version=2, shadow=True, rollout_id="r1"
+    )
+    assert shadow_seen(shadow).latency_ms is None
+    shadow.latency.FromMicroseconds(12_345)
+    assert shadow_seen(shadow).latency_ms == 12.345
 
 
 def test_a_label_for_an_unknown_event_waits_only_while_a_rollout_is_open(kit: Any) -> None:

@@ -1,6 +1,7 @@
 """The rollout judge on its own: pairing by event id in any order, the sequential
 rule and its bounds, time running out, duplicates, memory bounds, the state
-round trip, and the rule's error rates measured on simulated rollouts."""
+round trip, the latency budget and a watch's wording, and the rule's error
+rates measured on simulated rollouts."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from typing import Any
 
 import pytest
 from driftloop_drift.domain.rollout import (
+    LATENCY_WINDOW,
     MAX_ROLLOUTS,
+    MIN_LATENCY_SAMPLE,
     Counts,
     Judged,
+    Latencies,
     Rollout,
     RolloutJudge,
+    RolloutKind,
     RolloutPolicy,
     Rule,
     ShadowSeen,
@@ -24,6 +29,7 @@ from driftloop_drift.domain.rollout import (
     decide,
     log_likelihood_ratios,
     mcnemar_p_value,
+    p99,
 )
 
 MODEL = "payments"
@@ -37,9 +43,12 @@ def rollout(
     candidate: int = 3,
     champion: int = 2,
     started_ms: int = T0_MS,
+    kind: RolloutKind = RolloutKind.TRIAL,
     **policy: Any,
 ) -> Rollout:
-    return Rollout(rollout_id, MODEL, candidate, champion, started_ms, RolloutPolicy(**policy))
+    return Rollout(
+        rollout_id, MODEL, candidate, champion, started_ms, RolloutPolicy(**policy), kind
+    )
 
 
 def judge(*rollouts: Rollout, ttl_ms: int = HOUR_MS, max_pending: int = 10_000) -> RolloutJudge:
@@ -51,12 +60,20 @@ def judge(*rollouts: Rollout, ttl_ms: int = HOUR_MS, max_pending: int = 10_000) 
 
 class Feeder:
     """Events of one rollout: the champion's answer, the candidate's, the label,
-    with each version right as often as the test says (independently)."""
+    with each version right as often as the test says (independently). The
+    candidate's answer to event n took `latency(n)` ms (None: not measured)."""
 
-    def __init__(self, judge: RolloutJudge, trial: Rollout, seed: int = 0) -> None:
+    def __init__(
+        self,
+        judge: RolloutJudge,
+        trial: Rollout,
+        seed: int = 0,
+        latency: Callable[[int], float | None] = lambda n: None,
+    ) -> None:
         self.judge = judge
         self.rollout = trial
         self.rng = random.Random(seed)
+        self.latency = latency
         self.n = 0
         self.now_ms = T0_MS
 
@@ -76,7 +93,12 @@ class Feeder:
             ),
             "c": lambda: self.judge.on_candidate(
                 ShadowSeen(
-                    self.rollout.rollout_id, event_id, MODEL, self.rollout.candidate, candidate
+                    self.rollout.rollout_id,
+                    event_id,
+                    MODEL,
+                    self.rollout.candidate,
+                    candidate,
+                    self.latency(self.n),
                 ),
                 self.now_ms,
             ),
@@ -353,6 +375,8 @@ def test_a_policy_that_makes_no_sense_is_refused() -> None:
         {"effect": -0.1},
         {"max_duration_ms": 0},
         {"min_paired": -1},
+        {"latency_budget_ms": -1.0},
+        {"latency_budget_ms": math.nan},
     ):
         with pytest.raises(ValueError):
             RolloutPolicy(**bad)
@@ -386,6 +410,209 @@ def test_log_likelihood_ratios_are_walds() -> None:
     assert policy.upper == pytest.approx(math.log(0.8 / 0.05))
     assert policy.lower == pytest.approx(math.log(0.2 / 0.95))
     assert decide(rollout(), Counts(paired=10), T0_MS) is None
+
+
+# ---------------------------------------------------------------------- the latency budget
+
+
+def two_slow(n: int) -> float:
+    """Answers of 10-19.9 ms, but for two of 41.2 ms among the first 100: the
+    nearest-rank p99 of 100 is the second slowest, so 41.2 ms."""
+    return 41.2 if n in (17, 64) else 10.0 + (n % 100) / 10
+
+
+def one_slow(n: int) -> float:
+    """Answers of 10-19.9 ms and one of 41.2 ms among the first 100: p99 19.9 ms."""
+    return 41.2 if n == 17 else 10.0 + (n % 100) / 10
+
+
+def promoted_at_100(trial: Rollout, latency: Callable[[int], float | None]) -> Verdict:
+    """The candidate right and the champion wrong every time: judged at event 100."""
+    feeder = Feeder(judge(trial), trial, latency=latency)
+    for _ in range(99):
+        assert feeder.event(champion_right=False, candidate_right=True) == []
+    [verdict] = feeder.event(champion_right=False, candidate_right=True)
+    return verdict
+
+
+def test_a_better_candidate_over_its_latency_budget_is_rejected_naming_both_figures() -> None:
+    verdict = promoted_at_100(rollout(min_paired=100, latency_budget_ms=25.0), two_slow)
+    assert verdict.rule is Rule.OVER_LATENCY_BUDGET and not verdict.promote
+    figures = verdict.figures
+    assert (figures.candidate_p99_ms, figures.candidate_scored) == (41.2, 100)
+    assert figures.paired == 100 and figures.candidate_only_right == 100
+    assert verdict.reason.startswith("candidate v3 better than champion v2 on 100 paired")
+    assert verdict.reason.endswith(
+        "; but its shadow p99 41.2 ms (on 100 shadow answers) is over the 25.0 ms budget"
+    )
+
+
+def test_a_better_candidate_within_its_latency_budget_is_promoted() -> None:
+    verdict = promoted_at_100(rollout(min_paired=100, latency_budget_ms=25.0), one_slow)
+    assert verdict.rule is Rule.BETTER and verdict.promote
+    assert (verdict.figures.candidate_p99_ms, verdict.figures.candidate_scored) == (19.9, 100)
+    assert verdict.reason.startswith("candidate v3 better than champion v2 on 100 paired")
+    assert verdict.reason.endswith(
+        "; shadow p99 19.9 ms (on 100 shadow answers) within the 25.0 ms budget"
+    )
+    # Exactly at the budget is within it.
+    at = promoted_at_100(rollout(min_paired=100, latency_budget_ms=41.2), two_slow)
+    assert at.rule is Rule.BETTER
+
+
+def test_without_a_budget_latency_is_reported_but_never_judged() -> None:
+    verdict = promoted_at_100(rollout(min_paired=100), lambda n: 500.0 + n)
+    assert verdict.rule is Rule.BETTER and verdict.promote
+    assert (verdict.figures.candidate_p99_ms, verdict.figures.candidate_scored) == (599.0, 100)
+    assert "p99" not in verdict.reason and "budget" not in verdict.reason
+
+
+def test_too_few_shadow_latencies_leave_the_budget_unjudged() -> None:
+    """A candidate whose latency was barely measured (or not at all: an inference
+    that sends none) is not rejected on it; the reason says so."""
+    trial = rollout(min_paired=MIN_LATENCY_SAMPLE, latency_budget_ms=25.0)
+    feeder = Feeder(judge(trial), trial, latency=lambda n: 100.0 if n > 1 else None)
+    verdicts: list[Verdict] = []
+    while not verdicts:
+        verdicts = feeder.event(champion_right=False, candidate_right=True)
+    [verdict] = verdicts
+    assert verdict.rule is Rule.BETTER and verdict.figures.paired == MIN_LATENCY_SAMPLE
+    assert verdict.figures.candidate_scored == MIN_LATENCY_SAMPLE - 1
+    assert verdict.figures.candidate_p99_ms == 100.0
+    assert verdict.reason.endswith(
+        f"; shadow p99 not held to the 25.0 ms budget: measured on "
+        f"{MIN_LATENCY_SAMPLE - 1} shadow answers, fewer than {MIN_LATENCY_SAMPLE}"
+    )
+    # None measured at all: the figures say 0 of 0.
+    bare = promoted_at_100(rollout(min_paired=100, latency_budget_ms=25.0), lambda n: None)
+    assert bare.promote
+    assert (bare.figures.candidate_p99_ms, bare.figures.candidate_scored) == (0.0, 0)
+
+
+def test_rejections_keep_their_reasons_and_gain_the_latency_figures() -> None:
+    """Only a promotion is held back by the budget: a worse candidate is rejected
+    as worse, however slow, and its figures carry the p99 all the same."""
+    trial = rollout(min_paired=100, latency_budget_ms=25.0)
+    feeder = Feeder(judge(trial), trial, latency=two_slow)
+    verdicts: list[Verdict] = []
+    while not verdicts:
+        verdicts = feeder.event(champion_right=True, candidate_right=False)
+    [verdict] = verdicts
+    assert verdict.rule is Rule.WORSE and verdict.figures.paired == 100
+    assert verdict.reason.startswith("candidate v3 worse than champion v2 on 100 paired")
+    assert "p99" not in verdict.reason
+    assert (verdict.figures.candidate_p99_ms, verdict.figures.candidate_scored) == (41.2, 100)
+
+
+def test_a_watch_ignores_the_budget_and_speaks_of_the_previous_champion() -> None:
+    """In a watch the rollout's candidate is the previous champion (v2) shadowing
+    the new one (v3): PROMOTE still means the candidate did better (roll back)."""
+    watch = rollout(
+        candidate=2, champion=3, kind=RolloutKind.WATCH, min_paired=100, latency_budget_ms=25.0
+    )
+    verdict = promoted_at_100(watch, two_slow)
+    assert verdict.rule is Rule.BETTER and verdict.promote
+    assert verdict.figures.candidate_p99_ms == 41.2, "measured and reported all the same"
+    assert verdict.reason.startswith(
+        "previous champion v2 did better than new champion v3 on 100 paired labelled events: "
+        "0 vs 100 errors (previous vs new champion), only the previous champion right on 100, "
+        "only the new one on 0, McNemar p="
+    )
+    assert "budget" not in verdict.reason and "candidate" not in verdict.reason
+
+    worse = rollout("w", candidate=2, champion=3, kind=RolloutKind.WATCH, min_paired=100)
+    feeder = Feeder(judge(worse), worse)
+    verdicts: list[Verdict] = []
+    while not verdicts:
+        verdicts = feeder.event(champion_right=True, candidate_right=False)
+    assert verdicts[0].reason.startswith("previous champion v2 did worse than new champion v3")
+
+    slow = rollout("t", candidate=2, champion=3, kind=RolloutKind.WATCH, max_duration_ms=HOUR_MS)
+    [timed_out] = judge(slow).due(slow.deadline_ms).verdicts
+    assert timed_out.reason.startswith(
+        "time ran out: no verdict within 1h; previous champion v2 vs new champion v3 on 0"
+    )
+
+
+def test_p99_is_the_nearest_rank() -> None:
+    assert p99([]) is None
+    assert p99([7.5]) == 7.5
+    assert p99(float(v) for v in range(1, 101)) == 99.0, "the 99th of 100"
+    assert p99(float(v) for v in range(1, 102)) == 100.0, "ceil(0.99 * 101) = 100th"
+    assert p99(float(v) for v in range(1, 51)) == 50.0, "below 100 values: the slowest"
+    shuffled = [float(v) for v in range(1, 1_001)]
+    random.Random(9).shuffle(shuffled)
+    assert p99(shuffled) == 990.0
+    # numpy's "inverted_cdf" is the same definition.
+    numpy = pytest.importorskip("numpy")
+    sample = [random.Random(i).lognormvariate(2.5, 0.6) for i in range(1_000)]
+    assert p99(sample) == numpy.percentile(sample, 99, method="inverted_cdf")
+
+
+def test_the_latency_window_keeps_the_most_recent_and_only_durations() -> None:
+    latencies = Latencies()
+    assert not latencies.add(-1.0) and not latencies.add(math.nan) and not latencies.add(math.inf)
+    for value in range(1, LATENCY_WINDOW + 501):
+        assert latencies.add(float(value))
+    assert len(latencies) == LATENCY_WINDOW
+    assert latencies.to_json()[0] == 501.0
+    # Of 501..2500, the nearest-rank p99 is the 1,980th: 2,480.
+    assert latencies.p99() == 2_480.0
+
+
+def test_a_duplicated_shadow_answer_counts_its_latency_once() -> None:
+    trial = rollout(min_paired=1_000)
+    running = judge(trial)
+    shadow = ShadowSeen("r1", "e", MODEL, 3, 1, 12.0)
+    running.on_candidate(shadow, T0_MS)
+    running.on_candidate(shadow, T0_MS)  # waiting for its champion answer and label
+    running.on_champion("e", 2, 1, T0_MS)
+    running.on_label("e", 1, T0_MS)
+    running.on_candidate(shadow, T0_MS)  # after it was counted
+    assert running.to_json()["trials"][0]["latencies"] == [12.0]
+
+
+def test_latencies_survive_the_state_round_trip() -> None:
+    trial = rollout(min_paired=100, latency_budget_ms=25.0)
+    first = judge(trial)
+    feeder = Feeder(first, trial, latency=two_slow)
+    # The first slow answer (event 17) comes before the restart, the second (64) after.
+    for _ in range(60):
+        assert feeder.event(champion_right=False, candidate_right=True) == []
+    state = first.to_json()
+    assert len(state["trials"][0]["latencies"]) == 60
+    assert state["trials"][0]["rollout"]["kind"] == "trial"
+    second = RolloutJudge(MODEL, HOUR_MS, 10_000)
+    second.load(state)
+    assert second.to_json() == state
+    verdicts: dict[str, Verdict] = {}
+    for name, running in (("first", first), ("second", second)):
+        again = Feeder(running, trial, latency=two_slow)
+        again.n, again.now_ms = feeder.n, feeder.now_ms
+        for _ in range(40):
+            for verdict in again.event(champion_right=False, candidate_right=True):
+                verdicts[name] = verdict
+    assert verdicts["first"] == verdicts["second"]
+    assert verdicts["second"].rule is Rule.OVER_LATENCY_BUDGET
+    assert verdicts["second"].figures.candidate_scored == 100
+    assert verdicts["second"].figures.candidate_p99_ms == 41.2, "the early slow one came back"
+    third = RolloutJudge(MODEL, HOUR_MS, 10_000)
+    third.load(second.to_json())
+    assert third.verdict("r1") == verdicts["second"]
+
+    # A state saved before latencies and kinds: a trial with none measured.
+    old = first.to_json()
+    del old["trials"][0]["latencies"], old["trials"][0]["rollout"]["kind"]
+    del old["trials"][0]["rollout"]["policy"]["latency_budget_ms"]
+    del old["trials"][0]["verdict"]["figures"]["candidate_p99_ms"]
+    del old["trials"][0]["verdict"]["figures"]["candidate_scored"]
+    fourth = RolloutJudge(MODEL, HOUR_MS, 10_000)
+    fourth.load(old)
+    loaded = fourth.rollout("r1")
+    assert loaded is not None and loaded.kind is RolloutKind.TRIAL
+    assert loaded.policy.latency_budget_ms == 0.0
+    verdict = fourth.verdict("r1")
+    assert verdict is not None and verdict.figures.candidate_scored == 0
 
 
 # ---------------------------------------------------------------------- error rates

@@ -101,7 +101,13 @@ def to(topic: str, messages: list[Message], key: str = "c1") -> list[Outgoing]:
 
 
 def prediction(
-    model: str, event_id: str, version: int, predicted: int, t_ms: int, rollout_id: str = ""
+    model: str,
+    event_id: str,
+    version: int,
+    predicted: int,
+    t_ms: int,
+    rollout_id: str = "",
+    latency_us: int = 0,
 ) -> events_pb2.Prediction:
     message = events_pb2.Prediction(
         event_id=event_id,
@@ -113,6 +119,8 @@ def prediction(
         rollout_id=rollout_id,
     )
     message.event_time.FromMilliseconds(t_ms)
+    if latency_us:
+        message.latency.FromMicroseconds(latency_us)
     return message
 
 
@@ -166,8 +174,12 @@ async def test_a_clearly_better_candidate_is_judged_promote_once(
             t_ms = t0 + i * 100
             event_id = f"e{i}"
             champions.append(prediction(model, event_id, 1, truth ^ champion_wrong, t_ms))
+            # The candidate took 2-6 ms per answer: its p99 over 100 or more is 6 ms.
+            latency_us = 2_000 + 1_000 * (i % 5)
             shadows.append(
-                prediction(model, event_id, 2, truth ^ candidate_wrong, t_ms, rollout_id)
+                prediction(
+                    model, event_id, 2, truth ^ candidate_wrong, t_ms, rollout_id, latency_us
+                )
             )
             labels.append(observation(model, event_id, truth, t_ms))
         # Shadows first for half the events, the champion's first for the rest;
@@ -191,6 +203,9 @@ async def test_a_clearly_better_candidate_is_judged_promote_once(
         assert figures.p_value < 0.01 and figures.log_likelihood_ratio >= 2.77
         assert judged.reason.startswith(f"candidate v2 better than champion v1 on {figures.paired}")
         assert "McNemar p=" in judged.reason
+        # Every paired event's shadow answer was scored, and some not yet paired too.
+        assert figures.paired <= figures.candidate_scored <= EVENTS
+        assert figures.candidate_p99_ms == 6.0
 
         # Every event handled: the champion's watch saw the champion's predictions only.
         await eventually(lambda: engine.labels.total == EVENTS, 30, "every label counted")

@@ -158,11 +158,13 @@ class DriftApplication:
                 rollout_id=rollout.rollout_id,
                 candidate=rollout.candidate,
                 champion=rollout.champion,
+                kind=rollout.kind.value,
                 min_paired=policy.min_paired,
                 max_duration_s=policy.max_duration_ms / 1000,
                 alpha=policy.alpha,
                 beta=policy.beta,
                 effect=policy.effect,
+                latency_budget_ms=rollout.latency_budget_ms,
             )
         self._count(result)
 
@@ -273,6 +275,8 @@ class DriftApplication:
                 paired=figures.paired,
                 p_value=figures.p_value,
                 log_likelihood_ratio=figures.log_likelihood_ratio,
+                candidate_p99_ms=figures.candidate_p99_ms,
+                candidate_scored=figures.candidate_scored,
                 reason=verdict.reason,
             )
         for feature in result.non_finite:

@@ -13,7 +13,8 @@ It also judges rollouts (`domain/rollout.py`): a candidate's shadow answers
 second prediction of an event would be taken for a duplicate by the join and
 would put the candidate's errors into the champion's error stream. The
 champion's own answers and the labels go to the judge as well as to the watch,
-and a verdict comes out as one `RolloutJudged`.
+and a verdict comes out as one `RolloutJudged`, with the candidate's shadow
+latency (its p99, and how many answers it is of) among its figures.
 
 Its whole state is plain data (`to_json` / `from_json`): detector inputs since
 their last reset, the pending halves of the join, the labelled event ids,
@@ -532,6 +533,8 @@ def rollout_judged(verdict: Verdict) -> events_pb2.RolloutJudged:
             candidate_only_right=figures.candidate_only_right,
             p_value=figures.p_value,
             log_likelihood_ratio=figures.log_likelihood_ratio,
+            candidate_p99_ms=figures.candidate_p99_ms,
+            candidate_scored=figures.candidate_scored,
         ),
         judged_at=timestamp(verdict.judged_ms),
     )

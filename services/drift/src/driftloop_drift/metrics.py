@@ -48,6 +48,6 @@ ROLLOUT_PAIRED = Counter(
 ROLLOUT_VERDICTS = Counter(
     "driftloop_drift_rollout_verdicts_total",
     "Rollouts judged, by verdict (promote, reject) and the rule that decided "
-    "(better, worse, not_better, time_ran_out).",
+    "(better, worse, not_better, time_ran_out, over_latency_budget).",
     ["model", "verdict", "rule"],
 )

@@ -20,6 +20,22 @@ The rule (McNemar's pairing, judged sequentially):
 - No verdict before `min_paired` paired events (a handful of lucky events must
   not decide), and a rejection ("time ran out") once `max_duration` has passed
   since the rollout started without a verdict.
+- The latency guard: a trial's candidate found better is still rejected when
+  the policy has a latency budget and the p99 of its shadow scoring times is
+  over it. Being right more often does not pay for every caller waiting longer.
+
+Two kinds of rollout are judged by the same rule. A trial puts a new candidate
+beside the champion. A watch follows a promotion: the previous champion
+shadows the new one, as the rollout's "candidate", and a verdict that it did
+better (PROMOTE) tells the registry to roll back. The latency budget does not
+apply to a watch: how fast the old version answers does not make the new one
+any better, and the old one served every caller until just now. Only the
+wording of the reasons differs.
+
+The candidate's latency is what inference measured for each shadow answer
+(its wait in the batching queue and its run). The judge keeps the most recent
+`LATENCY_WINDOW` of them per rollout: bounded memory, and the recent ones say
+how the candidate runs now, after its first calls warmed it up.
 
 Each open rollout keeps the events it has seen part of (champion answer,
 candidate answer, label) until the missing parts come, in any order, for at
@@ -37,7 +53,8 @@ the whole state is plain data (`to_json` / `load`).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -52,6 +69,13 @@ DEFAULT_EFFECT = 0.1
 MAX_ROLLOUTS = 8
 # Rollout ids remembered after they ended, so a duplicated start does not reopen one.
 ENDED_MEMORY = 256
+# Shadow latencies kept per rollout (the most recent): what its p99 is taken over.
+LATENCY_WINDOW = 2_000
+# Fewer shadow latencies than this and the budget is not judged: there is no
+# figure worth the name (an inference that sends no latency gives none at all),
+# and a better candidate must not be rejected on nothing. Below 100 the p99 is
+# the slowest answer itself, which errs on the callers' side.
+MIN_LATENCY_SAMPLE = 20
 
 
 # ---------------------------------------------------------------------- the rollout
@@ -66,6 +90,8 @@ class RolloutPolicy:
     alpha: float = DEFAULT_ALPHA
     beta: float = DEFAULT_BETA
     effect: float = DEFAULT_EFFECT
+    # The candidate's shadow p99 above which a trial does not promote; 0: no budget.
+    latency_budget_ms: float = 0.0
 
     def __post_init__(self) -> None:
         # Checked here so that a judge never runs on bounds that make no sense
@@ -82,6 +108,10 @@ class RolloutPolicy:
             )
         if not 0.0 < self.effect < 0.5:
             raise ValueError(f"effect must lie in (0, 0.5), got {self.effect}")
+        if not (math.isfinite(self.latency_budget_ms) and self.latency_budget_ms >= 0.0):
+            raise ValueError(
+                f"latency_budget must be a duration of at least 0, got {self.latency_budget_ms} ms"
+            )
 
     @property
     def upper(self) -> float:
@@ -94,9 +124,17 @@ class RolloutPolicy:
         return math.log(self.beta / (1.0 - self.alpha))
 
 
+class RolloutKind(Enum):
+    """What a rollout tries (`RolloutKind` on the wire; unset reads as a trial)."""
+
+    TRIAL = "trial"  # a new candidate against the champion
+    WATCH = "watch"  # after a promotion: the previous champion against the new one
+
+
 @dataclass(frozen=True)
 class Rollout:
-    """A candidate on trial against the champion (`ModelRolloutStarted`)."""
+    """A candidate judged against the champion (`ModelRolloutStarted`). In a watch
+    the candidate is the previous champion and the champion the new one."""
 
     rollout_id: str
     model: str
@@ -104,10 +142,17 @@ class Rollout:
     champion: int
     started_ms: int
     policy: RolloutPolicy = field(default_factory=RolloutPolicy)
+    kind: RolloutKind = RolloutKind.TRIAL
 
     @property
     def deadline_ms(self) -> int:
         return self.started_ms + self.policy.max_duration_ms
+
+    @property
+    def latency_budget_ms(self) -> float | None:
+        """The budget the candidate's shadow p99 is held to, if any (never in a watch)."""
+        budget = self.policy.latency_budget_ms
+        return budget if budget > 0 and self.kind is RolloutKind.TRIAL else None
 
 
 @dataclass(frozen=True)
@@ -119,6 +164,8 @@ class ShadowSeen:
     model: str
     version: int
     predicted: int
+    # The candidate's own scoring time for this answer; None when not measured.
+    latency_ms: float | None = None
 
 
 # ---------------------------------------------------------------------- figures and verdicts
@@ -131,6 +178,8 @@ class Rule(Enum):
     WORSE = "worse"
     NOT_BETTER = "not_better"
     TIME_RAN_OUT = "time_ran_out"
+    # Better, but its shadow p99 is over the latency budget: not promoted.
+    OVER_LATENCY_BUDGET = "over_latency_budget"
 
     @property
     def promotes(self) -> bool:
@@ -156,6 +205,41 @@ class Counts:
         self.candidate_only_right += candidate_right and not champion_right
 
 
+def p99(values: Iterable[float]) -> float | None:
+    """The nearest-rank 99th percentile: the smallest value at least 99% of the
+    values are at or below. Always a latency one answer really took, so the
+    figure in a reason is one a reader can find among the answers."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[math.ceil(0.99 * len(ordered)) - 1]
+
+
+class Latencies:
+    """The candidate's most recent shadow scoring latencies, in milliseconds."""
+
+    def __init__(self, values: Iterable[float] = (), limit: int = LATENCY_WINDOW) -> None:
+        self._values: deque[float] = deque(maxlen=limit)
+        for value in values:
+            self.add(value)
+
+    def add(self, ms: float) -> bool:
+        """Keep one latency; one that is no duration (negative, NaN) is no measurement."""
+        if not (math.isfinite(ms) and ms >= 0.0):
+            return False
+        self._values.append(float(ms))
+        return True
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def p99(self) -> float | None:
+        return p99(self._values)
+
+    def to_json(self) -> list[float]:
+        return list(self._values)
+
+
 @dataclass(frozen=True)
 class Figures:
     """What a verdict was reached on (`RolloutFigures` on the wire)."""
@@ -167,6 +251,9 @@ class Figures:
     candidate_only_right: int
     p_value: float
     log_likelihood_ratio: float  # of the "better" test
+    # The candidate's shadow p99 (0 when none was measured) and how many it is of.
+    candidate_p99_ms: float = 0.0
+    candidate_scored: int = 0
 
 
 def log_likelihood_ratios(b: int, c: int, effect: float) -> tuple[float, float]:
@@ -194,7 +281,7 @@ def mcnemar_p_value(b: int, c: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def figures_of(counts: Counts, policy: RolloutPolicy) -> Figures:
+def figures_of(counts: Counts, policy: RolloutPolicy, latencies: Latencies) -> Figures:
     b, c = counts.champion_only_right, counts.candidate_only_right
     better, _ = log_likelihood_ratios(b, c, policy.effect)
     return Figures(
@@ -205,7 +292,42 @@ def figures_of(counts: Counts, policy: RolloutPolicy) -> Figures:
         c,
         mcnemar_p_value(b, c),
         better,
+        latencies.p99() or 0.0,
+        len(latencies),
     )
+
+
+@dataclass(frozen=True)
+class _Words:
+    """How a reason names the two versions: a trial's candidate and champion, or
+    a watch's previous and new champion."""
+
+    candidate: str  # "candidate v3"
+    champion: str  # "champion v2"
+    pair: str  # whose errors come first in "N vs M errors (...)"
+    candidate_alone: str  # "only the candidate right on ..."
+    champion_alone: str  # "..., only the champion on ..."
+    verb: str  # "" or "did ", before "better than"
+
+    @classmethod
+    def of(cls, rollout: Rollout) -> _Words:
+        if rollout.kind is RolloutKind.WATCH:
+            return cls(
+                f"previous champion v{rollout.candidate}",
+                f"new champion v{rollout.champion}",
+                "previous vs new champion",
+                "the previous champion",
+                "the new one",
+                "did ",
+            )
+        return cls(
+            f"candidate v{rollout.candidate}",
+            f"champion v{rollout.champion}",
+            "candidate vs champion",
+            "the candidate",
+            "the champion",
+            "",
+        )
 
 
 @dataclass(frozen=True)
@@ -225,36 +347,59 @@ class Verdict:
     def reason(self) -> str:
         """The verdict in words, with the figures a reader needs to trust it."""
         rollout, f, policy = self.rollout, self.figures, self.rollout.policy
-        versions = f"candidate v{rollout.candidate}"
-        champion = f"champion v{rollout.champion}"
+        words = _Words.of(rollout)
+        candidate, champion, did = words.candidate, words.champion, words.verb
         evidence = (
             f"on {f.paired} paired labelled events: {f.candidate_errors} vs "
-            f"{f.champion_errors} errors (candidate vs champion), only the candidate right "
-            f"on {f.candidate_only_right}, only the champion on {f.champion_only_right}, "
-            f"McNemar p={_p(f.p_value)}"
+            f"{f.champion_errors} errors ({words.pair}), only {words.candidate_alone} right "
+            f"on {f.candidate_only_right}, only {words.champion_alone} on "
+            f"{f.champion_only_right}, McNemar p={_p(f.p_value)}"
         )
-        if self.rule is Rule.BETTER:
+        if self.rule in (Rule.BETTER, Rule.OVER_LATENCY_BUDGET):
             bound = f"log LR {f.log_likelihood_ratio:.2f} >= {policy.upper:.2f}"
-            return f"{versions} better than {champion} {evidence}; {bound}"
+            better = f"{candidate} {did}better than {champion} {evidence}; {bound}"
+            return f"{better}{self._latency()}"
         if self.rule is Rule.WORSE:
             _, worse = log_likelihood_ratios(
                 f.champion_only_right, f.candidate_only_right, policy.effect
             )
             bound = f"log LR of worse {worse:.2f} >= {policy.upper:.2f}"
-            return f"{versions} worse than {champion} {evidence}; {bound}"
+            return f"{candidate} {did}worse than {champion} {evidence}; {bound}"
         if self.rule is Rule.NOT_BETTER:
             bound = f"log LR {f.log_likelihood_ratio:.2f} <= {policy.lower:.2f}"
             return (
-                f"{versions} no better than {champion} (by {policy.effect:g}) {evidence}; {bound}"
+                f"{candidate} {did}no better than {champion} (by {policy.effect:g}) "
+                f"{evidence}; {bound}"
             )
         return (
             f"time ran out: no verdict within {_duration(policy.max_duration_ms)}; "
-            f"{versions} vs {champion} {evidence}"
+            f"{candidate} vs {champion} {evidence}"
         )
+
+    def _latency(self) -> str:
+        """What the latency budget said of a better candidate ("" without a budget)."""
+        budget, f = self.rollout.latency_budget_ms, self.figures
+        if budget is None:
+            return ""
+        on = f"on {f.candidate_scored} shadow answers"
+        if f.candidate_scored < MIN_LATENCY_SAMPLE:
+            return (
+                f"; shadow p99 not held to the {_ms(budget)} ms budget: measured {on}, "
+                f"fewer than {MIN_LATENCY_SAMPLE}"
+            )
+        p99 = _ms(f.candidate_p99_ms)
+        if self.rule is Rule.OVER_LATENCY_BUDGET:
+            return f"; but its shadow p99 {p99} ms ({on}) is over the {_ms(budget)} ms budget"
+        return f"; shadow p99 {p99} ms ({on}) within the {_ms(budget)} ms budget"
 
 
 def _p(value: float) -> str:
     return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _ms(value: float) -> str:
+    # One decimal reads well from a millisecond up; below, keep two significant digits.
+    return f"{value:.1f}" if value >= 1.0 else f"{value:.2g}"
 
 
 def _duration(ms: int) -> str:
@@ -287,6 +432,17 @@ def decide(rollout: Rollout, counts: Counts, now_ms: int) -> Rule | None:
     if better <= policy.lower:
         return Rule.NOT_BETTER
     return None
+
+
+def latency_guard(rollout: Rollout, rule: Rule, latencies: Latencies) -> Rule:
+    """A better trial candidate whose shadow p99 is over the policy's budget is
+    rejected instead. Only a promotion is held back: a rejection stands as it is,
+    and so does a candidate whose latency was measured on too few answers."""
+    budget = rollout.latency_budget_ms
+    if rule is not Rule.BETTER or budget is None or len(latencies) < MIN_LATENCY_SAMPLE:
+        return rule
+    measured = latencies.p99()
+    return Rule.OVER_LATENCY_BUDGET if measured is not None and measured > budget else rule
 
 
 # ---------------------------------------------------------------------- one rollout's pairing
@@ -322,7 +478,15 @@ class _Trial:
         # event id -> when it was counted, for deduplication.
         self.counted: OrderedDict[str, int] = OrderedDict()
         self.counts = Counts()
+        self.latencies = Latencies()
         self.verdict: Verdict | None = None
+
+    def knows(self, event_id: str, side: str) -> bool:
+        """Whether this part of the event was seen already (while it is remembered)."""
+        if event_id in self.counted:
+            return True
+        parts = self.pending.get(event_id)
+        return parts is not None and getattr(parts, side) is not None
 
     def add(self, event_id: str, side: str, value: int, now_ms: int) -> Added:
         """Record one part (`champion`, `candidate` or `label`) of an event. A part
@@ -352,9 +516,9 @@ class _Trial:
         rule = decide(self.rollout, self.counts, now_ms)
         if rule is None:
             return None
-        self.verdict = Verdict(
-            self.rollout, rule, figures_of(self.counts, self.rollout.policy), now_ms
-        )
+        rule = latency_guard(self.rollout, rule, self.latencies)
+        figures = figures_of(self.counts, self.rollout.policy, self.latencies)
+        self.verdict = Verdict(self.rollout, rule, figures, now_ms)
         # Nothing more counts: what waited is no longer needed.
         self.pending.clear()
         self.counted.clear()
@@ -381,6 +545,7 @@ class _Trial:
                 "champion": rollout.champion,
                 "started_ms": rollout.started_ms,
                 "policy": asdict(rollout.policy),
+                "kind": rollout.kind.value,
             },
             "pending": [
                 [event_id, p.arrived_ms, p.champion, p.candidate, p.label]
@@ -388,6 +553,7 @@ class _Trial:
             ],
             "counted": list(self.counted.items()),
             "counts": asdict(self.counts),
+            "latencies": self.latencies.to_json(),
             "verdict": None
             if verdict is None
             else {
@@ -407,6 +573,8 @@ class _Trial:
             int(saved["champion"]),
             int(saved["started_ms"]),
             RolloutPolicy(**saved["policy"]),
+            # States saved before rollouts had kinds or latencies: trials, none measured.
+            RolloutKind(saved.get("kind", RolloutKind.TRIAL.value)),
         )
         trial = cls(rollout, ttl_ms, max_pending)
         for event_id, arrived, champion, candidate, label in data["pending"]:
@@ -414,6 +582,7 @@ class _Trial:
         for event_id, at in data["counted"]:
             trial.counted[event_id] = int(at)
         trial.counts = Counts(**data["counts"])
+        trial.latencies = Latencies(data.get("latencies", ()))
         verdict = data["verdict"]
         if verdict is not None:
             trial.verdict = Verdict(
@@ -523,6 +692,11 @@ class RolloutJudge:
         ):
             self.stats.unmatched += 1
             return judged
+        # Kept before the answer is counted: the answer that completes the
+        # deciding event is part of the latency the verdict is judged on. A
+        # duplicated answer is one scoring, so its latency counts once.
+        if shadow.latency_ms is not None and not trial.knows(shadow.event_id, "candidate"):
+            trial.latencies.add(shadow.latency_ms)
         self._count(trial, shadow.event_id, "candidate", shadow.predicted, now_ms, judged)
         return judged
 

@@ -47,7 +47,7 @@ from driftloop_drift import metrics
 from driftloop_drift.application import DriftApplication
 from driftloop_drift.config import DriftSettings
 from driftloop_drift.domain.join import LabelSeen, PredictionSeen
-from driftloop_drift.domain.rollout import Rollout, RolloutPolicy, ShadowSeen
+from driftloop_drift.domain.rollout import Rollout, RolloutKind, RolloutPolicy, ShadowSeen
 
 log = get_logger(__name__)
 
@@ -115,12 +115,18 @@ def shadow_seen(prediction: events_pb2.Prediction) -> ShadowSeen:
             field="rollout_id",
             rule="required",
         )
+    # `latency` is the candidate's own scoring time; an inference that does not
+    # measure it leaves it unset, which is no measurement rather than 0 ms.
+    latency_ms = (
+        prediction.latency.ToNanoseconds() / 1e6 if prediction.HasField("latency") else None
+    )
     return ShadowSeen(
         prediction.rollout_id,
         prediction.event_id,
         prediction.model,
         prediction.model_version,
         prediction.label,
+        latency_ms,
     )
 
 
@@ -135,6 +141,8 @@ def rollout_policy(policy: events_pb2.RolloutPolicy) -> RolloutPolicy:
             alpha=policy.alpha or defaults.alpha,
             beta=policy.beta or defaults.beta,
             effect=policy.effect or defaults.effect,
+            # Unset or zero: no budget (a negative one is refused below).
+            latency_budget_ms=policy.latency_budget_p99.ToNanoseconds() / 1e6,
         )
     except ValueError as error:
         # Judging on other bounds than the registry asked for would be silently wrong.
@@ -145,7 +153,8 @@ def rollout_policy(policy: events_pb2.RolloutPolicy) -> RolloutPolicy:
 
 def rollout_of(started: events_pb2.ModelRolloutStarted, record_ms: int) -> Rollout:
     """The rollout as the judge sees it; it starts when the record was written if
-    `started_at` is unset."""
+    `started_at` is unset. Any kind but a watch is judged as a trial: unset means
+    one, and a trial is the kind that holds a candidate to its latency budget."""
     for name in ("rollout_id", "candidate_version", "champion_version"):
         if not getattr(started, name):
             raise PoisonMessage(
@@ -158,6 +167,7 @@ def rollout_of(started: events_pb2.ModelRolloutStarted, record_ms: int) -> Rollo
         started.champion_version,
         _ms(started.started_at, record_ms),
         rollout_policy(started.policy),
+        RolloutKind.WATCH if started.kind == events_pb2.ROLLOUT_KIND_WATCH else RolloutKind.TRIAL,
     )
 
 
