@@ -12,9 +12,14 @@ promotion made by the rollout, and the recovery it brings.
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
+from support.stack import DRIFTLOOP, stack_env
 from test_loop import run_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -57,6 +62,28 @@ def test_a_drift_retrain_is_promoted_by_its_live_verdict(tmp_path: Path) -> None
     assert [(w["candidate_version"], w["champion_version"]) for w in watches] == [
         (started["champion_version"], new)
     ], report["rollouts"]
+
+    # The retrain loop's trace goes on through the rollout: the verdict, the
+    # promotion it made and the swap are in it.
+    printed = re.search(r"`(driftloop traces [^`]+)`", done.stdout)
+    assert printed is not None, done.stdout
+    traced = subprocess.run(
+        [*DRIFTLOOP, *shlex.split(printed.group(1))[1:], "--json"],
+        env=stack_env(tmp_path / "unused"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert traced.returncode == 0, traced.stderr
+    hops = {(span["service"], span["name"]) for span in json.loads(traced.stdout)["spans"]}
+    for hop in [
+        ("trainer", "trainer.fit"),
+        ("registry", "send models.rollouts"),
+        ("drift", "drift.rollout_judged"),
+        ("registry", "send models.promoted"),
+        ("inference", "inference.model_swap"),
+    ]:
+        assert hop in hops, (hop, sorted(hops))
 
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert f"v{new} went into shadow" in summary and "ended promoted" in summary

@@ -35,6 +35,7 @@ from typing import Any
 from driftloop.v1 import common_pb2, events_pb2
 from driftloop_core.logging import get_logger
 from google.protobuf.message import Message
+from opentelemetry.context import Context
 
 from driftloop_drift import metrics
 from driftloop_drift.adapters.state import DriftStateStore, OutboxEvent, Position
@@ -144,6 +145,10 @@ class DriftApplication:
     def on_label(self, label: LabelSeen, now_ms: int) -> None:
         self._handled()
         self._count(self.engine.on_label(label, now_ms))
+
+    def remember_rollout_trace(self, rollout_id: str, context: Context) -> None:
+        """The trace a rollout's start came in: its verdict is published in it."""
+        self._outbox.remember_rollout(rollout_id, context)
 
     def on_rollout_started(self, rollout: Rollout, now_ms: int) -> None:
         self._handled()

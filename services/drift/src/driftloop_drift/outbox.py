@@ -9,7 +9,11 @@ A detection starts the retrain loop's trace: a `drift.detected` root span. The
 training request it causes is published inside it (in the same batch) or in a
 `drift.retrain_requested` child of it (once its post-drift rows are there, a
 later batch), so the whole loop reads as one trace. A rollout's verdict is a
-`drift.rollout_judged` root span of its own.
+`drift.rollout_judged` span in the trace its `ModelRolloutStarted` came in
+(the registry starts a trial while registering the retrained version, inside
+the retrain loop's trace), so the loop's trace goes on through the rollout to
+the promotion and the swap; a verdict with no start seen by this process (a
+restart in between) is a root span of its own.
 
 A `RolloutJudged` goes out under an id derived from its rollout id: whatever
 decides it again (a replay, a restart before the outbox was emptied) publishes
@@ -66,6 +70,16 @@ class Outbox:
         self._store = store
         self._publisher = publisher
         self._detections: OrderedDict[str, trace.SpanContext] = OrderedDict()
+        self._rollouts: OrderedDict[str, trace.SpanContext] = OrderedDict()
+
+    def remember_rollout(self, rollout_id: str, context: Context) -> None:
+        """The trace a rollout's start came in, for its verdict to continue."""
+        span = trace.get_current_span(context).get_span_context()
+        if not span.is_valid:
+            return
+        self._rollouts[rollout_id] = span
+        while len(self._rollouts) > DETECTIONS_REMEMBERED:
+            self._rollouts.popitem(last=False)
 
     async def publish(self, events: Sequence[OutboxEvent]) -> None:
         if not events:
@@ -111,9 +125,14 @@ class Outbox:
             return span
         if event.message == _JUDGED:
             judged = events_pb2.RolloutJudged.FromString(event.payload)
+            started = self._rollouts.get(judged.rollout_id)
             span = _tracer.start_span(
                 "drift.rollout_judged",
-                context=Context(),
+                context=(
+                    trace.set_span_in_context(trace.NonRecordingSpan(started))
+                    if started is not None
+                    else Context()
+                ),
                 attributes={
                     "driftloop.model": judged.model,
                     "driftloop.rollout_id": judged.rollout_id,

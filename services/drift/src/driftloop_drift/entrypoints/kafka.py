@@ -228,6 +228,7 @@ async def on_training_failed(app: DriftApplication, record: Record, record_ms: i
 async def on_rollout_started(app: DriftApplication, record: Record, record_ms: int) -> None:
     started = _decode(events_pb2.ModelRolloutStarted, record.value)
     if started.model == app.model:  # another model's rollout is no business of ours
+        app.remember_rollout_trace(started.rollout_id, record.headers.trace_context())
         app.on_rollout_started(rollout_of(started, record_ms), record_ms)
 
 
