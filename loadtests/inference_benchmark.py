@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1022,7 +1022,7 @@ def report(cells: list[Cell], options: Options) -> dict[str, Any]:
     }
 
 
-def predict_verdict(by_key: dict[tuple[str, str, int], Any], console: Any) -> dict[str, Any]:
+def predict_verdict(by_key: Mapping[tuple[Kind, str, int], Any], console: Any) -> dict[str, Any]:
     """Issue 15's Predict target against ModelInfer, same run, Python client."""
     c16 = TARGET_CONCURRENCY
     infer = by_key.get(("oip", PYTHON_CLIENT, c16))
@@ -1098,8 +1098,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def checked_timing(args: argparse.Namespace) -> tuple[int, ...]:
+    """`--concurrency` as levels, once it and `--seconds`/`--warmup` make sense;
+    SystemExit naming the option otherwise."""
     try:
         concurrency = tuple(int(c) for c in args.concurrency.split(","))
     except ValueError:
@@ -1110,6 +1111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--concurrency: each must be >= 1, got {args.concurrency!r}")
     if args.seconds <= 0 or args.warmup < 0:
         raise SystemExit("--seconds: must be > 0; --warmup: must be >= 0")
+    return concurrency
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    concurrency = checked_timing(args)
     if args.client_processes < 1:
         raise SystemExit(f"--client-processes: must be >= 1, got {args.client_processes}")
     if args.connections < 1:

@@ -95,6 +95,7 @@ from inference_benchmark import (
     _started,
     announce_model,
     check_enrichment,
+    checked_timing,
     console,
     fit_driftloop_model,
     inference_workers,
@@ -799,16 +800,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        concurrency = tuple(int(c) for c in args.concurrency.split(","))
-    except ValueError:
-        raise SystemExit(
-            f"--concurrency: must be integers separated by commas, got {args.concurrency!r}"
-        ) from None
-    if not concurrency or min(concurrency) < 1:
-        raise SystemExit(f"--concurrency: each must be >= 1, got {args.concurrency!r}")
-    if args.seconds <= 0 or args.warmup < 0:
-        raise SystemExit("--seconds: must be > 0; --warmup: must be >= 0")
+    concurrency = checked_timing(args)
     if args.rounds < 1:
         raise SystemExit(f"--rounds: must be >= 1, got {args.rounds}")
     if args.client_processes < 1 or args.connections < 1:
