@@ -25,7 +25,7 @@ def served_methods() -> list[str]:
 
 def test_every_served_method_has_a_row() -> None:
     methods = served_methods()
-    assert len(methods) == 20
+    assert len(methods) == 21
     missing = [method for method in methods if method not in METHOD_ROLES]
     assert missing == []
 
@@ -40,6 +40,7 @@ def test_only_health_and_liveness_are_open() -> None:
     ]
     assert METHOD_ROLES["/driftloop.v1.RegistryService/Promote"] is Role.ADMIN
     assert METHOD_ROLES["/driftloop.v1.FeatureService/GetTrainingSet"] is Role.READ
+    assert METHOD_ROLES["/driftloop.v1.RegistryService/ListRollouts"] is Role.READ
 
 
 def tokens(**values: str) -> Settings:
