@@ -25,6 +25,7 @@ from driftloop_registry.domain import (
 )
 from driftloop_registry.handlers import Registry
 from fakes import FakeArtifacts, FlakyPublisher, onnx_like
+from prometheus_client import REGISTRY
 
 POLICY = RolloutPolicy(min_paired=50, max_duration_s=600, alpha=0.05, beta=0.1, effect=0.2)
 
@@ -215,11 +216,37 @@ async def promoted_with_a_watch(
     return reg, watch
 
 
+def rollout_steps(kind: str, stage: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "driftloop_registry_rollouts_total", {"model": "payments", "kind": kind, "stage": stage}
+    )
+    return value or 0.0
+
+
+def watch_open(candidate: int) -> float | None:
+    return REGISTRY.get_sample_value(
+        "driftloop_registry_rollout_open",
+        {"model": "payments", "kind": "watch", "candidate": str(candidate)},
+    )
+
+
 async def test_the_previous_champion_watches_a_promoted_one_and_takes_the_alias_back(
     tmp_path: Path,
 ) -> None:
+    before = {
+        step: rollout_steps(*step)
+        for step in [("trial", "shadow"), ("trial", "promoted"), ("watch", "shadow")]
+    }
+    rolled_back = rollout_steps("watch", "rolled_back")
     publisher = FlakyPublisher()
     reg, watch = await promoted_with_a_watch(tmp_path, publisher)
+    # Every step counted once, by kind and stage; the watch shows as open.
+    assert {step: rollout_steps(*step) - was for step, was in before.items()} == {
+        ("trial", "shadow"): 1,
+        ("trial", "promoted"): 1,
+        ("watch", "shadow"): 1,
+    }
+    assert watch_open(1) == 1
     assert watch.kind == events_pb2.ROLLOUT_KIND_WATCH
     # The previous champion is the watch's candidate, against the new champion.
     assert (watch.candidate_version, watch.champion_version) == (1, 2)
@@ -238,6 +265,8 @@ async def test_the_previous_champion_watches_a_promoted_one_and_takes_the_alias_
     assert rollback.reason == "watch after promotion: v1 did better"
     assert isinstance(ended, events_pb2.ModelRolloutEnded)
     assert ended.outcome == events_pb2.ROLLOUT_OUTCOME_ROLLED_BACK
+    assert rollout_steps("watch", "rolled_back") - rolled_back == 1
+    assert watch_open(1) == 0
     history = await reg.history("payments")
     assert [(c.to_version, c.kind) for c in history] == [
         (1, events_pb2.PROMOTION_KIND_PROMOTE),

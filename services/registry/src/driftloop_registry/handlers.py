@@ -39,7 +39,13 @@ from driftloop_registry.domain import (
     RolloutEnd,
     RolloutPolicy,
 )
-from driftloop_registry.metrics import CHAMPION_VERSION, PROMOTIONS, VERSIONS
+from driftloop_registry.metrics import (
+    CHAMPION_VERSION,
+    PROMOTIONS,
+    ROLLOUT_OPEN,
+    ROLLOUTS,
+    VERSIONS,
+)
 from driftloop_registry.ports import ArtifactReader, EventPublisher, RegistryStore
 from driftloop_registry.validation import check_name, check_trained
 
@@ -179,6 +185,11 @@ class Registry:
             event, key=rollout.model, event_id=f"{rollout.rollout_id}-started"
         )
         await asyncio.to_thread(self._store.mark_rollout, rollout.rollout_id, started=True)
+        ROLLOUTS.labels(rollout.model, rollout.kind.value, "shadow").inc()
+        if rollout.open:
+            ROLLOUT_OPEN.labels(
+                rollout.model, rollout.kind.value, str(rollout.candidate_version)
+            ).set(1)
 
     async def _publish_rollout_ended(self, rollout: Rollout) -> None:
         event = messages.rollout_ended(rollout)
@@ -186,6 +197,10 @@ class Registry:
             event, key=rollout.model, event_id=f"{rollout.rollout_id}-ended"
         )
         await asyncio.to_thread(self._store.mark_rollout, rollout.rollout_id, ended=True)
+        ROLLOUTS.labels(rollout.model, rollout.kind.value, rollout.stage.value).inc()
+        ROLLOUT_OPEN.labels(rollout.model, rollout.kind.value, str(rollout.candidate_version)).set(
+            0
+        )
 
     @staticmethod
     def _check_artifact(trained: events_pb2.ModelTrained, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""The registry's Prometheus metrics: versions registered and alias moves."""
+"""The registry's Prometheus metrics: versions registered, alias moves, rollouts."""
 
 from __future__ import annotations
 
@@ -18,4 +18,15 @@ CHAMPION_VERSION = Gauge(
     "driftloop_registry_champion_version",
     "The version holding the champion alias, by model.",
     ["model"],
+)
+ROLLOUTS = Counter(
+    "driftloop_registry_rollouts_total",
+    "Rollout steps, by model, kind (trial, watch) and stage: `shadow` when one "
+    "starts, then how it ended (promoted, rejected, superseded, rolled_back, kept).",
+    ["model", "kind", "stage"],
+)
+ROLLOUT_OPEN = Gauge(
+    "driftloop_registry_rollout_open",
+    "1 while a rollout of the model is open, by kind and candidate version.",
+    ["model", "kind", "candidate"],
 )
