@@ -4,14 +4,17 @@ error rate and feature distributions the test chooses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 from driftloop.v1 import common_pb2
+from driftloop_core.broker import free_port
 from driftloop_core.featureset import FeatureSet, default_featureset_path, load_featureset
+from driftloop_core.kafka import Publisher
+from driftloop_core.settings import Settings
 from driftloop_drift.config import DriftSettings
 from driftloop_drift.domain.join import LabelSeen, PredictionSeen
 from driftloop_drift.domain.policy import PolicyConfig
@@ -142,6 +145,25 @@ class Kit:
 @pytest.fixture
 def kit() -> type[Kit]:
     return Kit
+
+
+@pytest.fixture
+def config(unique: str) -> DriftSettings:
+    """The drift service's settings on this test's own topics and group."""
+    return drift_settings(unique)
+
+
+@pytest.fixture
+def stack_settings(settings: Settings) -> Settings:
+    # Nothing listens there: the registry is "down" (drift watches performance only).
+    settings.endpoints.registry = f"127.0.0.1:{free_port()}"
+    return settings
+
+
+@pytest.fixture
+async def publisher(stack_settings: Settings) -> AsyncIterator[Publisher]:
+    async with Publisher(stack_settings) as running:
+        yield running
 
 
 @pytest.fixture

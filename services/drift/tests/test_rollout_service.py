@@ -13,14 +13,12 @@ verdict goes, is shared, so the reader keeps only the test's model.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from driftloop.v1 import events_pb2
-from driftloop_core.broker import free_port
 from driftloop_core.kafka import Outgoing, Publisher, Topics
 from driftloop_core.kafka.topics import kind_of_message
 from driftloop_core.settings import Settings
@@ -75,24 +73,6 @@ class Verdicts:
 
     async def stop(self) -> None:
         await self._consumer.stop()
-
-
-@pytest.fixture
-def config(unique: str, kit: Any) -> DriftSettings:
-    return kit.drift_settings(unique)
-
-
-@pytest.fixture
-def stack_settings(settings: Settings) -> Settings:
-    # Nothing listens there: the registry is "down" (drift watches performance only).
-    settings.endpoints.registry = f"127.0.0.1:{free_port()}"
-    return settings
-
-
-@pytest.fixture
-async def publisher(stack_settings: Settings) -> AsyncIterator[Publisher]:
-    async with Publisher(stack_settings) as running:
-        yield running
 
 
 def to(topic: str, messages: list[Message], key: str = "c1") -> list[Outgoing]:

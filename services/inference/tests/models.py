@@ -1,13 +1,19 @@
-"""Real ONNX models for the tests: the trainer's payments contract and a generic one."""
+"""Real ONNX models for the tests: the trainer's payments contract and a generic
+one, and a champion with a candidate registered through a real registry."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
+import grpc.aio
 import numpy as np
 import onnx
-from driftloop.v1 import common_pb2, events_pb2
+from driftloop.v1 import common_pb2, events_pb2, registry_pb2, registry_pb2_grpc
+from driftloop_core.artifacts import ArtifactStore
 from driftloop_core.featureset import default_featureset_path, load_featureset
+from driftloop_core.kafka import Publisher
 from driftloop_testing import model_trained as shared_model_trained
 from driftloop_trainer.onnx_model import export_onnx
 from driftloop_trainer.training import build_pipeline
@@ -117,3 +123,43 @@ def raw_infer_request(model: str, feeds: dict[str, np.ndarray[Any, Any]]) -> oip
         else:
             request.raw_input_contents.append(np.ascontiguousarray(array, "<f4").tobytes())
     return request
+
+
+async def register_champion_and_candidate(
+    publisher: Publisher,
+    trained_topic: str,
+    registry: str,
+    model: str,
+    store: ArtifactStore,
+    champion: bytes,
+    candidate: bytes,
+) -> list[registry_pb2.ModelVersion]:
+    """v1 and v2 of `model` announced on `trained_topic` as the trainer does,
+    v2 scoring worse so the registry's gate keeps it a candidate; the versions
+    once the registry at `registry` lists both."""
+    for message in (
+        model_trained(model, store.put(champion), "run-1", 0.80),
+        model_trained(
+            model,
+            store.put(candidate),
+            "run-2",
+            0.70,
+            champion_metrics={"roc_auc": 0.80},
+            champion_version=1,
+        ),
+    ):
+        await publisher.publish(
+            trained_topic,
+            message.SerializeToString(),
+            key=model,
+            ce_type="driftloop.model.trained.v1",
+        )
+    async with grpc.aio.insecure_channel(registry) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        deadline = time.monotonic() + 30
+        while True:
+            listed = await stub.ListVersions(registry_pb2.ListVersionsRequest(model=model))
+            if len(listed.versions) == 2:
+                return list(listed.versions)
+            assert time.monotonic() < deadline, "v1 and v2 not registered"
+            await asyncio.sleep(0.1)

@@ -28,7 +28,7 @@ from driftloop_inference.config import InferenceSettings
 from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
 from inference import grpc_service_pb2_grpc as oip_grpc
-from models import model_trained, payments_feeds, raw_infer_request
+from models import payments_feeds, raw_infer_request, register_champion_and_candidate
 from prometheus_client import REGISTRY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -74,33 +74,12 @@ async def stack(
     inference: InferenceService | None = None
     try:
         async with Publisher(settings) as publisher:
-            for message in (
-                model_trained(model, store.put(payments_v1), "run-1", 0.80),
-                model_trained(
-                    model,
-                    store.put(payments_v2),
-                    "run-2",
-                    0.70,
-                    champion_metrics={"roc_auc": 0.80},
-                    champion_version=1,
-                ),
-            ):
-                await publisher.publish(
-                    trained_topic,
-                    message.SerializeToString(),
-                    key=model,
-                    ce_type="driftloop.model.trained.v1",
-                )
+            versions = await register_champion_and_candidate(
+                publisher, trained_topic, registry.endpoint, model, store, payments_v1, payments_v2
+            )
         async with grpc.aio.insecure_channel(registry.endpoint) as registry_channel:
             stub = registry_pb2_grpc.RegistryServiceStub(registry_channel)
-            deadline = time.monotonic() + 30
-            while True:
-                listed = await stub.ListVersions(registry_pb2.ListVersionsRequest(model=model))
-                if len(listed.versions) == 2:
-                    break
-                assert time.monotonic() < deadline, "v1 and v2 not registered"
-                await asyncio.sleep(0.1)
-            assert [v.status for v in listed.versions] == [
+            assert [v.status for v in versions] == [
                 common_pb2.MODEL_VERSION_STATUS_CHAMPION,
                 common_pb2.MODEL_VERSION_STATUS_CANDIDATE,
             ]
@@ -122,7 +101,7 @@ async def stack(
                     stub,
                     inference,
                     oip_grpc.GRPCInferenceServiceStub(inference_channel),
-                    {v.version: v.artifact.sha256 for v in listed.versions},
+                    {v.version: v.artifact.sha256 for v in versions},
                 )
     finally:
         if inference is not None:

@@ -46,7 +46,7 @@ from driftloop_registry.bootstrap import RegistryService
 from driftloop_registry.config import RegistrySettings
 from features_server import OnlineFeatures, fv, start_features_server
 from google.protobuf.timestamp_pb2 import Timestamp
-from models import model_trained
+from models import register_champion_and_candidate
 from prometheus_client import REGISTRY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -212,33 +212,11 @@ async def stack(
 
     try:
         async with Publisher(settings) as publisher:
-            for message in (
-                model_trained(model, store.put(payments_v1), "run-1", 0.80),
-                # Worse than the champion: registered, not promoted.
-                model_trained(
-                    model,
-                    store.put(payments_v2),
-                    "run-2",
-                    0.70,
-                    champion_metrics={"roc_auc": 0.80},
-                    champion_version=1,
-                ),
-            ):
-                await publisher.publish(
-                    trained_topic,
-                    message.SerializeToString(),
-                    key=model,
-                    ce_type="driftloop.model.trained.v1",
-                )
+            versions = await register_champion_and_candidate(
+                publisher, trained_topic, registry.endpoint, model, store, payments_v1, payments_v2
+            )
             async with grpc.aio.insecure_channel(registry.endpoint) as channel:
                 stub = registry_pb2_grpc.RegistryServiceStub(channel)
-                deadline = time.monotonic() + 30
-                while True:
-                    listed = await stub.ListVersions(registry_pb2.ListVersionsRequest(model=model))
-                    if len(listed.versions) == 2:
-                        break
-                    assert time.monotonic() < deadline, "v1 and v2 not registered"
-                    await asyncio.sleep(0.1)
                 yield Stack(
                     model,
                     settings,
@@ -246,7 +224,7 @@ async def stack(
                     stub,
                     features_address,
                     publisher,
-                    {v.version: v.artifact.sha256 for v in listed.versions},
+                    {v.version: v.artifact.sha256 for v in versions},
                     Predictions(settings, predictions_topic),
                     serve,
                 )

@@ -143,8 +143,12 @@ class FeatureReplica:
         await self.loop.start()
 
     async def _note_ends(self) -> None:
-        self._ends = await latest_positions(self._settings, [self._changelog])
-        self._behind = {key for key, end in self._ends.items() if end > 0}
+        self._set_ends(await latest_positions(self._settings, [self._changelog]))
+
+    def _set_ends(self, ends: Positions) -> None:
+        """Where the topic ends: ready once every non-empty partition is read that far."""
+        self._ends = ends
+        self._behind = {key for key, end in ends.items() if end > 0}
 
     async def watch_broker(self) -> None:
         """Until cancelled: every `broker_check_s`, whether the broker is still
@@ -187,8 +191,7 @@ class FeatureReplica:
         self._rewind_pending = False
         self._forget_all()
         self.applied = 0
-        self._ends = ends
-        self._behind = {key for key, end in ends.items() if end > 0}
+        self._set_ends(ends)
         self.rewinds += 1
         log.info("feature_replica_rewound", partitions=partitions, records=sum(ends.values()))
         self._check_ready()
